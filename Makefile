@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine:
+#   make demo   -> create .venv, install, run the default compression job (Fashion-MNIST, VGG)
+#   make test   -> create .venv, install, run the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench bench-quick data clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist package, where this machine lets us install it; otherwise the
+# run falls back to scikit-learn's digits and says so.
+data:
+	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
+	    echo "note: could not install dataset-fashion-mnist; the demo will use scikit-learn digits"; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	    sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	    echo "note: could not install dataset-fashion-mnist; the demo will use scikit-learn digits"; \
+	  else \
+	    echo "note: $(FMNIST_DIR) missing and no root to install dataset-fashion-mnist; the demo will use scikit-learn digits"; \
+	  fi; \
+	fi
+
+demo: $(STAMP) data
+	$(BIN)/qubocompress demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis

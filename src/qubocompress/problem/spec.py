@@ -1,0 +1,269 @@
+"""The solver-agnostic description of a compression problem (numpy only, no torch).
+
+The analysis layer fills a :class:`CompressionSpec` from a real model; every formulation in this
+package turns it into a ``dimod.BinaryQuadraticModel``, and a solver's sample is decoded back into a
+:class:`~qubocompress.problem.plan.Plan`. A spec is plain data: it can be written to JSON, shared,
+and turned into the same QUBO anywhere.
+
+Size model (the real one, used to check every plan): a layer's stored weights are
+
+    kept_out * kernel_area * (1 if depthwise else kept_in // groups * in_features_per_channel)
+
+where ``kept_out`` drops the pruned channels of the layer's output group and ``kept_in`` the pruned
+channels of its input group (pruning layer n removes input channels of the layers it feeds).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from qubocompress.errors import ProblemError
+
+FP32_BITS = 32
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels that are pruned together: one pruning decision per channel index.
+
+    For a plain conv net a group is one layer's filters; where a residual add or a depthwise conv
+    ties channels of several layers, they share one group.
+
+    Attributes:
+        name: label of the group (the first producing layer's module name).
+        importance: shape ``(size,)``, >= 0, importance of each channel (higher = keep).
+        max_pruned: how many of the lowest-importance channels may be pruned (< size, so at
+            least one channel always survives). Only those get a pruning variable.
+        members: module names whose outputs carry these channels.
+    """
+
+    name: str
+    importance: np.ndarray
+    max_pruned: int
+    members: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        imp = np.asarray(self.importance, dtype=np.float64)
+        object.__setattr__(self, "importance", imp)
+        if imp.ndim != 1 or imp.size == 0:
+            raise ProblemError(f"channel group {self.name!r}: importance must be a non-empty vector")
+        if not 0 <= self.max_pruned < imp.size:
+            raise ProblemError(
+                f"channel group {self.name!r}: max_pruned={self.max_pruned} must be in [0, {imp.size - 1}]"
+            )
+
+    @property
+    def size(self) -> int:
+        """Number of channels in the group."""
+        return int(self.importance.size)
+
+    def prune_order(self) -> np.ndarray:
+        """Channel indices sorted from least to most important (stable, so ties break by index)."""
+        return np.argsort(self.importance, kind="stable")
+
+    def candidates(self) -> np.ndarray:
+        """The ``max_pruned`` least important channel indices: the only ones that may be pruned."""
+        return self.prune_order()[: self.max_pruned]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One compressible layer (Conv2d or Linear) with everything the size and damage models need.
+
+    Attributes:
+        name: fully qualified module name in the model.
+        kind: ``"conv"`` or ``"linear"``.
+        out_channels, in_channels: the layer's channel counts (``in`` before group division).
+        groups: convolution groups (1 for linear).
+        kernel_area: kh*kw (1 for linear).
+        in_features_per_channel: input features per input channel (1 for conv; H*W for a linear
+            fed by a flatten of a C×H×W map).
+        out_positions: output positions per sample (H_out*W_out for conv, 1 for linear), so that
+            MACs = weights * out_positions.
+        out_group: index into ``CompressionSpec.groups`` pruning this layer's outputs, or None
+            when its outputs are not prunable (the classifier).
+        in_group: index of the group whose pruning removes this layer's input channels, or None.
+        quant_damage: shape ``(b_max,)``; entry ``b-1`` is the measured increase of the
+            calibration loss (nats) when only this layer is quantized to ``b`` bits.
+    """
+
+    name: str
+    kind: Literal["conv", "linear"]
+    out_channels: int
+    in_channels: int
+    groups: int = 1
+    kernel_area: int = 1
+    in_features_per_channel: int = 1
+    out_positions: int = 1
+    out_group: int | None = None
+    in_group: int | None = None
+    quant_damage: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quant_damage", np.asarray(self.quant_damage, dtype=np.float64))
+
+    @property
+    def depthwise(self) -> bool:
+        """True for a depthwise conv (one input channel per output channel, tied to it)."""
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    def num_weights(self, kept_out: int | None = None, kept_in: int | None = None) -> int:
+        """Stored weights with ``kept_out`` output and ``kept_in`` input channels (default: all)."""
+        out = self.out_channels if kept_out is None else kept_out
+        if self.depthwise:
+            return out * self.kernel_area
+        cin = self.in_channels if kept_in is None else kept_in
+        return out * (cin // self.groups) * self.in_features_per_channel * self.kernel_area
+
+    def weights_per_filter(self) -> int:
+        """Weights of one output filter with every input channel kept (the paper's N[n,i])."""
+        return self.num_weights(kept_out=1)
+
+
+@dataclass(frozen=True)
+class CompressionSpec:
+    """Everything a formulation needs about one model, with no reference to torch.
+
+    Attributes:
+        model: a label for the model (e.g. ``"vgg"``).
+        layers: the compressible layers in forward order.
+        groups: the channel groups that pruning variables refer to.
+        b_max: bits of the highest precision on offer (the paper's 8).
+        bit_levels: K, the number of bit-removal variables per layer; bits range over
+            ``b_max - (2**K - 1) .. b_max`` (K=3: 1..8 bits).
+        activation_bits: bits of the activations used for BOPs (activations are not quantized,
+            so 32 is the honest default).
+    """
+
+    model: str
+    layers: tuple[LayerSpec, ...]
+    groups: tuple[ChannelGroup, ...]
+    b_max: int = 8
+    bit_levels: int = 3
+    activation_bits: int = FP32_BITS
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ProblemError(f"model {self.model!r} has no compressible layer (Conv2d or Linear)")
+        if self.min_bits < 1:
+            raise ProblemError(
+                f"bit_levels={self.bit_levels} removes up to {2**self.bit_levels - 1} bits from "
+                f"b_max={self.b_max}: the lowest bit-width would be {self.min_bits} (< 1)"
+            )
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ProblemError("layer names in a spec must be unique")
+        for layer in self.layers:
+            for g in (layer.out_group, layer.in_group):
+                if g is not None and not 0 <= g < len(self.groups):
+                    raise ProblemError(f"layer {layer.name!r} refers to unknown channel group {g}")
+            if layer.quant_damage.size not in (0, self.b_max):
+                raise ProblemError(
+                    f"layer {layer.name!r}: quant_damage must have {self.b_max} entries (1..{self.b_max} bits)"
+                )
+
+    @property
+    def min_bits(self) -> int:
+        """Lowest bit-width reachable with ``bit_levels`` removal variables."""
+        return self.b_max - (2**self.bit_levels - 1)
+
+    def layer_index(self, name: str) -> int:
+        """Position of the layer called ``name``."""
+        for i, layer in enumerate(self.layers):
+            if layer.name == name:
+                return i
+        raise ProblemError(f"no layer named {name!r} in spec of {self.model!r}")
+
+    def group_index(self, name: str) -> int:
+        """Position of the channel group called ``name``."""
+        for i, group in enumerate(self.groups):
+            if group.name == name:
+                return i
+        raise ProblemError(f"no channel group named {name!r} in spec of {self.model!r}")
+
+    def fp32_weight_bits(self) -> int:
+        """Weight storage of the uncompressed model, in bits (32 per weight)."""
+        return FP32_BITS * sum(layer.num_weights() for layer in self.layers)
+
+    def fp32_macs(self) -> int:
+        """Multiply-accumulates per sample of the compressible layers, uncompressed."""
+        return sum(layer.num_weights() * layer.out_positions for layer in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (arrays as lists)."""
+        return {
+            "model": self.model,
+            "b_max": self.b_max,
+            "bit_levels": self.bit_levels,
+            "activation_bits": self.activation_bits,
+            "groups": [
+                {
+                    "name": g.name,
+                    "importance": g.importance.tolist(),
+                    "max_pruned": g.max_pruned,
+                    "members": list(g.members),
+                }
+                for g in self.groups
+            ],
+            "layers": [
+                {
+                    "name": layer.name,
+                    "kind": layer.kind,
+                    "out_channels": layer.out_channels,
+                    "in_channels": layer.in_channels,
+                    "groups": layer.groups,
+                    "kernel_area": layer.kernel_area,
+                    "in_features_per_channel": layer.in_features_per_channel,
+                    "out_positions": layer.out_positions,
+                    "out_group": layer.out_group,
+                    "in_group": layer.in_group,
+                    "quant_damage": layer.quant_damage.tolist(),
+                }
+                for layer in self.layers
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionSpec:
+        """Inverse of :meth:`to_dict`; a malformed dict is a :class:`ProblemError`."""
+        try:
+            groups = tuple(
+                ChannelGroup(
+                    name=g["name"],
+                    importance=np.asarray(g["importance"], dtype=np.float64),
+                    max_pruned=int(g["max_pruned"]),
+                    members=tuple(g.get("members", ())),
+                )
+                for g in data["groups"]
+            )
+            layers = tuple(
+                LayerSpec(**{**layer, "quant_damage": np.asarray(layer["quant_damage"], dtype=np.float64)})
+                for layer in data["layers"]
+            )
+            return cls(
+                model=data["model"],
+                layers=layers,
+                groups=groups,
+                b_max=int(data["b_max"]),
+                bit_levels=int(data["bit_levels"]),
+                activation_bits=int(data.get("activation_bits", FP32_BITS)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProblemError(f"malformed compression spec: {exc!r}") from exc
+
+    def to_json(self) -> str:
+        """The spec as a JSON string."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> CompressionSpec:
+        """Parse :meth:`to_json` output."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProblemError(f"compression spec is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
