@@ -130,3 +130,275 @@ class ModelGraph:
             if info.name == name:
                 return info
         raise ModelError(f"no compressible layer named {name!r}")
+
+
+
+def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGraph:
+    """Trace ``model`` on an input of shape ``input_shape`` (C, H, W) and find its channel groups.
+
+    Raises:
+        ModelError: the model cannot be traced by torch.fx or run on such an input.
+    """
+    return _Tracer(model, input_shape).run()
+
+
+@dataclass
+class _GroupRecord:
+    """Mutable union-find node used while tracing."""
+
+    channels: int
+    producers: list[str] = field(default_factory=list)
+    norms: list[str] = field(default_factory=list)
+    depthwise: list[str] = field(default_factory=list)
+    consumers: list[tuple[str, int]] = field(default_factory=list)
+    frozen: str | None = None
+    parent: int | None = None
+
+
+@dataclass(frozen=True)
+class _Channels:
+    """What dim 1 of a traced tensor holds: a union-find group id (None: untracked) and how many
+    consecutive features one channel spans (``per_channel`` > 1 after a flatten)."""
+
+    group: int | None
+    per_channel: int = 1
+
+
+_UNTRACKED = _Channels(None)
+
+
+def _propagate_shapes(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Run ``gm`` once on zeros of ``(2, *input_shape)`` and record every tensor node's shape."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros((2, *input_shape)))
+    except Exception as exc:  # any failure of the user's forward on this input
+        raise ModelError(
+            f"model does not run on inputs of shape {tuple(input_shape)} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    finally:
+        gm.train(was_training)
+    shapes = {}
+    for node in gm.graph.nodes:
+        meta = node.meta.get("tensor_meta")
+        if meta is not None and hasattr(meta, "shape"):
+            shapes[node.name] = tuple(int(d) for d in meta.shape)
+    return shapes
+
+
+class _Tracer:
+    """Walks the fx graph once, in order, assigning a channel group to every tensor."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        self.modules = dict(model.named_modules())
+        try:
+            self.gm = torch.fx.symbolic_trace(model)
+        except Exception as exc:  # fx raises many types for untraceable code
+            raise ModelError(
+                f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}); "
+                "models with data-dependent control flow are not supported"
+            ) from exc
+        self.shapes = _propagate_shapes(self.gm, input_shape)
+        self.records: list[_GroupRecord] = []
+        self.channels: dict[torch.fx.Node, _Channels | None] = {}  # None: not a tensor
+        self.layers: list[dict] = []
+
+    # -- union-find -------------------------------------------------------------------------
+    def _new(self, channels: int, producer: str | None = None, frozen: str | None = None) -> int:
+        self.records.append(_GroupRecord(channels, producers=[producer] if producer else [], frozen=frozen))
+        return len(self.records) - 1
+
+    def _root(self, gid: int) -> int:
+        while (parent := self.records[gid].parent) is not None:
+            gid = parent
+        return gid
+
+    def _record(self, gid: int) -> _GroupRecord:
+        return self.records[self._root(gid)]
+
+    def _freeze(self, gid: int | None, reason: str) -> None:
+        if gid is not None:
+            rec = self._record(gid)
+            rec.frozen = rec.frozen or reason
+
+    def _union(self, a: int, b: int, where: str) -> int:
+        ra, rb = sorted((self._root(a), self._root(b)))
+        if ra == rb:
+            return ra
+        keep, gone = self.records[ra], self.records[rb]
+        for attr in ("producers", "norms", "depthwise", "consumers"):
+            getattr(keep, attr).extend(getattr(gone, attr))
+        if keep.channels != gone.channels:
+            keep.frozen = keep.frozen or f"{where} joins {keep.channels} and {gone.channels} channels"
+        keep.frozen = keep.frozen or gone.frozen
+        gone.parent = ra
+        return ra
+
+    # -- walking ----------------------------------------------------------------------------
+    def run(self) -> ModelGraph:
+        for node in self.gm.graph.nodes:
+            self.channels[node] = self._visit(node)
+        return self._finish()
+
+    def _tensor_inputs(self, node: torch.fx.Node) -> list[torch.fx.Node]:
+        return [a for a in node.all_input_nodes if self.channels.get(a) is not None]
+
+    def _visit(self, node: torch.fx.Node) -> _Channels | None:
+        if node.op == "placeholder":
+            return _UNTRACKED
+        inputs = self._tensor_inputs(node)
+        if node.op == "output":
+            for arg in inputs:
+                self._freeze(self.channels[arg].group, "feeds the model output")
+            return None
+        if node.op == "get_attr":
+            return _UNTRACKED
+        shape = self.shapes.get(node.name)
+        if shape is None:  # sizes and python values carry no channels
+            return None
+        first = self.channels[inputs[0]] if inputs else _UNTRACKED
+        in_shape = self.shapes.get(inputs[0].name) if inputs else None
+        if node.op == "call_module":
+            name = str(node.target)
+            module = self.modules[name]
+            if isinstance(module, COMPRESSIBLE):
+                return self._layer(name, module, first, in_shape, shape)
+            if isinstance(module, NORMS):
+                if first.group is not None:
+                    self._record(first.group).norms.append(name)
+                return first
+            if isinstance(module, CHANNEL_PRESERVING_MODULES):
+                return first
+            if isinstance(module, nn.Flatten):
+                return self._reshape(first, in_shape, shape, name)
+            return self._unsupported(inputs, f"module {name} ({type(module).__name__})")
+        target = node.target
+        label = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+        if target in CHANNEL_PRESERVING_FUNCTIONS or (node.op == "call_method" and target in CHANNEL_PRESERVING_METHODS):
+            return first
+        if target in ELEMENTWISE_JOIN or (node.op == "call_method" and target in ELEMENTWISE_JOIN_METHODS):
+            return self._join(inputs, shape, f"{label} at {node.name}")
+        if target in (torch.flatten, torch.reshape) or target in ("flatten", "view", "reshape"):
+            return self._reshape(first, in_shape, shape, node.name)
+        if target in (torch.mean, torch.amax, torch.sum) or target in ("mean", "amax", "sum"):
+            if in_shape is not None and len(in_shape) >= 2 and shape[:2] == in_shape[:2]:
+                return first  # a reduction over spatial dims keeps the channels
+        return self._unsupported(inputs, f"{label} at {node.name}")
+
+    def _unsupported(self, inputs: list[torch.fx.Node], what: str) -> _Channels:
+        for arg in inputs:
+            self._freeze(self.channels[arg].group, f"used by {what}, which qubocompress cannot follow")
+        return _UNTRACKED
+
+    def _reshape(self, first: _Channels, in_shape, shape, where: str) -> _Channels:
+        """A flatten of (N, C, H, W) into (N, C*H*W) keeps channel i as features [i*HW, (i+1)*HW)."""
+        if in_shape is None or shape[0] != in_shape[0]:
+            return self._freeze_and_untrack(first, f"reshape at {where}")
+        if tuple(shape) == tuple(in_shape):
+            return first
+        if len(in_shape) == 4 and len(shape) == 2 and shape[1] == in_shape[1] * in_shape[2] * in_shape[3]:
+            return _Channels(first.group, first.per_channel * in_shape[2] * in_shape[3])
+        return self._freeze_and_untrack(first, f"reshape at {where}")
+
+    def _freeze_and_untrack(self, first: _Channels, what: str) -> _Channels:
+        self._freeze(first.group, f"used by {what}, which qubocompress cannot follow")
+        return _UNTRACKED
+
+    def _join(self, inputs: list[torch.fx.Node], shape, where: str) -> _Channels:
+        """Elementwise add/mul: the operands' channels become one group."""
+        chans = [self.channels[a] for a in inputs]
+        if len(chans) == 1:
+            return chans[0]
+        shapes = [self.shapes.get(a.name) for a in inputs]
+        same_layout = all(s is not None and len(s) >= 2 and s[1] == shape[1] for s in shapes)
+        groups = [c.group for c in chans]
+        if not same_layout or None in groups or len({c.per_channel for c in chans}) != 1:
+            for g in groups:
+                self._freeze(g, f"{where} mixes channels qubocompress cannot follow")
+            return _UNTRACKED
+        gid = groups[0]
+        for other in groups[1:]:
+            gid = self._union(gid, other, where)
+        return _Channels(gid, chans[0].per_channel)
+
+    def _layer(self, name: str, module: nn.Module, first: _Channels, in_shape, shape) -> _Channels:
+        if isinstance(module, nn.Conv2d):
+            kind, cin, cout, groups = "conv", module.in_channels, module.out_channels, module.groups
+            kernel_area = int(module.kernel_size[0] * module.kernel_size[1])
+            out_positions = int(shape[2] * shape[3]) if len(shape) == 4 else 1
+            per_channel = 1
+        else:
+            kind, cin, cout, groups, kernel_area = "linear", module.in_features, module.out_features, 1, 1
+            out_positions = 1
+            for d in shape[1:-1]:
+                out_positions *= int(d)
+            per_channel = first.per_channel
+            if in_shape is None or len(in_shape) != 2:
+                # a linear over the last dim of a >2-D tensor: its input channels are not dim 1
+                self._freeze(first.group, f"linear {name} applied to a {len(in_shape or ())}-D tensor")
+                first, per_channel = _UNTRACKED, 1
+            elif first.group is not None and self._record(first.group).channels * per_channel != cin:
+                self._freeze(first.group, f"input of {name} does not match its channels")
+                first, per_channel = _UNTRACKED, 1
+        in_channels = cin // per_channel
+        if groups > 1 and groups == cin == cout:
+            # depthwise: output channel i is input channel i, so the conv carries the group through
+            gid = first.group if first.group is not None else self._new(cout, frozen=f"depthwise {name} reads the input")
+            self._record(gid).depthwise.append(name)
+            self._add_layer(name, kind, cout, cin, groups, kernel_area, 1, out_positions, gid, gid)
+            return _Channels(gid)
+        if first.group is not None:
+            if groups > 1:
+                self._freeze(first.group, f"feeds grouped convolution {name} (groups={groups})")
+            else:
+                self._record(first.group).consumers.append((name, per_channel))
+        frozen = f"grouped convolution {name} (groups={groups})" if groups > 1 else None
+        gid = self._new(cout, producer=name, frozen=frozen)
+        in_gid = first.group if groups == 1 else None
+        self._add_layer(name, kind, cout, in_channels, groups, kernel_area, per_channel, out_positions, gid, in_gid)
+        return _Channels(gid)
+
+    def _add_layer(self, name, kind, cout, cin, groups, kernel_area, per_channel, out_positions, out_gid, in_gid):
+        self.layers.append(
+            dict(
+                name=name, kind=kind, out_channels=cout, in_channels=cin, groups=groups,
+                kernel_area=kernel_area, in_features_per_channel=per_channel,
+                out_positions=out_positions, out_group=out_gid, in_group=in_gid,
+            )
+        )
+
+    def _finish(self) -> ModelGraph:
+        index: dict[int, int] = {}
+        groups: list[PruningGroup] = []
+        frozen: dict[str, str] = {}
+        for gid, rec in enumerate(self.records):
+            if rec.parent is not None or not rec.producers:
+                continue
+            if rec.frozen:
+                frozen[rec.producers[0]] = rec.frozen
+                continue
+            index[gid] = len(groups)
+            groups.append(
+                PruningGroup(
+                    name=rec.producers[0],
+                    channels=rec.channels,
+                    producers=tuple(rec.producers),
+                    norms=tuple(rec.norms),
+                    depthwise=tuple(rec.depthwise),
+                    consumers=tuple(rec.consumers),
+                )
+            )
+
+        def resolve(gid: int | None) -> int | None:
+            return None if gid is None else index.get(self._root(gid))
+
+        layers = [
+            LayerInfo(**{**layer, "out_group": resolve(layer["out_group"]), "in_group": resolve(layer["in_group"])})
+            for layer in self.layers
+        ]
+        return ModelGraph(layers=layers, groups=groups, frozen_reasons=frozen)
