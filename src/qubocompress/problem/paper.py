@@ -1,0 +1,310 @@
+"""The paper's formulation, ``H = L_p + β·L_q − γ·R``, as a dimod BQM with a certified optimum.
+
+Variables (all BINARY):
+
+* ``p[<group>:<channel>]`` = 1 prunes that output channel of a channel group. Only the group's
+  :meth:`~qubocompress.problem.spec.ChannelGroup.candidates` (its ``max_pruned`` least important
+  channels) get one; every other channel is always kept.
+* ``q[<layer>:<k>]``, k = 0..K−1 (K = ``spec.bit_levels``): bits removed from the layer's weights,
+  ``d[n] = Σ_k 2^k q[n,k]``, so the layer keeps ``b[n] = b_max − d[n]`` bits.
+
+Energy (dimensionless; ``L_p`` in importance², ``L_q`` in nats of calibration loss):
+
+* ``L_p = Σ_g (Σ_i a[g,i] p[g,i])²`` with ``a`` the group's channel importance.
+* ``L_q = Σ_n s[n] d[n]²`` with ``s[n]`` the layer's quantization sensitivity
+  (:func:`quant_sensitivity`, a least-squares fit to its measured loss increase).
+* ``R = 1 − Σ_n Σ_i N[n] (1 − p[g(n),i]) (b_max − d[n]) / M0``: the share of weight bits removed,
+  where ``i`` runs over layer n's output channels, ``N[n]`` is the weights of one filter with every
+  input channel kept and ``M0 = b_max Σ_n out[n] N[n]``. As in the paper, pruning a group does not
+  shrink the input side of the layers it feeds here; the true size (:meth:`Plan.weight_bits`)
+  counts it, and :func:`~qubocompress.problem.target.calibrate_gamma` checks plans against it.
+
+A group is coupled (through the ``p·q`` products of ``R``) only to its member layers' bit
+variables, so ``H`` splits into independent components — a group with its member layers, or a
+layer whose outputs are not prunable — and :meth:`PaperFormulation.exact` certifies the optimum by
+enumerating each component's bit choices and, for each, the best number of pruned channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import dimod
+import numpy as np
+
+from qubocompress.errors import ProblemError
+from qubocompress.problem.plan import Plan
+from qubocompress.problem.spec import CompressionSpec, LayerSpec
+
+# Largest number of joint bit choices exact() enumerates for one component.
+MAX_EXACT_COMBINATIONS = 2**16
+
+
+@dataclass(frozen=True)
+class Variable:
+    """What one BQM variable means.
+
+    Attributes:
+        kind: ``"prune"`` (a channel of a group) or ``"bit"`` (a bit-removal bit of a layer).
+        owner: index of the group (``"prune"``) or layer (``"bit"``) in the spec.
+        position: the channel index (``"prune"``) or the bit's power k, worth ``2**k`` bits (``"bit"``).
+    """
+
+    kind: Literal["prune", "bit"]
+    owner: int
+    position: int
+
+
+def prune_label(group_name: str, channel: int) -> str:
+    """BQM label of the variable that prunes ``channel`` of a group."""
+    return f"p[{group_name}:{channel}]"
+
+
+def bit_label(layer_name: str, k: int) -> str:
+    """BQM label of bit-removal variable ``k`` (worth ``2**k`` bits) of a layer."""
+    return f"q[{layer_name}:{k}]"
+
+
+def quant_sensitivity(layer: LayerSpec, spec: CompressionSpec) -> float:
+    """Quantization sensitivity ``s`` (nats per bit²) of one layer: ``s·d²`` ≈ damage of removing d bits.
+
+    Least-squares fit over the reachable removals d = 1..2^K−1 of ``s·d²`` to the measured damage
+    ``Ω(d) = max(quant_damage[b_max − d − 1], 0)`` (negative measurements are noise: a coarser
+    grid cannot help the loss on average). Closed form ``s = Σ Ω(d) d² / Σ d⁴`` (≥ 0).
+    """
+    damage = layer.quant_damage
+    if damage.size == 0:
+        raise ProblemError(
+            f"layer {layer.name!r} has no measured quantization damage; the paper formulation needs "
+            "quant_damage for every layer (run the sensitivity analysis first)"
+        )
+    if not np.all(np.isfinite(damage)):
+        raise ProblemError(f"layer {layer.name!r}: quant_damage contains NaN or infinite values")
+    removed = np.arange(1, 2**spec.bit_levels, dtype=np.float64)
+    omega = np.maximum(damage[spec.b_max - removed.astype(int) - 1], 0.0)
+    return float(np.sum(omega * removed**2) / np.sum(removed**4))
+
+
+def balanced_beta(spec: CompressionSpec) -> float:
+    """The default β: the largest possible ``L_p`` equals the largest possible ``β·L_q``.
+
+    ``β = Σ_g (Σ_{i∈candidates} a[g,i])² / Σ_n s[n] (2^K − 1)²``; 1.0 when no layer is sensitive.
+    """
+    largest_lp = sum(float(np.sum(g.importance[g.candidates()])) ** 2 for g in spec.groups)
+    largest_lq = sum(quant_sensitivity(layer, spec) for layer in spec.layers) * (2**spec.bit_levels - 1) ** 2
+    return largest_lp / largest_lq if largest_lq > 0 else 1.0
+
+
+class PaperFormulation:
+    """The paper's ``H = L_p + β·L_q − γ·R`` for one spec (see the module docstring).
+
+    Args:
+        spec: the compression problem.
+        beta: weight of the quantization damage; None = :func:`balanced_beta`.
+        gamma: weight of the compression reward ``R`` (≥ 0); larger compresses more.
+    """
+
+    def __init__(self, spec: CompressionSpec, beta: float | None = None, gamma: float = 1.0) -> None:
+        self.spec = spec
+        self.beta = balanced_beta(spec) if beta is None else float(beta)
+        self.gamma = float(gamma)
+        if not (np.isfinite(self.beta) and self.beta >= 0):
+            raise ProblemError(f"beta must be a finite number >= 0, got {beta}")
+        if not (np.isfinite(self.gamma) and self.gamma >= 0):
+            raise ProblemError(f"gamma must be a finite number >= 0, got {gamma}")
+        names = [g.name for g in spec.groups]
+        if len(set(names)) != len(names):
+            raise ProblemError(f"channel group names in the spec of {spec.model!r} must be unique")
+        for group in spec.groups:
+            if not np.all(np.isfinite(group.importance)) or np.any(group.importance < 0):
+                raise ProblemError(f"channel group {group.name!r}: importance must be finite and >= 0")
+
+        self.num_bit_levels = spec.bit_levels
+        self.sensitivity = np.array([quant_sensitivity(layer, spec) for layer in spec.layers])
+        self._filter_weights = np.array([layer.weights_per_filter() for layer in spec.layers], dtype=np.float64)
+        self._out_channels = np.array([layer.out_channels for layer in spec.layers], dtype=np.float64)
+        self._full_bits = spec.b_max * float(np.sum(self._out_channels * self._filter_weights))
+        if self._full_bits <= 0:
+            raise ProblemError(f"the layers of {spec.model!r} hold no weights")
+        # w[n]: weight of one kept channel-bit of layer n in γ·R.
+        self._reward_weight = self.gamma * self._filter_weights / self._full_bits
+        self._candidates = [group.candidates() for group in spec.groups]
+        self._candidate_importance = [group.importance[c] for group, c in zip(spec.groups, self._candidates)]
+        self._members = [
+            [n for n, layer in enumerate(spec.layers) if layer.out_group == g] for g in range(len(spec.groups))
+        ]
+
+        self.variables: dict[str, Variable] = {}
+        self._prune_labels: list[list[str]] = []
+        for g, group in enumerate(spec.groups):
+            labels = [prune_label(group.name, int(i)) for i in self._candidates[g]]
+            self._prune_labels.append(labels)
+            self.variables.update({lab: Variable("prune", g, int(i)) for lab, i in zip(labels, self._candidates[g])})
+        self._bit_labels: list[list[str]] = []
+        for n, layer in enumerate(spec.layers):
+            labels = [bit_label(layer.name, k) for k in range(self.num_bit_levels)]
+            self._bit_labels.append(labels)
+            self.variables.update({lab: Variable("bit", n, k) for k, lab in enumerate(labels)})
+
+    @property
+    def num_variables(self) -> int:
+        """Number of BQM variables."""
+        return len(self.variables)
+
+    @property
+    def num_interactions(self) -> int:
+        """Number of nonzero quadratic terms of the BQM."""
+        return self.bqm.num_interactions
+
+    @property
+    def offset(self) -> float:
+        """The constant of ``H``: ``−γ`` plus the constant part of ``γ·(1 − R)``."""
+        return -self.gamma + float(np.sum(self._reward_weight * self._out_channels)) * self.spec.b_max
+
+    @cached_property
+    def bqm(self) -> dimod.BinaryQuadraticModel:
+        """``H`` as a BINARY BQM; ``bqm.energy(encode(plan)) == energy(plan)``."""
+        order = [lab for labels in self._prune_labels for lab in labels]
+        order += [lab for labels in self._bit_labels for lab in labels]
+        index = {lab: i for i, lab in enumerate(order)}
+        linear = np.zeros(len(order))
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        biases: list[np.ndarray] = []
+
+        def add(u: np.ndarray, v: np.ndarray, bias: np.ndarray) -> None:
+            keep = bias != 0
+            rows.append(u[keep])
+            cols.append(v[keep])
+            biases.append(bias[keep])
+
+        b_max = self.spec.b_max
+        powers = 2.0 ** np.arange(self.num_bit_levels)
+        for g, labels in enumerate(self._prune_labels):
+            if not labels:
+                continue
+            idx = np.array([index[lab] for lab in labels])
+            a = self._candidate_importance[g]
+            linear[idx] += a**2 - b_max * sum(self._reward_weight[n] for n in self._members[g])
+            i, j = np.triu_indices(len(labels), k=1)
+            add(idx[i], idx[j], 2.0 * a[i] * a[j])
+        for n, labels in enumerate(self._bit_labels):
+            idx = np.array([index[lab] for lab in labels])
+            w = self._reward_weight[n]
+            linear[idx] += self.beta * self.sensitivity[n] * powers**2 - w * self._out_channels[n] * powers
+            k, l = np.triu_indices(self.num_bit_levels, k=1)
+            add(idx[k], idx[l], self.beta * self.sensitivity[n] * 2.0 * powers[k] * powers[l])
+            g = self.spec.layers[n].out_group
+            if g is not None and self._prune_labels[g]:
+                p_idx = np.array([index[lab] for lab in self._prune_labels[g]])
+                pp, kk = np.meshgrid(p_idx, np.arange(self.num_bit_levels), indexing="ij")
+                add(pp.ravel(), idx[kk.ravel()], w * powers[kk.ravel()])
+        quadratic = (np.concatenate(rows), np.concatenate(cols), np.concatenate(biases)) if rows else ([], [], [])
+        return dimod.BinaryQuadraticModel.from_numpy_vectors(
+            linear, quadratic, self.offset, dimod.BINARY, variable_order=order
+        )
+
+    def decode(self, sample: Mapping[str, int]) -> Plan:
+        """The plan a sample (label -> 0/1) stands for; every group appears in ``pruned``."""
+        try:
+            pruned = {
+                group.name: tuple(
+                    int(i) for i, lab in zip(self._candidates[g], self._prune_labels[g]) if sample[lab]
+                )
+                for g, group in enumerate(self.spec.groups)
+            }
+            bits = {
+                layer.name: self.spec.b_max - sum(2**k * int(sample[lab]) for k, lab in enumerate(self._bit_labels[n]))
+                for n, layer in enumerate(self.spec.layers)
+            }
+        except KeyError as exc:
+            raise ProblemError(f"sample lacks variable {exc.args[0]!r} of the paper formulation") from exc
+        return Plan(pruned=pruned, bits=bits)
+
+    def encode(self, plan: Plan) -> dict[str, int]:
+        """The sample (label -> 0/1) of a plan; its pruned channels must be candidates."""
+        plan.validate(self.spec)
+        sample: dict[str, int] = {}
+        for g, group in enumerate(self.spec.groups):
+            chosen = set(plan.pruned.get(group.name, ()))
+            outside = sorted(chosen - {int(i) for i in self._candidates[g]})
+            if outside:
+                raise ProblemError(
+                    f"plan prunes channels {outside} of group {group.name!r}, which are not among its "
+                    f"{group.max_pruned} least important channels (the only ones the formulation can prune)"
+                )
+            sample.update({lab: int(int(i) in chosen) for i, lab in zip(self._candidates[g], self._prune_labels[g])})
+        for n, layer in enumerate(self.spec.layers):
+            removed = self.spec.b_max - plan.bits[layer.name]
+            sample.update({lab: (removed >> k) & 1 for k, lab in enumerate(self._bit_labels[n])})
+        return sample
+
+    def energy(self, plan: Plan) -> float:
+        """``H`` of a plan, evaluated straight from the definition (independently of the BQM)."""
+        plan.validate(self.spec)
+        spec = self.spec
+        loss_prune = sum(
+            float(np.sum(group.importance[list(plan.pruned.get(group.name, ()))])) ** 2 for group in spec.groups
+        )
+        bits = np.array([plan.bits[layer.name] for layer in spec.layers], dtype=np.float64)
+        loss_quant = float(np.sum(self.sensitivity * (spec.b_max - bits) ** 2))
+        kept = np.array(
+            [plan.kept_channels(spec, layer.out_group, layer.out_channels) for layer in spec.layers], dtype=np.float64
+        )
+        reward = 1.0 - float(np.sum(self._filter_weights * kept * bits)) / self._full_bits
+        return loss_prune + self.beta * loss_quant - self.gamma * reward
+
+    def exact(self) -> tuple[Plan, float]:
+        """The certified minimum of ``H``: (optimal plan, its energy), by per-component enumeration."""
+        return self._exact
+
+    @cached_property
+    def _exact(self) -> tuple[Plan, float]:
+        spec = self.spec
+        levels = np.arange(2**self.num_bit_levels, dtype=np.float64)
+        total = self.offset
+        bits: dict[str, int] = {}
+        pruned: dict[str, tuple[int, ...]] = {}
+
+        def layer_energy(n: int, removed: np.ndarray) -> np.ndarray:
+            w = self._reward_weight[n]
+            return self.beta * self.sensitivity[n] * removed**2 - w * self._out_channels[n] * removed
+
+        for n, layer in enumerate(spec.layers):
+            if layer.out_group is None:
+                energies = layer_energy(n, levels)
+                best = int(np.argmin(energies))
+                total += float(energies[best])
+                bits[layer.name] = spec.b_max - best
+        for g, group in enumerate(spec.groups):
+            members = self._members[g]
+            combos = len(levels) ** len(members)
+            if combos > MAX_EXACT_COMBINATIONS:
+                raise ProblemError(
+                    f"channel group {group.name!r} ties {len(members)} layers: certifying it needs "
+                    f"{combos} joint bit choices (limit {MAX_EXACT_COMBINATIONS}); lower bit_levels"
+                )
+            grids = np.meshgrid(*([levels] * len(members)), indexing="ij")
+            removed = np.stack(grids, -1).reshape(combos, len(members)) if members else np.zeros((1, 0))
+            energies = np.zeros(combos)
+            reward_per_channel = np.zeros(combos)  # c: what pruning one candidate saves in γ·R
+            for j, n in enumerate(members):
+                energies += layer_energy(n, removed[:, j])
+                reward_per_channel += self._reward_weight[n] * (spec.b_max - removed[:, j])
+            # (Σ a p)² − c Σ p with every candidate sharing c: the best k channels are the k least
+            # important, and f(k) = A_k² − k c is convex in k (A_k = prefix sums of ascending a ≥ 0):
+            # optimal k = number of increments A_k² − A_{k−1}² below c.
+            prefix = np.concatenate([[0.0], np.cumsum(self._candidate_importance[g])])
+            increments = np.maximum.accumulate(np.diff(prefix**2))  # ascending already; guard rounding
+            count = np.searchsorted(increments, reward_per_channel, side="left")
+            energies += prefix[count] ** 2 - count * reward_per_channel
+            best = int(np.argmin(energies))
+            total += float(energies[best])
+            for j, n in enumerate(members):
+                bits[spec.layers[n].name] = spec.b_max - int(removed[best, j])
+            pruned[group.name] = tuple(int(i) for i in self._candidates[g][: count[best]])
+        plan = Plan(pruned=pruned, bits={layer.name: bits[layer.name] for layer in spec.layers})
+        return plan, total
