@@ -39,22 +39,42 @@ class ChannelGroup:
         max_pruned: how many of the lowest-importance channels may be pruned (< size, so at
             least one channel always survives). Only those get a pruning variable.
         members: module names whose outputs carry these channels.
+        prune_options: for option-based formulations, the numbers of pruned channels on offer
+            (ascending, starting at 0, each <= max_pruned; empty when not measured).
+        prune_damage: same length as ``prune_options``: the measured increase of the calibration
+            loss (nats) when that many of the least important channels are pruned and the rest
+            of the model is untouched.
     """
 
     name: str
     importance: np.ndarray
     max_pruned: int
     members: tuple[str, ...] = ()
+    prune_options: tuple[int, ...] = ()
+    prune_damage: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         imp = np.asarray(self.importance, dtype=np.float64)
         object.__setattr__(self, "importance", imp)
+        object.__setattr__(self, "prune_options", tuple(int(k) for k in self.prune_options))
+        object.__setattr__(self, "prune_damage", np.asarray(self.prune_damage, dtype=np.float64))
         if imp.ndim != 1 or imp.size == 0:
             raise ProblemError(f"channel group {self.name!r}: importance must be a non-empty vector")
         if not 0 <= self.max_pruned < imp.size:
             raise ProblemError(
                 f"channel group {self.name!r}: max_pruned={self.max_pruned} must be in [0, {imp.size - 1}]"
             )
+        options = self.prune_options
+        if options and (
+            options[0] != 0
+            or any(b <= a for a, b in zip(options, options[1:]))
+            or options[-1] > self.max_pruned
+        ):
+            raise ProblemError(
+                f"channel group {self.name!r}: prune options {list(options)} must rise from 0 to at most {self.max_pruned}"
+            )
+        if self.prune_damage.size not in (0, len(options)):
+            raise ProblemError(f"channel group {self.name!r}: prune_damage needs one entry per prune option")
 
     @property
     def size(self) -> int:
@@ -125,6 +145,29 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
+class Interaction:
+    """A measured cross term of the damage between two choices (CLADO-style, arXiv 2307.05657).
+
+    ``first`` and ``second`` name a choice family each: ``"bits:<layer>"`` (rows/columns index
+    bit-widths 1..b_max) or ``"prune:<group>"`` (index the group's ``prune_options``).
+    ``table[i, j]`` = loss(both choices) − loss(first alone) − loss(second alone) + loss(fp32), in
+    nats: what the additive (per-layer) model misses when both are applied together.
+    """
+
+    first: str
+    second: str
+    table: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", np.asarray(self.table, dtype=np.float64))
+        if self.table.ndim != 2:
+            raise ProblemError(f"interaction {self.first} x {self.second}: table must be 2-D")
+        for family in (self.first, self.second):
+            if family.split(":", 1)[0] not in ("bits", "prune") or ":" not in family:
+                raise ProblemError(f"interaction family {family!r} must be 'bits:<layer>' or 'prune:<group>'")
+
+
+@dataclass(frozen=True)
 class CompressionSpec:
     """Everything a formulation needs about one model, with no reference to torch.
 
@@ -137,6 +180,7 @@ class CompressionSpec:
             ``b_max - (2**K - 1) .. b_max`` (K=3: 1..8 bits).
         activation_bits: bits of the activations used for BOPs (activations are not quantized,
             so 32 is the honest default).
+        interactions: measured pairwise damage terms (may be empty).
     """
 
     model: str
@@ -145,6 +189,7 @@ class CompressionSpec:
     b_max: int = 8
     bit_levels: int = 3
     activation_bits: int = FP32_BITS
+    interactions: tuple[Interaction, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -165,6 +210,20 @@ class CompressionSpec:
                 raise ProblemError(
                     f"layer {layer.name!r}: quant_damage must have {self.b_max} entries (1..{self.b_max} bits)"
                 )
+        for term in self.interactions:
+            shape = tuple(self._family_size(f) for f in (term.first, term.second))
+            if term.table.shape != shape:
+                raise ProblemError(
+                    f"interaction {term.first} x {term.second}: table shape {term.table.shape} should be {shape}"
+                )
+
+    def _family_size(self, family: str) -> int:
+        """Number of choices of an interaction family (``bits:<layer>`` or ``prune:<group>``)."""
+        kind, name = family.split(":", 1)
+        if kind == "bits":
+            self.layer_index(name)
+            return self.b_max
+        return len(self.groups[self.group_index(name)].prune_options)
 
     @property
     def min_bits(self) -> int:
@@ -206,8 +265,13 @@ class CompressionSpec:
                     "importance": g.importance.tolist(),
                     "max_pruned": g.max_pruned,
                     "members": list(g.members),
+                    "prune_options": list(g.prune_options),
+                    "prune_damage": g.prune_damage.tolist(),
                 }
                 for g in self.groups
+            ],
+            "interactions": [
+                {"first": t.first, "second": t.second, "table": t.table.tolist()} for t in self.interactions
             ],
             "layers": [
                 {
@@ -237,8 +301,14 @@ class CompressionSpec:
                     importance=np.asarray(g["importance"], dtype=np.float64),
                     max_pruned=int(g["max_pruned"]),
                     members=tuple(g.get("members", ())),
+                    prune_options=tuple(g.get("prune_options", ())),
+                    prune_damage=np.asarray(g.get("prune_damage", []), dtype=np.float64),
                 )
                 for g in data["groups"]
+            )
+            interactions = tuple(
+                Interaction(t["first"], t["second"], np.asarray(t["table"], dtype=np.float64))
+                for t in data.get("interactions", [])
             )
             layers = tuple(
                 LayerSpec(**{**layer, "quant_damage": np.asarray(layer["quant_damage"], dtype=np.float64)})
@@ -251,6 +321,7 @@ class CompressionSpec:
                 b_max=int(data["b_max"]),
                 bit_levels=int(data["bit_levels"]),
                 activation_bits=int(data.get("activation_bits", FP32_BITS)),
+                interactions=interactions,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProblemError(f"malformed compression spec: {exc!r}") from exc
