@@ -8,7 +8,17 @@ cut the real model; ``analysis.spec`` uses it to fill the solver-facing ``Compre
 
 Layers whose channels we cannot follow (a concatenation, a reshape other than flatten, an
 unknown op) are not an error: their groups are simply frozen (not prunable) and listed in
-``ModelGraph.frozen_reasons``; their weights can still be quantized.
+``ModelGraph.frozen_reasons``; their weights can still be quantized. Modules with weights that
+are not Conv2d/Linear (Conv1d, ConvTranspose2d, Embedding, ...) are left as they are and listed
+there too.
+
+A TorchScript model (``torch.jit.ScriptModule``) cannot be traced by torch.fx: its Conv2d and
+Linear submodules become layers with no channel groups (bits only), each listed in
+``frozen_reasons`` with :data:`TORCHSCRIPT_REASON`. Script modules take no hooks, so the output
+positions of its convs (for MACs/BOPs) are read from the autograd graph of one forward pass
+(each convolution's backward node keeps its input shape, stride, padding, dilation and groups);
+a conv that this does not reach keeps ``out_positions=1`` (its MACs then undercounted), and a
+Linear always has ``out_positions=1`` (exact for the usual 2-D classifier input).
 """
 
 from __future__ import annotations
@@ -21,9 +31,15 @@ import torch.fx
 from torch import nn
 
 from qubocompress.errors import ModelError
+from qubocompress.models.user import is_compressible_module
 
 COMPRESSIBLE = (nn.Conv2d, nn.Linear)
+TORCHSCRIPT_REASON = (
+    "TorchScript model: its graph cannot be traced with torch.fx, so only bits are chosen; "
+    "pass package.module:factory + weights to also prune"
+)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+NORM_NAMES = ("BatchNorm1d", "BatchNorm2d")  # a norm's parameters stay float32 with its layer
 # Modules and functions that keep each channel where it is (elementwise or per-channel spatial ops).
 CHANNEL_PRESERVING_MODULES = (
     nn.ReLU,
@@ -133,13 +149,108 @@ class ModelGraph:
 
 
 
+def _not_compressed_reason(module: nn.Module) -> str | None:
+    """Why a module with weights of its own is left alone, or None (no weights, a norm, or compressible)."""
+    kind = getattr(module, "original_name", None) or type(module).__name__
+    if is_compressible_module(module) or kind in NORM_NAMES or next(module.parameters(recurse=False), None) is None:
+        return None
+    return f"{kind} is not compressible (only Conv2d and Linear are); kept as it is"
+
+
 def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGraph:
     """Trace ``model`` on an input of shape ``input_shape`` (C, H, W) and find its channel groups.
+
+    A TorchScript model gets its layers but no groups (see the module docstring).
 
     Raises:
         ModelError: the model cannot be traced by torch.fx or run on such an input.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        return _script_graph(model, input_shape)
     return _Tracer(model, input_shape).run()
+
+
+def _run_failure(exc: Exception, input_shape: tuple[int, ...]) -> ModelError:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return ModelError(
+        f"model does not run on inputs of shape {tuple(input_shape)} ({type(exc).__name__}: {first_line})"
+    )
+
+
+def _script_graph(model: torch.jit.ScriptModule, input_shape: tuple[int, ...]) -> ModelGraph:
+    """The layers of a TorchScript model: Conv2d/Linear submodules, no channel groups."""
+    found = [(name, module) for name, module in model.named_modules() if is_compressible_module(module)]
+    convs = _script_conv_geometry(model, input_shape, [(n, m) for n, m in found if m.original_name == "Conv2d"])
+    layers = []
+    for name, module in found:
+        shape = tuple(module.weight.shape)
+        if module.original_name == "Conv2d":
+            groups, out_positions = convs.get(name, (int(getattr(module, "groups", 1)), 1))
+            kernel_area = shape[2] * shape[3]
+            layers.append(
+                LayerInfo(name, "conv", shape[0], shape[1] * groups, groups, kernel_area, 1, out_positions, None, None)
+            )
+        else:
+            layers.append(LayerInfo(name, "linear", shape[0], shape[1], 1, 1, 1, 1, None, None))
+    frozen = {name: TORCHSCRIPT_REASON for name, _ in found}
+    for name, module in model.named_modules():
+        reason = _not_compressed_reason(module)
+        if reason is not None:
+            frozen[name] = reason
+    return ModelGraph(layers=layers, groups=[], frozen_reasons=frozen)
+
+
+# What a convolution's autograd node saves (ConvolutionBackward0/1): enough to size its output.
+_CONV_SAVED = ("weight", "input", "stride", "padding", "dilation", "groups")
+
+
+def _script_conv_geometry(
+    model: torch.jit.ScriptModule, input_shape: tuple[int, ...], convs: list[tuple[str, nn.Module]]
+) -> dict[str, tuple[int, int]]:
+    """``name -> (groups, output positions)`` of the convs reached by one forward pass, read from
+    the convolution nodes of its autograd graph (script modules take no forward hooks)."""
+    by_pointer = {module.weight.data_ptr(): name for name, module in convs}
+    weights = [module.weight for _, module in convs]
+    flags = [w.requires_grad for w in weights]
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        for weight in weights:
+            weight.requires_grad_(True)
+        with torch.enable_grad():
+            output = model(torch.zeros((1, *input_shape), device=device, requires_grad=True))
+    except Exception as exc:  # any failure of the user's forward on this input
+        raise _run_failure(exc, input_shape) from exc
+    finally:
+        for weight, flag in zip(weights, flags, strict=True):
+            weight.requires_grad_(flag)
+        model.train(was_training)
+    outputs = output if isinstance(output, (tuple, list)) else [output]
+    stack = [t.grad_fn for t in outputs if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    seen: set[int] = set()
+    geometry: dict[str, tuple[int, int]] = {}
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+        if not all(hasattr(node, f"_saved_{key}") for key in _CONV_SAVED):
+            continue
+        weight, source = node._saved_weight, node._saved_input
+        name = by_pointer.get(weight.data_ptr()) if weight is not None else None
+        if name is None or source is None or source.dim() != 4:
+            continue
+        sides = [
+            (size + 2 * pad - dil * (kernel - 1) - 1) // step + 1
+            for size, pad, dil, kernel, step in zip(
+                source.shape[2:], node._saved_padding, node._saved_dilation, weight.shape[2:], node._saved_stride
+            )
+        ]
+        geometry[name] = (int(node._saved_groups), int(sides[0] * sides[1]))
+    return geometry
 
 
 @dataclass
@@ -177,10 +288,7 @@ def _propagate_shapes(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) ->
         with torch.no_grad():
             ShapeProp(gm).propagate(torch.zeros((2, *input_shape)))
     except Exception as exc:  # any failure of the user's forward on this input
-        raise ModelError(
-            f"model does not run on inputs of shape {tuple(input_shape)} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+        raise _run_failure(exc, input_shape) from exc
     finally:
         gm.train(was_training)
     shapes = {}
@@ -207,6 +315,7 @@ class _Tracer:
         self.records: list[_GroupRecord] = []
         self.channels: dict[torch.fx.Node, _Channels | None] = {}  # None: not a tensor
         self.layers: list[dict] = []
+        self.not_compressed: dict[str, str] = {}
 
     # -- union-find -------------------------------------------------------------------------
     def _new(self, channels: int, producer: str | None = None, frozen: str | None = None) -> int:
@@ -276,6 +385,9 @@ class _Tracer:
                 return first
             if isinstance(module, nn.Flatten):
                 return self._reshape(first, in_shape, shape, name)
+            reason = _not_compressed_reason(module)
+            if reason is not None:
+                self.not_compressed[name] = reason
             return self._unsupported(inputs, f"module {name} ({type(module).__name__})")
         target = node.target
         label = target if isinstance(target, str) else getattr(target, "__name__", str(target))
@@ -401,4 +513,4 @@ class _Tracer:
             LayerInfo(**{**layer, "out_group": resolve(layer["out_group"]), "in_group": resolve(layer["in_group"])})
             for layer in self.layers
         ]
-        return ModelGraph(layers=layers, groups=groups, frozen_reasons=frozen)
+        return ModelGraph(layers=layers, groups=groups, frozen_reasons={**frozen, **self.not_compressed})

@@ -1,11 +1,36 @@
-"""Per-channel importance scores (higher = more important to keep).
+"""Per-channel importance scores (higher = more important to keep), one vector per channel group.
 
-``l1`` is the paper's score: the mean absolute weight of each output filter (Li et al. 2017). A
-channel group with several producing layers (tied by a residual add) or a depthwise conv sums the
-scores of every member filter, since pruning the channel removes all of them.
+Methods (:data:`IMPORTANCE_METHODS`):
+
+* ``l1``: the paper's score, the mean absolute weight of each output filter (Li et al. 2017),
+  summed over every member filter of the group (the producers tied by residual adds and the
+  depthwise convs carrying the channels), since pruning the channel removes all of them. Needs
+  no data. Units: |weight|.
+* ``taylor``: first-order Taylor estimate of the loss change when the channel is removed
+  (Molchanov et al. 2017, the activation-based form): ``|Σ_n Σ_sites a·∂L_n/∂a| / N`` over the N
+  calibration samples, in nats (``L_n``: cross-entropy of sample n).
+* ``fisher``: the empirical-Fisher (second-order) estimate of the same change (Theis et al. 2018;
+  Liu et al. 2021, "group Fisher pruning", for coupled channels): ``Σ_n (Σ_sites a·∂L_n/∂a)² /
+  (2N)``, in nats. It is the squared gradient of a mask shared by every site of the channel.
+
+Where a and ∂L/∂a are measured ("sites"): at the input of every consumer of the group, the
+exact place where pruning acts (see :mod:`qubocompress.analysis.masking`), summed over the
+consumers, the spatial positions (or, after a flatten, the channel's block of features) and, for
+taylor, the samples. A channel that feeds two consumers, or several residual adds, is thus
+counted once per consumer, and the estimate is the Taylor expansion of exactly the masking that
+``prune_damage`` measures. For a conv → BN → ReLU → pool → conv chain this equals ``a·∂L/∂a`` at
+the BN output, since ``Σ a·∂L/∂a`` is unchanged through positively homogeneous per-channel ops
+(ReLU, max/avg pooling, flatten; Euler's theorem).
+
+Per-sample gradients come from one backward pass of the summed batch loss: in eval mode (the
+model is switched to it, and back) no sample's output depends on another sample, so the gradient
+at sample n's activation is ``∂L_n/∂a_n``. Parameters' ``.grad`` are left untouched. The same
+call twice gives the same scores.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,7 +39,10 @@ from torch import nn
 from qubocompress.analysis.graph import ModelGraph
 from qubocompress.errors import ProblemError
 
-IMPORTANCE_METHODS = ("l1",)
+IMPORTANCE_METHODS = ("l1", "taylor", "fisher")
+BATCH_SIZE = 256
+
+CalibrationData = tuple[torch.Tensor, torch.Tensor]
 
 
 def filter_l1(weight: torch.Tensor) -> np.ndarray:
@@ -22,15 +50,89 @@ def filter_l1(weight: torch.Tensor) -> np.ndarray:
     return weight.detach().abs().reshape(weight.shape[0], -1).mean(dim=1).double().cpu().numpy()
 
 
-def group_importance(model: nn.Module, graph: ModelGraph, method: str = "l1") -> list[np.ndarray]:
-    """Importance of every channel of every group of ``graph``, in group order."""
+def group_importance(
+    model: nn.Module,
+    graph: ModelGraph,
+    method: str = "l1",
+    data: CalibrationData | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> list[np.ndarray]:
+    """Importance of every channel of every group of ``graph``, in group order.
+
+    Args:
+        method: one of :data:`IMPORTANCE_METHODS` (see the module docstring).
+        data: ``(x, y)`` calibration inputs and int64 labels; needed by ``taylor`` and ``fisher``.
+        batch_size: samples per forward/backward pass.
+
+    Raises:
+        ProblemError: an unknown method, or a data-driven method without data.
+    """
     if method not in IMPORTANCE_METHODS:
         raise ProblemError(f"unknown importance {method!r}; choose one of {', '.join(IMPORTANCE_METHODS)}")
+    if not graph.groups:
+        return []
+    if method == "l1":
+        modules = dict(model.named_modules())
+        return [
+            sum(
+                (filter_l1(modules[name].weight) for name in (*group.producers, *group.depthwise)),
+                np.zeros(group.channels),
+            )
+            for group in graph.groups
+        ]
+    if data is None or len(data[0]) == 0:
+        raise ProblemError(f"importance {method!r} needs calibration data (x, y); pass data= or use 'l1'")
+    x, y = data
+    contributions = channel_contributions(model, graph, x, y, batch_size)
+    if method == "taylor":
+        return [np.abs(c.sum(axis=0)) / len(x) for c in contributions]
+    return [np.square(c).sum(axis=0) / (2 * len(x)) for c in contributions]
+
+
+def channel_contributions(
+    model: nn.Module, graph: ModelGraph, x: torch.Tensor, y: torch.Tensor, batch_size: int = BATCH_SIZE
+) -> list[np.ndarray]:
+    """Per group, an (N, channels) array: ``Σ_sites a·∂L_n/∂a`` of every sample n and channel (nats).
+
+    This is ``-∂L_n/∂m`` for a mask m multiplying the channel at every consumer's input, i.e. the
+    first-order change of sample n's loss when the channel is removed, with the sign flipped.
+    """
     modules = dict(model.named_modules())
-    scores = []
-    for group in graph.groups:
-        total = np.zeros(group.channels)
-        for name in (*group.producers, *group.depthwise):
-            total += filter_l1(modules[name].weight)
-        scores.append(total)
-    return scores
+    totals = [np.zeros((len(x), group.channels)) for group in graph.groups]
+    captured: list[tuple[int, torch.Tensor]] = []
+
+    def capture(group_index: int) -> Callable[[nn.Module, tuple], tuple]:
+        def hook(_module: nn.Module, args: tuple) -> tuple:
+            value = args[0]
+            # a fresh node per consumer, so its gradient is the one flowing through this consumer only
+            site = value.view_as(value) if value.requires_grad else value.detach().requires_grad_()
+            captured.append((group_index, site))
+            return (site, *args[1:])
+
+        return hook
+
+    handles = [
+        modules[name].register_forward_pre_hook(capture(index))
+        for index, group in enumerate(graph.groups)
+        for name, _per_channel in group.consumers
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for start in range(0, len(x), batch_size):
+                captured.clear()
+                logits = model(x[start : start + batch_size])
+                loss = nn.functional.cross_entropy(logits, y[start : start + batch_size], reduction="sum")
+                grads = torch.autograd.grad(loss, [site for _, site in captured], allow_unused=True)
+                for (index, site), grad in zip(captured, grads, strict=True):
+                    if grad is None:
+                        continue
+                    product = (site.detach() * grad).reshape(len(site), graph.groups[index].channels, -1)
+                    totals[index][start : start + len(site)] += product.sum(dim=2).double().cpu().numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+        captured.clear()
+        model.train(was_training)
+    return totals

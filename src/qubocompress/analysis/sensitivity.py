@@ -1,10 +1,23 @@
-"""Per-layer quantization sensitivity, measured on the calibration split.
+"""Per-layer quantization sensitivity and per-group pruning damage, on the calibration split.
 
-For every compressible layer n and bit-width b, the damage is the increase of the mean
-cross-entropy (nats) on the calibration split when only layer n's weights are quantized to b bits
-(every other layer stays fp32): ``Ω_n(b) = loss(W_n -> Q_b(W_n)) - loss(fp32)``. This is the
-"measured loss increase" of DESIGN.md §2 and of OpenPPL's layer-wise analysis; the formulations
-fit their surrogates to it (the paper form fits ``s[n]·d²``), so the QUBO speaks in units of loss.
+Layer methods (:data:`LAYER_SENSITIVITY_METHODS`); each returns, per layer n, an array over
+bit-widths b = 1..b_max (entry ``b-1``):
+
+* ``measured``: ``Ω_n(b) = loss(W_n -> Q_b(W_n)) - loss(fp32)``, the increase of the mean
+  cross-entropy (nats) on the calibration split when only layer n is quantized (every other
+  layer fp32). The "measured loss increase" of DESIGN.md §2 and of OpenPPL's layer-wise
+  analysis. Cost: ``layers × b_max`` forward passes over the split.
+* ``mse``: ``Σ (Q_b(W_n) - W_n)²`` over the layer's weights, in weight² (not nats), with no
+  per-layer normalisation: it is HAWQ's estimate below with the same curvature ``Tr(H)/N = 2``
+  for every layer, so a layer with more weights does count more. Needs no data; cheapest. The
+  paper formulation's balanced β absorbs its overall scale; do not mix it with the nats of
+  ``prune_damage`` in one objective.
+* ``hessian``: HAWQ-V2 (Dong et al. 2020): ``Ω_n(b) ≈ Tr(H_n)/N_n · ||Q_b(W_n) - W_n||² / 2``,
+  with ``H_n`` the Hessian of the mean calibration loss w.r.t. the layer's N_n weights, its trace
+  from Hutchinson's estimator (:func:`hessian_traces`). A second-order estimate of the loss
+  increase, in nats, so comparable with ``measured``. The trace of a layer that is not at a
+  minimum can come out negative; it is reported as estimated (the formulations clip negative
+  damage to 0).
 
 The quantizer is passed in (``apply.quantize.fake_quantize`` in the pipeline) so that this
 module never depends on the layer that applies the plan, and the damage measured is that of the
@@ -13,26 +26,78 @@ very quantizer the artifact will use.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
 
+from qubocompress.analysis.graph import ModelGraph
+from qubocompress.analysis.masking import masked_channels
+from qubocompress.errors import ProblemError
+
 Quantizer = Callable[[torch.Tensor, int], torch.Tensor]
+
+LAYER_SENSITIVITY_METHODS = ("measured", "mse", "hessian")
+# Rademacher probes of Hutchinson's estimator: its standard error falls as 1/sqrt(samples).
+HUTCHINSON_SAMPLES = 32
+LOSS_BATCH_SIZE = 1024
+HESSIAN_BATCH_SIZE = 256
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode within the block; its train/eval mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = LOSS_BATCH_SIZE) -> float:
     """Mean cross-entropy (nats) of ``model`` in eval mode on ``(x, y)``."""
     total = 0.0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        total += float(nn.functional.cross_entropy(logits, y[start : start + batch_size], reduction="sum"))
+    with evaluating(model):
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start : start + batch_size])
+            total += float(nn.functional.cross_entropy(logits, y[start : start + batch_size], reduction="sum"))
     return total / max(len(x), 1)
 
 
-@torch.no_grad()
+def layer_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The weight of the compressible layer ``name`` (ProblemError if there is none). Looked up
+    through ``named_modules``, which TorchScript modules support (``get_submodule`` they do not)."""
+    module = dict(model.named_modules()).get(name)
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ProblemError(f"the model has no layer {name!r} with a weight")
+    return weight
+
+
+@contextmanager
+def quantized_weights(model: nn.Module, bits: Mapping[str, int], quantizer: Quantizer) -> Iterator[nn.Module]:
+    """Within the block, the weights of the layers in ``bits`` hold their quantized values.
+
+    Edits in place and restores the originals on exit, also when the block raises. Yields ``model``.
+    """
+    originals: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for name, b in bits.items():
+                weight = layer_weight(model, name)
+                originals.append((weight, weight.detach().clone()))
+                weight.copy_(quantizer(originals[-1][1], b))
+        yield model
+    finally:
+        with torch.no_grad():
+            for weight, original in reversed(originals):
+                weight.copy_(original)
+
+
 def quant_damage(
     model: nn.Module,
     layer_names: Sequence[str],
@@ -40,25 +105,153 @@ def quant_damage(
     y: torch.Tensor,
     quantizer: Quantizer,
     b_max: int = 8,
+    bit_widths: Sequence[int] | None = None,
+    base_loss: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Loss increase per layer and bit-width: ``result[name][b-1] = Ω_name(b)`` for b = 1..b_max."""
-    modules = dict(model.named_modules())
-    was_training = model.training
-    model.eval()
+    """Measured loss increase: ``result[name][b-1] = Ω_name(b)`` (nats) for b = 1..b_max.
+
+    ``bit_widths``: measure only these (the other entries are 0); ``base_loss``: the fp32
+    :func:`mean_loss` on ``(x, y)`` if already known. One pass per layer and bit-width (+1).
+    """
+    base = mean_loss(model, x, y) if base_loss is None else base_loss
+    damage = {}
+    for name in layer_names:
+        row = np.zeros(b_max)
+        for bits in bit_widths or range(1, b_max + 1):
+            with quantized_weights(model, {name: bits}, quantizer):
+                row[bits - 1] = mean_loss(model, x, y) - base
+        damage[name] = row
+    return damage
+
+
+@torch.no_grad()
+def weight_error(
+    model: nn.Module, layer_names: Sequence[str], quantizer: Quantizer, b_max: int = 8
+) -> dict[str, np.ndarray]:
+    """``result[name][b-1] = Σ (Q_b(W) - W)²`` over the layer's weights (units: weight²)."""
+    errors = {}
+    for name in layer_names:
+        weight = layer_weight(model, name).detach()
+        errors[name] = np.array(
+            [float((quantizer(weight, bits) - weight).double().square().sum()) for bits in range(1, b_max + 1)]
+        )
+    return errors
+
+
+@contextmanager
+def _requiring_grad(tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+    flags = [t.requires_grad for t in tensors]
     try:
-        base = mean_loss(model, x, y)
-        damage = {}
-        for name in layer_names:
-            weight = modules[name].weight
-            original = weight.detach().clone()
-            row = np.zeros(b_max)
-            try:
-                for bits in range(1, b_max + 1):
-                    weight.copy_(quantizer(original, bits))
-                    row[bits - 1] = mean_loss(model, x, y) - base
-            finally:
-                weight.copy_(original)
-            damage[name] = row
-        return damage
+        for tensor in tensors:
+            tensor.requires_grad_(True)
+        yield
     finally:
-        model.train(was_training)
+        for tensor, flag in zip(tensors, flags, strict=True):
+            tensor.requires_grad_(flag)
+
+
+def hessian_traces(
+    model: nn.Module,
+    layer_names: Sequence[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    samples: int = HUTCHINSON_SAMPLES,
+    seed: int = 0,
+    batch_size: int = HESSIAN_BATCH_SIZE,
+) -> dict[str, float]:
+    """Hutchinson estimates of ``Tr(H_n)`` for every layer n: H_n = ∂²L/∂W_n², L the mean
+    cross-entropy (nats) over ``(x, y)`` in eval mode.
+
+    Each of ``samples`` probes draws Rademacher vectors v (±1, from a generator seeded with
+    ``seed``) for all layers at once and computes the Hessian-vector product ``Hv`` by double
+    backward over the whole split; ``v_n·(Hv)_n`` is an unbiased estimate of ``Tr(H_n)`` (the
+    cross-layer blocks average out), as in PyHessian/HAWQ-V2. Cost: ``samples`` × (forward +
+    two backward passes) over the split. Parameters' ``.grad`` are left untouched.
+    """
+    if samples < 1:
+        raise ProblemError(f"the Hutchinson estimator needs at least 1 sample, got {samples}")
+    weights = [layer_weight(model, name) for name in layer_names]
+    generator = torch.Generator().manual_seed(seed)
+    sums = np.zeros(len(weights))
+    with evaluating(model), _requiring_grad(weights), torch.enable_grad():
+        for _ in range(samples):
+            probes = [
+                (torch.randint(0, 2, w.shape, generator=generator) * 2 - 1).to(device=w.device, dtype=w.dtype)
+                for w in weights
+            ]
+            for start in range(0, len(x), batch_size):
+                logits = model(x[start : start + batch_size])
+                loss = nn.functional.cross_entropy(logits, y[start : start + batch_size], reduction="sum") / len(x)
+                grads = torch.autograd.grad(loss, weights, create_graph=True)
+                projected = sum((g * v).sum() for g, v in zip(grads, probes, strict=True))
+                products = torch.autograd.grad(projected, weights)
+                for i, (hv, v) in enumerate(zip(products, probes, strict=True)):
+                    sums[i] += float((hv * v).double().sum())
+    return {name: float(total / samples) for name, total in zip(layer_names, sums, strict=True)}
+
+
+def layer_damage(
+    model: nn.Module,
+    layers: ModelGraph | Sequence[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    quantizer: Quantizer,
+    b_max: int = 8,
+    method: str = "measured",
+    seed: int = 0,
+    hessian_samples: int = HUTCHINSON_SAMPLES,
+) -> dict[str, np.ndarray]:
+    """Quantization damage of every layer at 1..b_max bits by ``method`` (see the module docstring).
+
+    ``layers``: a traced graph (all its layers) or layer names. ``seed`` seeds the Hutchinson
+    probes of ``hessian``; the other methods are deterministic without it.
+    """
+    if method not in LAYER_SENSITIVITY_METHODS:
+        raise ProblemError(
+            f"unknown layer sensitivity {method!r}; choose one of {', '.join(LAYER_SENSITIVITY_METHODS)}"
+        )
+    names = [layer.name for layer in layers.layers] if isinstance(layers, ModelGraph) else list(layers)
+    if method == "measured":
+        return quant_damage(model, names, x, y, quantizer, b_max)
+    errors = weight_error(model, names, quantizer, b_max)
+    if method == "mse":
+        return errors
+    traces = hessian_traces(model, names, x, y, hessian_samples, seed)
+    return {name: traces[name] / layer_weight(model, name).numel() * errors[name] / 2 for name in names}
+
+
+def prune_order(importance: np.ndarray) -> np.ndarray:
+    """Channel indices from least to most important, ties by index (``ChannelGroup.prune_order``)."""
+    return np.argsort(np.asarray(importance), kind="stable")
+
+
+def prune_damage(
+    model: nn.Module,
+    graph: ModelGraph,
+    group_index: int,
+    options: Sequence[int],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    importance: np.ndarray,
+    base_loss: float | None = None,
+) -> np.ndarray:
+    """Measured loss increase (nats) of pruning, for each count k in ``options``, the k least
+    important channels of group ``group_index`` (rest of the model fp32 and unpruned).
+
+    Channels are ordered by :func:`prune_order`; pruning is simulated by :func:`masked_channels`,
+    which equals physical pruning. A count of 0 costs no pass and is exactly 0. ``base_loss``:
+    the fp32 :func:`mean_loss` on ``(x, y)`` if already known (saves one pass).
+    """
+    group = graph.groups[group_index]
+    if any(not 0 <= int(k) < group.channels for k in options):
+        raise ProblemError(
+            f"prune options {list(options)} of group {group.name!r} must lie in [0, {group.channels - 1}]"
+        )
+    order = prune_order(importance)
+    base = mean_loss(model, x, y) if base_loss is None else base_loss
+    damage = np.zeros(len(options))
+    for i, count in enumerate(options):
+        if count:
+            with masked_channels(model, graph, {group_index: order[: int(count)].tolist()}):
+                damage[i] = mean_loss(model, x, y) - base
+    return damage

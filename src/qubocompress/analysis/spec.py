@@ -8,7 +8,29 @@ import numpy as np
 
 from qubocompress.analysis.graph import ModelGraph
 from qubocompress.errors import ProblemError
-from qubocompress.problem.spec import ChannelGroup, CompressionSpec, LayerSpec
+from qubocompress.problem.spec import ChannelGroup, CompressionSpec, Interaction, LayerSpec
+
+DEFAULT_PRUNE_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5)
+
+
+def _check_fraction(max_prune_fraction: float) -> None:
+    if not 0.0 <= max_prune_fraction < 1.0:
+        raise ProblemError(f"max prune fraction must be in [0, 1), got {max_prune_fraction}")
+
+
+def max_pruned_channels(channels: int, max_prune_fraction: float) -> int:
+    """How many of ``channels`` may be pruned: ``floor(fraction * channels)``, at most channels − 1."""
+    _check_fraction(max_prune_fraction)
+    return min(int(np.floor(max_prune_fraction * channels)), channels - 1)
+
+
+def prune_option_counts(channels: int, fractions: Sequence[float], max_prune_fraction: float) -> tuple[int, ...]:
+    """The prune options of a group of ``channels``: each fraction times ``channels``, rounded half
+    up, capped at :func:`max_pruned_channels`, deduplicated, ascending, always starting at 0."""
+    if any(not 0.0 <= f < 1.0 for f in fractions):
+        raise ProblemError(f"prune option fractions must lie in [0, 1), got {list(fractions)}")
+    cap = max_pruned_channels(channels, max_prune_fraction)
+    return tuple(sorted({0} | {min(int(np.floor(f * channels + 0.5)), cap) for f in fractions}))
 
 
 def build_spec(
@@ -19,25 +41,39 @@ def build_spec(
     b_max: int = 8,
     bit_levels: int = 3,
     max_prune_fraction: float = 0.5,
+    prune_options: Sequence[Sequence[int]] | None = None,
+    prune_damage: Sequence[np.ndarray] | None = None,
+    interactions: Sequence[Interaction] = (),
 ) -> CompressionSpec:
     """The solver-facing description of ``graph``.
 
     Args:
         importance: one score vector per group of ``graph`` (higher = keep).
-        damage: per layer name, the measured loss increase at 1..b_max bits.
+        damage: per layer name, the quantization damage at 1..b_max bits (see
+            :mod:`qubocompress.analysis.sensitivity` for the units of each method).
         max_prune_fraction: at most this share of each group's channels may be pruned (the
             least important ones); at least one channel always survives.
+        prune_options: per group, the pruned-channel counts on offer (e.g. from
+            :func:`prune_option_counts`); None: no options.
+        prune_damage: per group, the measured loss increase (nats) of each option.
+        interactions: measured pairwise terms (:mod:`qubocompress.analysis.interactions`).
     """
-    if not 0.0 <= max_prune_fraction < 1.0:
-        raise ProblemError(f"max prune fraction must be in [0, 1), got {max_prune_fraction}")
+    _check_fraction(max_prune_fraction)
+    count = len(graph.groups)
+    options = list(prune_options) if prune_options is not None else [()] * count
+    damages = list(prune_damage) if prune_damage is not None else [np.zeros(0)] * count
+    if len(options) != count or len(damages) != count:
+        raise ProblemError(f"prune options and damages need one entry per channel group ({count})")
     groups = tuple(
         ChannelGroup(
             name=group.name,
             importance=np.asarray(score, dtype=np.float64),
-            max_pruned=min(int(np.floor(max_prune_fraction * group.channels)), group.channels - 1),
+            max_pruned=max_pruned_channels(group.channels, max_prune_fraction),
             members=group.producers + group.depthwise,
+            prune_options=tuple(group_options),
+            prune_damage=np.asarray(group_damage, dtype=np.float64),
         )
-        for group, score in zip(graph.groups, importance, strict=True)
+        for group, score, group_options, group_damage in zip(graph.groups, importance, options, damages, strict=True)
     )
     layers = tuple(
         LayerSpec(
@@ -55,4 +91,11 @@ def build_spec(
         )
         for layer in graph.layers
     )
-    return CompressionSpec(model=model_name, layers=layers, groups=groups, b_max=b_max, bit_levels=bit_levels)
+    return CompressionSpec(
+        model=model_name,
+        layers=layers,
+        groups=groups,
+        b_max=b_max,
+        bit_levels=bit_levels,
+        interactions=tuple(interactions),
+    )

@@ -8,8 +8,10 @@ File layout (all integers little-endian)::
     P bytes                 payload: the tensors, back to back
     uint32                  CRC32 of every byte before it (magic, length, header, payload)
 
-Header: ``{"format": 1, "arch": {"name", "kwargs"}, "metadata": {...}, "payload_bytes": P,
-"tensors": [...]}`` where ``arch`` rebuilds the ORIGINAL (unpruned) model and ``tensors`` lists
+Header: ``{"format": 1, "arch": {...}, "metadata": {...}, "payload_bytes": P, "tensors": [...]}``
+where ``arch`` rebuilds the ORIGINAL (unpruned) model (``{"name", "kwargs"}`` for a built-in
+model, ``{"factory", "kwargs"}`` for ``package.module:factory``, ``{"torchscript": true}`` for a
+TorchScript model, see :mod:`qubocompress.models.user`) and ``tensors`` lists
 every tensor of the state_dict in payload order, back to back (each one's byte offset is the sum
 of the sizes before it; the entries carry no offsets, which keeps the header small):
 
@@ -21,7 +23,11 @@ of the sizes before it; the entries carry no offsets, which keeps the header sma
 * ``{"name", "shape", "dtype"}``: every other tensor (biases, BatchNorm parameters and running
   statistics, full-precision weights) stored raw, ``n * itemsize`` bytes. Every floating tensor
   is stored as float32 (biases and BatchNorm are a tiny share of the bytes, and kept exact),
-  integer buffers (``num_batches_tracked``) in their own integer type.
+  integer buffers (``num_batches_tracked``) in their own integer type;
+* for a TorchScript model only, a last raw uint8 entry named ``@torchscript``: the model's
+  TorchScript code with every tensor emptied, lzma-compressed
+  (:func:`qubocompress.models.user.script_archive`, ~4 KB for the VGG), which loading refills
+  from the entries before it.
 
 Loading rebuilds the original architecture, shrinks every Conv2d/Linear/BatchNorm to the stored
 shapes (the plan's pruning) and loads the dequantized weights, which equal
@@ -43,9 +49,9 @@ import torch
 from torch import nn
 
 from qubocompress.apply.quantize import QuantizedTensor, dequantize, max_code, quantize_tensor, quantized_layers
-from qubocompress.errors import ArtifactError
+from qubocompress.errors import ArtifactError, ModelError
 from qubocompress.io import _jsonable, atomic_write
-from qubocompress.models.zoo import build_model
+from qubocompress.models.user import arch_label, load_script_archive, rebuild_model, script_archive
 
 MAGIC = b"QCZ1"
 FORMAT_VERSION = 1
@@ -63,6 +69,7 @@ _RAW_DTYPES = {
 }
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+SCRIPT_ENTRY = "@torchscript"
 
 Builder = Callable[[dict[str, Any]], nn.Module]
 
@@ -110,10 +117,17 @@ def _encode(model: nn.Module, bits: Mapping[str, int]) -> tuple[list[dict[str, A
     return entries, chunks
 
 
-def _check_arch(arch: Any) -> None:
-    valid = isinstance(arch, Mapping) and isinstance(arch.get("name"), str)
-    if not (valid and isinstance(arch.get("kwargs", {}), Mapping)):
-        raise ArtifactError(f"arch must be {{'name': str, 'kwargs': dict}} describing the unpruned model, got {arch!r}")
+def _normalised_arch(arch: Any) -> dict[str, Any]:
+    """``arch`` as stored: ``{"name"|"factory": str, "kwargs": dict}`` or ``{"torchscript": True}``."""
+    if isinstance(arch, Mapping) and arch.get("torchscript") is True:
+        return {"torchscript": True}
+    for key in ("factory", "name"):
+        if isinstance(arch, Mapping) and isinstance(arch.get(key), str) and isinstance(arch.get("kwargs", {}), Mapping):
+            return {key: arch[key], "kwargs": dict(arch.get("kwargs", {}))}
+    raise ArtifactError(
+        "arch must be {'name': str, 'kwargs': dict}, {'factory': 'pkg.mod:make', 'kwargs': dict} or "
+        f"{{'torchscript': True}} describing the unpruned model, got {arch!r}"
+    )
 
 
 def save_artifact(
@@ -125,16 +139,23 @@ def save_artifact(
 ) -> int:
     """Write ``model`` (already pruned) with its weights quantized to ``bits`` to ``path``.
 
-    ``bits``: layer name -> bit-width (32 or absent: float32). ``arch``: ``{"name", "kwargs"}``
-    that rebuilds the original unpruned model. ``metadata``: any JSON-ready dict (plan, metrics),
-    returned by :func:`load_artifact`. Written atomically. Returns the file size in bytes.
+    ``bits``: layer name -> bit-width (32 or absent: float32). ``arch``: the dict that rebuilds
+    the original unpruned model (see the module docstring); for ``{"torchscript": True}``
+    ``model`` must be the ScriptModule, whose code is stored too. ``metadata``: any JSON-ready
+    dict (plan, metrics), returned by :func:`load_artifact`. Written atomically. Returns the file
+    size in bytes.
     """
-    _check_arch(arch)
+    stored_arch = _normalised_arch(arch)
     entries, chunks = _encode(model, bits)
+    if stored_arch.get("torchscript"):
+        if not isinstance(model, torch.jit.ScriptModule):
+            raise ArtifactError(f"arch says torchscript, but the model is a {type(model).__name__}, not a ScriptModule")
+        chunks.append(script_archive(model))
+        entries.append({"name": SCRIPT_ENTRY, "shape": [len(chunks[-1])], "dtype": "uint8"})
     payload_bytes = sum(len(chunk) for chunk in chunks)
     header = {
         "format": FORMAT_VERSION,
-        "arch": {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))},
+        "arch": stored_arch,
         "metadata": dict(metadata or {}),
         "payload_bytes": payload_bytes,
         "tensors": entries,
@@ -288,17 +309,15 @@ def _shrink_to(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         setattr(model.get_submodule(parent_name), child, replacement)
 
 
-def _build_registered(arch: Mapping[str, Any]) -> nn.Module:
-    return build_model(arch["name"], **arch.get("kwargs", {}))
-
-
 def load_artifact(path: str | os.PathLike[str], build: Builder | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Read an artifact written by :func:`save_artifact`: the pruned, dequantized model (in eval
     mode) and the stored metadata.
 
-    ``build(arch)`` makes the original unpruned model (default: the built-in ``build_model``).
-    Raises ArtifactError when the file is missing, not an artifact, truncated or corrupt, or does
-    not fit the rebuilt architecture.
+    ``build(arch)`` makes the original unpruned model (default:
+    :func:`qubocompress.models.user.rebuild_model`: the built-in model, or the factory imported
+    and called again); a TorchScript model is rebuilt from the code stored in the file. Raises
+    ArtifactError when the file is missing, not an artifact, truncated or corrupt, or does not fit
+    the rebuilt architecture, or when the architecture cannot be rebuilt.
     """
     path = Path(path)
     try:
@@ -307,17 +326,22 @@ def load_artifact(path: str | os.PathLike[str], build: Builder | None = None) ->
         raise ArtifactError(f"cannot read artifact {path}: {exc.strerror or exc}") from exc
     header, payload = _read_header(path, data)
     try:
-        arch = header["arch"]
-        _check_arch(arch)
+        arch = _normalised_arch(header["arch"])
         state = _decode_tensors(header["tensors"], payload)
         metadata = dict(header.get("metadata") or {})
+        archive = state.pop(SCRIPT_ENTRY).numpy().tobytes() if arch.get("torchscript") else None
     except (KeyError, IndexError, ValueError, TypeError, ArtifactError) as exc:
         raise ArtifactError(f"{path} is corrupt (malformed header: {exc})") from exc
-    model = (build or _build_registered)(arch)
+    try:
+        if archive is not None:
+            return load_script_archive(archive, state), metadata
+        model = (build or rebuild_model)(arch)
+    except ModelError as exc:
+        raise ArtifactError(f"{path}: cannot rebuild its {arch_label(arch)} model: {exc}") from exc
     try:
         _shrink_to(model, state)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ArtifactError(f"{path} does not fit architecture {arch['name']!r}: {reason}") from exc
+        raise ArtifactError(f"{path} does not fit architecture {arch_label(arch)!r}: {reason}") from exc
     return model.eval(), metadata

@@ -3,7 +3,8 @@
 ``prune_model`` removes the pruned channels for real (smaller weight tensors, updated
 ``in/out_channels``), so the pruned model is smaller in memory, on disk and in MACs.
 ``mask_model`` is its reference: it keeps every tensor and zeroes the pruned channels' input slice
-in every consumer, which must compute the same function (tests check that they agree).
+in every consumer (:mod:`qubocompress.analysis.masking`, which the sensitivity analysis uses too),
+which must compute the same function (tests check that they agree).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from qubocompress.analysis.graph import ModelGraph, PruningGroup
+from qubocompress.analysis.masking import consumer_module, feature_indices, graph_module, zero_consumer_inputs
 from qubocompress.errors import ModelError
 from qubocompress.problem.plan import Plan
 
@@ -41,21 +43,6 @@ def _pruned_groups(graph: ModelGraph, plan: Plan) -> Iterator[tuple[PruningGroup
         yield group, pruned, torch.nonzero(keep_mask).flatten()
 
 
-def _module(model: nn.Module, name: str, kinds: tuple[type[nn.Module], ...], role: str) -> nn.Module:
-    try:
-        module = model.get_submodule(name)
-    except AttributeError as exc:
-        raise ModelError(f"the model graph names {role} {name!r}, which the model does not have") from exc
-    if not isinstance(module, kinds):
-        raise ModelError(f"the model graph names {role} {name!r}, a {type(module).__name__}, not a {kinds[0].__name__}")
-    return module
-
-
-def _feature_indices(channels: torch.Tensor, per_channel: int) -> torch.Tensor:
-    """Input features of ``channels`` when each channel spans ``per_channel`` consecutive features."""
-    return (channels[:, None] * per_channel + torch.arange(per_channel)).flatten()
-
-
 def _select_param(module: nn.Module, attr: str, dim: int, index: torch.Tensor) -> None:
     """Replace parameter ``attr`` of ``module`` by its slice ``index`` along ``dim``."""
     param = getattr(module, attr)
@@ -72,21 +59,11 @@ def _select_buffer(module: nn.Module, attr: str, index: torch.Tensor) -> None:
     setattr(module, attr, buffer.index_select(0, index.to(buffer.device)).clone())
 
 
-def _check_consumer(module: nn.Module, name: str, per_channel: int) -> None:
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise ModelError(
-            f"cannot prune the input channels of grouped conv {name!r} (groups={module.groups}); "
-            "its channel group should be frozen in the model graph"
-        )
-    if isinstance(module, nn.Conv2d) and per_channel != 1:
-        raise ModelError(f"conv {name!r} cannot take {per_channel} input features per channel")
-
-
 def _shrink_group(model: nn.Module, group: PruningGroup, keep: torch.Tensor) -> None:
     """Physically keep only channels ``keep`` of ``group`` in every module it touches."""
     n = int(keep.numel())
     for name in group.producers:
-        module = _module(model, name, (nn.Conv2d, nn.Linear), "producer")
+        module = graph_module(model, name, (nn.Conv2d, nn.Linear), "producer")
         _select_param(module, "weight", 0, keep)
         _select_param(module, "bias", 0, keep)
         if isinstance(module, nn.Conv2d):
@@ -94,44 +71,33 @@ def _shrink_group(model: nn.Module, group: PruningGroup, keep: torch.Tensor) -> 
         else:
             module.out_features = n
     for name in group.norms:
-        module = _module(model, name, (nn.BatchNorm1d, nn.BatchNorm2d), "norm")
+        module = graph_module(model, name, (nn.BatchNorm1d, nn.BatchNorm2d), "norm")
         _select_param(module, "weight", 0, keep)
         _select_param(module, "bias", 0, keep)
         _select_buffer(module, "running_mean", keep)
         _select_buffer(module, "running_var", keep)
         module.num_features = n
     for name in group.depthwise:
-        module = _module(model, name, (nn.Conv2d,), "depthwise conv")
+        module = graph_module(model, name, (nn.Conv2d,), "depthwise conv")
         if not module.groups == module.in_channels == module.out_channels:
             raise ModelError(f"the model graph names {name!r} depthwise, but it has groups={module.groups}")
         _select_param(module, "weight", 0, keep)
         _select_param(module, "bias", 0, keep)
         module.in_channels = module.out_channels = module.groups = n
     for name, per_channel in group.consumers:
-        module = _module(model, name, (nn.Conv2d, nn.Linear), "consumer")
-        _check_consumer(module, name, per_channel)
-        _select_param(module, "weight", 1, _feature_indices(keep, per_channel))
+        module = consumer_module(model, name, per_channel)
+        _select_param(module, "weight", 1, feature_indices(keep, per_channel))
         if isinstance(module, nn.Conv2d):
             module.in_channels = n
         else:
             module.in_features = n * per_channel
 
 
-def _zero_group_inputs(model: nn.Module, group: PruningGroup, pruned: torch.Tensor) -> None:
-    """Zero the input slice of the ``pruned`` channels in every consumer of ``group``."""
-    with torch.no_grad():
-        for name, per_channel in group.consumers:
-            module = _module(model, name, (nn.Conv2d, nn.Linear), "consumer")
-            _check_consumer(module, name, per_channel)
-            features = _feature_indices(pruned, per_channel).to(module.weight.device)
-            module.weight.index_fill_(1, features, 0.0)
-
-
 def _apply(
     model: nn.Module,
     graph: ModelGraph,
     plan: Plan,
-    edit: Callable[[nn.Module, PruningGroup, torch.Tensor, torch.Tensor], None],
+    edit: Callable[[nn.Module, PruningGroup, torch.Tensor, torch.Tensor], object],
 ) -> nn.Module:
     groups = list(_pruned_groups(graph, plan))  # validate the whole plan before copying
     edited = copy.deepcopy(model)
@@ -156,4 +122,4 @@ def mask_model(model: nn.Module, graph: ModelGraph, plan: Plan) -> nn.Module:
 
     Nothing is removed: this is the reference that :func:`prune_model` must agree with.
     """
-    return _apply(model, graph, plan, lambda m, group, pruned, keep: _zero_group_inputs(m, group, pruned))
+    return _apply(model, graph, plan, lambda m, group, pruned, keep: zero_consumer_inputs(m, group, pruned))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from qubocompress.errors import ModelError, ProblemError
+from qubocompress.models.user import is_compressible_module
 
 FULL_PRECISION_BITS = 32
 MAX_QUANT_BITS = 16
@@ -146,7 +147,7 @@ def quantized_layers(model: nn.Module, bits: Mapping[str, int]) -> dict[str, int
     chosen: dict[str, int] = {}
     for name, b in bits.items():
         module = modules.get(name)
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if module is None or not is_compressible_module(module):
             found = "no such module" if module is None else type(module).__name__
             raise ModelError(f"bit-width given for {name!r}, which is not a Conv2d/Linear of the model ({found})")
         if b != FULL_PRECISION_BITS:

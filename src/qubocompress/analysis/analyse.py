@@ -1,0 +1,101 @@
+"""The whole analysis in one call: trace, score channels, measure damage, build the spec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from qubocompress.analysis.graph import ModelGraph, trace_model
+from qubocompress.analysis.importance import group_importance
+from qubocompress.analysis.interactions import DEFAULT_BITS, DEFAULT_MAX_PASSES, PruneChoices, measure_interactions
+from qubocompress.analysis.sensitivity import HUTCHINSON_SAMPLES, Quantizer, layer_damage, mean_loss, prune_damage
+from qubocompress.analysis.spec import build_spec, prune_option_counts
+from qubocompress.problem.spec import CompressionSpec
+
+
+def analyse_model(
+    model: nn.Module,
+    calib: tuple[torch.Tensor, torch.Tensor],
+    input_shape: tuple[int, ...],
+    quantizer: Quantizer,
+    model_name: str,
+    importance: str = "l1",
+    layer_sensitivity: str = "measured",
+    b_max: int = 8,
+    bit_levels: int = 3,
+    max_prune_fraction: float = 0.5,
+    prune_options: Sequence[float] | None = None,
+    interactions: bool = False,
+    seed: int = 0,
+    interaction_bits: Sequence[int] = DEFAULT_BITS,
+    interaction_passes: int = DEFAULT_MAX_PASSES,
+    hessian_samples: int = HUTCHINSON_SAMPLES,
+    log: Callable[[str], None] | None = None,
+) -> tuple[ModelGraph, CompressionSpec]:
+    """Trace ``model`` and describe it as a :class:`CompressionSpec`.
+
+    Args:
+        calib: ``(x, y)`` calibration inputs and int64 labels (every data-driven step uses them).
+        input_shape: (C, H, W) of one input, for tracing.
+        quantizer: ``quantizer(weight, bits)`` -> the fake-quantized weight (the artifact's).
+        importance: channel score, one of ``analysis.importance.IMPORTANCE_METHODS``.
+        layer_sensitivity: quantization damage, one of
+            ``analysis.sensitivity.LAYER_SENSITIVITY_METHODS``.
+        max_prune_fraction: at most this share of a group's channels may be pruned.
+        prune_options: fractions of each group's channels on offer (e.g.
+            ``analysis.spec.DEFAULT_PRUNE_FRACTIONS``); each becomes a count (rounded,
+            deduplicated, capped at the group's max_pruned) with its measured damage. None: none.
+        interactions: also measure CLADO-style pairwise terms (bits × bits, and prune × prune
+            between feeding groups when prune options are given) within ``interaction_passes``
+            forward passes at ``interaction_bits`` (see ``analysis.interactions``).
+        seed: seeds the Hutchinson probes of the ``hessian`` sensitivity.
+        log: receives one line on what the interactions cost, if measured.
+    """
+    x, y = calib
+    graph = trace_model(model, input_shape)
+    scores = group_importance(model, graph, importance, data=(x, y))
+    damage = layer_damage(
+        model, graph, x, y, quantizer, b_max, layer_sensitivity, seed=seed, hessian_samples=hessian_samples
+    )
+    options = damages = None
+    if prune_options is not None:
+        base = mean_loss(model, x, y)
+        options = [prune_option_counts(group.channels, prune_options, max_prune_fraction) for group in graph.groups]
+        damages = [
+            prune_damage(model, graph, index, counts, x, y, scores[index], base_loss=base)
+            for index, counts in enumerate(options)
+        ]
+    terms = ()
+    if interactions:
+        terms, cost = measure_interactions(
+            model,
+            graph,
+            x,
+            y,
+            quantizer,
+            b_max,
+            interaction_bits,
+            interaction_passes,
+            quant_singles=damage if layer_sensitivity == "measured" else None,
+            prune=PruneChoices(scores, options, damages) if options is not None else None,
+        )
+        if log is not None:
+            log(
+                f"interactions: {len(terms)} non-zero tables from {cost.pairs} pairs in {cost.passes} forward "
+                f"passes ({cost.seconds:.1f} s); {cost.skipped_pairs} pairs left out by the budget"
+            )
+    spec = build_spec(
+        graph,
+        scores,
+        damage,
+        model_name,
+        b_max,
+        bit_levels,
+        max_prune_fraction,
+        prune_options=options,
+        prune_damage=damages,
+        interactions=terms,
+    )
+    return graph, spec

@@ -1,0 +1,243 @@
+"""Any model: a built-in name, ``package.module:factory`` plus a state_dict, or a TorchScript file.
+
+:func:`load_user_model` returns the model and its ``arch``, the dict that rebuilds the original
+(unpruned) model when a compressed artifact is loaded:
+
+* ``{"name": "vgg", "kwargs": {...}}``: a built-in model (:func:`qubocompress.models.build_model`);
+* ``{"factory": "pkg.mod:make", "kwargs": {...}}``: ``pkg.mod`` is imported again (the current
+  folder is put on ``sys.path`` first, as ``python -m`` does) and ``make(**kwargs)`` called;
+* ``{"torchscript": True}``: a TorchScript model, stored in the artifact itself as its code with
+  every tensor emptied (:func:`script_archive`, a few KB), refilled on load
+  (:func:`load_script_archive`). torch.fx cannot trace a ScriptModule, so such a model is
+  quantized but not pruned (see ``analysis.graph``).
+
+Every problem with the user's input is a :class:`~qubocompress.errors.ModelError` with a one-line
+message: an unknown name, a module that does not import, a missing attribute, a factory that
+raises or returns something else than an ``nn.Module``, a weights file that is corrupt or does
+not match, a model without any Conv2d or Linear layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import io
+import lzma
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qubocompress.errors import ModelError
+from qubocompress.models.train import _is_state_dict, _load_state
+from qubocompress.models.zoo import MODELS, build_model
+
+COMPRESSIBLE_NAMES = ("Conv2d", "Linear")
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+
+
+def is_compressible_module(module: nn.Module) -> bool:
+    """True for a Conv2d or Linear, plain or compiled by TorchScript (by its original class name)."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return True
+    return isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", None) in COMPRESSIBLE_NAMES
+
+
+def arch_label(arch: Mapping[str, Any]) -> str:
+    """A short name for the model an arch dict describes (``vgg``, ``pkg.mod:make``, ``torchscript``)."""
+    if arch.get("torchscript"):
+        return "torchscript"
+    return str(arch.get("factory") or arch.get("name"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def load_user_model(
+    model: str,
+    weights: str | os.PathLike[str] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model that ``model`` names, in eval mode, and its arch dict (see the module docstring).
+
+    Args:
+        model: a built-in name (``vgg``), ``package.module:factory``, or the path of a
+            TorchScript file (``torch.jit.save``).
+        weights: a ``torch.save``d state_dict, or a checkpoint dict holding one under
+            ``"state_dict"`` (a qubocompress checkpoint is one), loaded strictly. Not for
+            TorchScript files, which hold their weights.
+        kwargs: keyword arguments of the built-in builder or of the factory.
+        input_shape: (C, H, W); if given, the model must run on a batch of such inputs.
+    """
+    kwargs = dict(kwargs or {})
+    path = Path(model)
+    module: nn.Module
+    arch: dict[str, Any]
+    if model in MODELS:
+        module, arch = build_model(model, **kwargs), {"name": model, "kwargs": kwargs}
+    elif path.is_file():
+        if weights is not None or kwargs:
+            raise ModelError(
+                f"{model} is a TorchScript file, which holds its own weights: drop --weights and model kwargs"
+            )
+        module, arch = _load_torchscript(path), {"torchscript": True}
+    elif FACTORY_PATTERN.match(model):
+        module, arch = build_from_factory(model, kwargs), {"factory": model, "kwargs": kwargs}
+    elif path.suffix in TORCHSCRIPT_SUFFIXES or os.sep in model:
+        raise ModelError(f"model file {model} does not exist")
+    else:
+        raise ModelError(
+            f"unknown model {model!r}: use a built-in name ({', '.join(sorted(MODELS))}), "
+            "package.module:factory, or the path of a TorchScript file"
+        )
+    if not any(is_compressible_module(m) for m in module.modules()):
+        raise ModelError(f"model {model} has no compressible layer (Conv2d or Linear)")
+    if weights is not None:
+        _load_weights(module, Path(weights), model)
+    module.eval()
+    if input_shape is not None:
+        _check_runs(module, tuple(input_shape), model)
+    return module, arch
+
+
+def _import_module(name: str, spec: str) -> Any:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # like `python -m`: packages in the current folder are importable
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        raise ModelError(f"cannot import {name!r} for --model {spec}: {_first_line(exc)}") from None
+    except Exception as exc:  # the user's module may raise anything while importing
+        raise ModelError(
+            f"cannot import {name!r} for --model {spec}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+
+
+def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Import ``package.module`` of ``spec`` (``package.module:factory``) and call the factory."""
+    if not FACTORY_PATTERN.match(spec):
+        raise ModelError(f"model factory {spec!r} must look like package.module:factory")
+    module_name, attribute = spec.split(":")
+    target: Any = _import_module(module_name, spec)
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ModelError(f"module {module_name!r} has no attribute {attribute!r} (from --model {spec})")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ModelError(f"{spec} is a {type(target).__name__}, not a callable that builds a model")
+    try:
+        built = target(**dict(kwargs or {}))
+    except Exception as exc:  # the user's factory may raise anything
+        raise ModelError(f"factory {spec} raised {type(exc).__name__}: {_first_line(exc)}") from None
+    if not isinstance(built, nn.Module):
+        raise ModelError(f"factory {spec} returned a {type(built).__name__}, not a torch.nn.Module")
+    return built
+
+
+def rebuild_model(arch: Mapping[str, Any]) -> nn.Module:
+    """The unpruned model of a built-in or factory arch dict (TorchScript models are rebuilt from
+    their archive by :func:`load_script_archive`)."""
+    if "factory" in arch:
+        return build_from_factory(str(arch["factory"]), arch.get("kwargs", {}))
+    if "name" in arch:
+        return build_model(str(arch["name"]), **arch.get("kwargs", {}))
+    raise ModelError(f"cannot rebuild a model from arch {dict(arch)!r}")
+
+
+def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch.jit.load raises RuntimeError, ValueError, zip errors...
+        raise ModelError(
+            f"{path} is not a TorchScript file that torch.jit.load accepts ({type(exc).__name__}: "
+            f"{_first_line(exc)[:160]}); save one with torch.jit.save(torch.jit.script(model), path) "
+            "or pass package.module:factory with --weights"
+        ) from None
+
+
+def _load_weights(module: nn.Module, path: Path, label: str) -> None:
+    """Load a state_dict (bare, or under ``"state_dict"`` of a checkpoint dict) strictly."""
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types (zip, pickle, EOF, unsafe globals)
+        raise ModelError(
+            f"weights file {path} is corrupt or not a torch.save file ({_first_line(exc)[:160] or type(exc).__name__})"
+        ) from None
+    if isinstance(payload, Mapping) and _is_state_dict(payload.get("state_dict")):
+        payload = payload["state_dict"]
+    if not _is_state_dict(payload):
+        raise ModelError(f"weights file {path} holds no state_dict (a dict of tensors, or one under 'state_dict')")
+    _load_state(module, payload, path, label)
+
+
+def _check_runs(module: nn.Module, input_shape: tuple[int, ...], label: str) -> None:
+    parameter = next(module.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    try:
+        with torch.no_grad():
+            module(torch.zeros((2, *input_shape), device=device))
+    except Exception as exc:  # any failure of the user's forward
+        raise ModelError(
+            f"model {label} does not run on inputs of shape {input_shape} "
+            f"({type(exc).__name__}: {_first_line(exc)[:160]})"
+        ) from None
+
+
+def script_archive(module: torch.jit.ScriptModule) -> bytes:
+    """``module``'s TorchScript code and structure with every parameter and buffer emptied, debug
+    information dropped, lzma-compressed: a few KB that :func:`load_script_archive` refills."""
+    stripped = copy.deepcopy(module)
+    for _, sub in stripped.named_modules():
+        for name, param in list(sub.named_parameters(recurse=False)):
+            setattr(sub, name, nn.Parameter(torch.empty(0, dtype=param.dtype), requires_grad=param.requires_grad))
+        for name, buffer in list(sub.named_buffers(recurse=False)):
+            setattr(sub, name, torch.empty(0, dtype=buffer.dtype))
+    saved = io.BytesIO()
+    torch.jit.save(stripped, saved)
+    repacked = io.BytesIO()
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(repacked, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            if not info.filename.endswith(".debug_pkl"):  # source locations for error messages only
+                target.writestr(info.filename, source.read(info))
+    return lzma.compress(repacked.getvalue(), preset=9 | lzma.PRESET_EXTREME)
+
+
+def load_script_archive(archive: bytes, state: Mapping[str, torch.Tensor]) -> torch.jit.ScriptModule:
+    """The ScriptModule of :func:`script_archive` with its tensors set from ``state`` (a state_dict
+    with exactly the module's keys; the shapes are those of ``state``). ModelError if either the
+    archive or the keys do not fit."""
+    try:
+        module = torch.jit.load(io.BytesIO(lzma.decompress(archive)), map_location="cpu")
+    except Exception as exc:  # lzma and torch.jit.load errors
+        raise ModelError(
+            f"the TorchScript archive is corrupt ({type(exc).__name__}: {_first_line(exc)[:160]})"
+        ) from None
+    expected = set(module.state_dict())
+    if expected != set(state):
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ModelError(
+            f"the stored tensors do not fit the TorchScript model (missing: {missing[:3]}, unexpected: {unexpected[:3]})"
+        )
+    owners = dict(module.named_modules())  # ScriptModules have no get_submodule
+    for key, value in state.items():
+        owner_name, _, attribute = key.rpartition(".")
+        owner = owners[owner_name]
+        current = getattr(owner, attribute)
+        if isinstance(current, nn.Parameter):
+            setattr(owner, attribute, nn.Parameter(value.to(current.dtype), requires_grad=current.requires_grad))
+        else:
+            setattr(owner, attribute, value.to(current.dtype))
+    return module.eval()
