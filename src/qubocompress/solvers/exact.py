@@ -178,7 +178,9 @@ class ExactSampler(dimod.Sampler):
 
     Args:
         formulation: optional object with ``.bqm``, ``.exact() -> (plan, energy)`` and
-            ``.encode(plan)``; its BQM is then answered from its own certified optimum.
+            ``.encode(plan)``; its BQM is then answered from its own certified optimum. When it
+            also has ``.exact_result()`` (with ``certified``, ``gap``, ``method``), those facts go
+            into ``info`` (a time-limited MILP may end uncertified).
         time_limit: default wall-clock limit (seconds) for the MILP components; None = no limit.
     """
 
@@ -217,6 +219,9 @@ class ExactSampler(dimod.Sampler):
                 "method": "per-component enumeration",
                 "certified_energy": float(energy),
             }
+            if hasattr(self.formulation, "exact_result"):  # formulations whose proof can stop short
+                result = self.formulation.exact_result()
+                info.update(certified=bool(result.certified), gap=float(result.gap), method=result.method)
         else:
             sample, info = solve_exactly(bqm, limit)
             info["method"] = "connected components: enumeration and MILP (HiGHS)"

@@ -1,0 +1,461 @@
+"""``qubocompress bench``: the solver benchmark (instances × solvers × seeds), resumable.
+
+Full sweep (hours on 2 cores; the documented command)::
+
+    qubocompress bench --out runs/bench
+
+= the built-in models (lenet5, vgg, resnet20: measured specs when packaged, else synthetic
+stand-ins) and the synthetic size series 100, 300, 1000, 3000, 10000 variables, every offline
+solver, 5 seeds. ``--quick`` runs a few small instances with few seeds (minutes). Interrupt and
+rerun the same command to resume; ``--fresh`` starts over.
+
+Output folder: ``results.sqlite`` (every run and read), ``results.csv`` / ``results.json`` (one
+row per instance × solver), ``plots/*.png``, ``instances/<name>.bqm`` + ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qubocompress.bench.instances import (
+    BUILTIN_MODELS,
+    DEFAULT_TARGET_RATIO,
+    MIN_SERIES_SIZE,
+    SIZE_SERIES,
+    Instance,
+    builtin_instance,
+    load_instance,
+    load_instances,
+    save_instance,
+    size_series_instance,
+    stand_in_instance,
+)
+from qubocompress.bench.runner import (
+    BUDGETED_SOLVERS,
+    DEFAULT_EXACT_TIME_LIMIT,
+    DEFAULT_SOLVER,
+    EXACT_SOLVER,
+    Budget,
+    SweepConfig,
+    offline_solvers,
+    run_sweep,
+    summarize,
+    target_check,
+    tts_ratio_lines,
+)
+from qubocompress.bench.store import ResultStore
+from qubocompress.errors import DataError, SolverError
+from qubocompress.io import prepare_output_dir, write_json_atomic, write_text_atomic
+
+DEFAULT_OUT = Path("runs/bench")
+FULL_SEEDS = 5
+QUICK_SEEDS = 3
+QUICK_SIZES: tuple[int, ...] = ()
+# --quick keeps every solver's defaults except the two slowest on a 2-core CPU (the default sa,
+# which the target is about, is untouched); the table's options column and a note say so.
+QUICK_SOLVER_OPTIONS: dict[str, dict[str, Any]] = {
+    "sqa": {"num_reads": 10},
+    "sb": {"agents": 32, "max_steps": 1000},
+}
+CSV_COLUMNS = (
+    "instance",
+    "variables",
+    "interactions",
+    "source",
+    "solver",
+    "status",
+    "runs",
+    "reads",
+    "e_star",
+    "e_star_certified",
+    "e_best",
+    "gap_best",
+    "gap_median",
+    "p_s_read",
+    "p_s_run",
+    "t_read",
+    "t_run_mean",
+    "t_run_median",
+    "build_seconds",
+    "embed_seconds_mean",
+    "tts99_read",
+    "tts99_run",
+    "tts99",
+    "tts99_unit",
+    "tts99_ratio_to_default",
+    "evaluations_mean",
+    "stopped_by",
+    "budget",
+    "exact_faster_than_every_heuristic",
+    "options",
+)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``bench`` sub-command on ``subparsers`` (from ``parser.add_subparsers``)."""
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark the QUBO solvers (success probability, TTS99, gap) on saved instances",
+        description="Run every solver on the benchmark instances with several seeds and report E*, best "
+        "energy, success probability per read and per run, TTS99, residual gap and timings, with each "
+        "solver's TTS99 relative to sa's. Results go to a SQLite file; rerunning resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the built-in models' instances only, {QUICK_SEEDS} seeds, every offline solver, sqa and sb "
+        "with fewer reads/steps: a few minutes",
+    )
+    bench.add_argument(
+        "--solvers",
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated solvers (default: every offline one: {','.join(offline_solvers())}; "
+        "qpu and hybrid only when named)",
+    )
+    bench.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"seeds 0..N-1 per solver (default {FULL_SEEDS}, quick {QUICK_SEEDS})",
+    )
+    bench.add_argument(
+        "--instances",
+        default=None,
+        metavar="DIR|NAMES",
+        help="a folder of <name>.bqm (+ .json) files, one .bqm file, or comma-separated names: "
+        f"{', '.join(BUILTIN_MODELS)}, <model>-synthetic, n<variables> (default: the built-in models)",
+    )
+    bench.add_argument(
+        "--sizes",
+        default=None,
+        metavar="LIST",
+        help="synthetic size series, comma-separated variable counts (default "
+        f"{','.join(map(str, SIZE_SERIES))}; quick: none; "
+        "with --instances: none unless given)",
+    )
+    bench.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    bench.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock budget per run of ga and rl (default: equal to sa's mean run time on the instance)",
+    )
+    bench.add_argument(
+        "--converge", action="store_true", help="let ga and rl run to their own convergence instead of a time budget"
+    )
+    bench.add_argument(
+        "--num-reads",
+        type=int,
+        default=None,
+        help="reads per run of the read-based solvers, not ga/rl/exact (default: each solver's own)",
+    )
+    bench.add_argument(
+        "--device", default=None, help="device of the sb solver: cpu or cuda (default: cuda when available)"
+    )
+    bench.add_argument(
+        "--target-ratio", type=float, default=DEFAULT_TARGET_RATIO, help="compression target γ is calibrated to"
+    )
+    bench.add_argument(
+        "--exact-time-limit",
+        type=float,
+        default=DEFAULT_EXACT_TIME_LIMIT,
+        metavar="SECONDS",
+        help="time limit of the generic exact solver on BQMs without a formulation",
+    )
+    resume = bench.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", dest="fresh", action="store_false", help="keep earlier results and run only what is missing"
+    )
+    resume.add_argument("--fresh", dest="fresh", action="store_true", help="delete earlier results first")
+    bench.set_defaults(fresh=False)
+    return bench
+
+
+def _parse_list(text: str, what: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise SolverError(f"{what} is empty; give a comma-separated list")
+    return items
+
+
+def _parse_sizes(text: str) -> list[int]:
+    sizes = []
+    for item in _parse_list(text, "--sizes"):
+        try:
+            sizes.append(int(item))
+        except ValueError:
+            raise DataError(f"--sizes takes variable counts such as 100,1000; got {item!r}") from None
+    too_small = [size for size in sizes if size < MIN_SERIES_SIZE]
+    if too_small:
+        raise DataError(f"--sizes: synthetic instances need at least {MIN_SERIES_SIZE} variables, got {too_small[0]}")
+    return sizes
+
+
+def sweep_config(args: argparse.Namespace) -> SweepConfig:
+    """The sweep's configuration from the command line; bad values are one-line errors."""
+    if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        raise SolverError(f"--time-limit must be a number of seconds > 0, got {args.time_limit:g}")
+    if args.time_limit is not None and args.converge:
+        raise SolverError("--time-limit and --converge exclude each other: pick one budget for ga and rl")
+    if args.seeds is not None and args.seeds < 1:
+        raise SolverError(f"--seeds must be >= 1, got {args.seeds}")
+    explicit = args.solvers is not None
+    solvers = _parse_list(args.solvers, "--solvers") if explicit else list(offline_solvers())
+    if args.time_limit is not None:
+        budget = Budget("fixed", seconds=args.time_limit)
+    else:
+        budget = Budget("converge" if args.converge else "equal")
+    solver_options: dict[str, dict[str, Any]] = {}
+    if args.quick:
+        solver_options = {name: dict(QUICK_SOLVER_OPTIONS[name]) for name in solvers if name in QUICK_SOLVER_OPTIONS}
+    if args.device is not None:
+        solver_options.setdefault("sb", {})["device"] = args.device
+    seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
+    config = SweepConfig(
+        solvers=solvers,
+        seeds=tuple(range(seeds)),
+        solver_options=solver_options,
+        num_reads=args.num_reads,
+        budget=budget,
+        exact_time_limit=args.exact_time_limit,
+        explicit=explicit,
+    )
+    config.validate()
+    return config
+
+
+def _instance_builder(name: str, target_ratio: float) -> Callable[[], Instance]:
+    """How to build the instance called ``name`` (checked now, built later)."""
+    if name in BUILTIN_MODELS:
+        return lambda: builtin_instance(name, target_ratio)
+    model = name.removesuffix("-synthetic")
+    if name.endswith("-synthetic") and model in BUILTIN_MODELS:
+        return lambda: stand_in_instance(model, target_ratio=target_ratio)
+    digits = name.removeprefix("synthetic-").removeprefix("n")
+    if digits.isdigit():
+        return lambda: size_series_instance(int(digits), target_ratio=target_ratio)
+    raise DataError(
+        f"unknown instance {name!r}: give a folder or .bqm file, or names among "
+        f"{', '.join(BUILTIN_MODELS)}, <model>-synthetic, n<variables>"
+    )
+
+
+def build_instances(args: argparse.Namespace, log: Callable[[str], None] = _log) -> list[Instance]:
+    """The instances the command line asks for (generated, or loaded and verified).
+
+    Every name and size is checked before any instance is built.
+    """
+    if not (math.isfinite(args.target_ratio) and args.target_ratio > 1):
+        raise DataError(f"--target-ratio must be a number > 1, got {args.target_ratio}")
+    if args.sizes is not None:
+        sizes = _parse_sizes(args.sizes)
+    elif args.instances is not None:
+        sizes = []
+    else:
+        sizes = list(QUICK_SIZES if args.quick else SIZE_SERIES)
+    path = None if args.instances is None else Path(args.instances)
+    builders: list[tuple[str, Callable[[], Instance]]] = []
+    if path is None:
+        builders = [(model, _instance_builder(model, args.target_ratio)) for model in BUILTIN_MODELS]
+    elif not (path.is_dir() or path.suffix in (".bqm", ".json")):
+        names = _parse_list(args.instances, "--instances")
+        builders = [(name, _instance_builder(name, args.target_ratio)) for name in names]
+    builders += [(f"n{size}", _instance_builder(f"n{size}", args.target_ratio)) for size in sizes]
+    instances: list[Instance] = []
+    if path is not None and path.is_dir():
+        instances += load_instances(path, args.exact_time_limit)
+    elif path is not None and path.suffix in (".bqm", ".json"):
+        instances.append(load_instance(path, args.exact_time_limit))
+    for label, build in builders:
+        log(f"building instance {label}")
+        instances.append(build())
+    names = [inst.name for inst in instances]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise DataError(f"instance {duplicate!r} is asked for twice")
+    return instances
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
+        if value == 0:
+            return "0"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """JSON/CSV-safe value: non-finite floats as the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def results_csv(rows: list[dict[str, Any]]) -> str:
+    """The summary rows as CSV text (non-finite numbers as inf/nan, options as JSON)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = {k: _plain(row.get(k)) for k in CSV_COLUMNS}
+        flat["options"] = json.dumps(row.get("options", {}), sort_keys=True)
+        writer.writerow(flat)
+    return buffer.getvalue()
+
+
+def results_table(rows: list[dict[str, Any]]) -> Any:
+    """A rich Table of the summary rows (an "embed s" column appears when any solver embeds)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    with_embed = any((row.get("embed_seconds_mean") or 0) > 0 for row in rows)
+    table = Table(title="solver benchmark (E*: ✓ certified, ≈ best known; times are wall seconds)")
+    headers = ["instance", "vars", "build s", "solver", "reads", "E*", "gap best", "gap med", "p_s read", "p_s run"]
+    headers += ["embed s"] * with_embed + ["t/run s", "TTS99 s", "×sa", "evals", "stop / budget"]
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("instance", "solver", "stop / budget") else "right")
+    previous = None
+    for row in rows:
+        first = row["instance"] != previous
+        if first and previous is not None:
+            table.add_section()
+        previous = row["instance"]
+        e_star = "-" if row["e_star"] is None else f"{row['e_star']:.6g} {'✓' if row['e_star_certified'] else '≈'}"
+        lead = [
+            row["instance"] if first else "",
+            str(row["variables"]) if first else "",
+            _cell(row["build_seconds"]) if first else "",
+            row["solver"],
+        ]
+        if row["status"] != "ok":
+            table.add_row(*lead, "-", e_star, escape(row["status"]))
+            continue
+        tts = f"{_cell(row['tts99'])}/{row['tts99_unit']}"
+        if row.get("exact_faster_than_every_heuristic"):
+            tts += " ★"
+        stop = " / ".join(x for x in (row.get("stopped_by"), row.get("budget")) if x) or "-"
+        cells = [
+            str(row["reads"]),
+            e_star,
+            _cell(row["gap_best"]),
+            _cell(row["gap_median"]),
+            _cell(row["p_s_read"]),
+            _cell(row["p_s_run"]),
+        ]
+        cells += [_cell(row["embed_seconds_mean"])] * with_embed
+        cells += [
+            _cell(row["t_run_mean"]),
+            tts,
+            _cell(row.get("tts99_ratio_to_default")),
+            _cell(row.get("evaluations_mean")),
+            escape(stop),
+        ]
+        table.add_row(*lead, *cells)
+    return table
+
+
+def _exact_lines(rows: list[dict[str, Any]]) -> list[str]:
+    faster = [r["instance"] for r in rows if r["solver"] == EXACT_SOLVER and r.get("exact_faster_than_every_heuristic")]
+    if not faster:
+        return []
+    names = ", ".join(faster)
+    return [f"★ the exact method ({EXACT_SOLVER}, certified) is faster than every heuristic's TTS99 on: {names}"]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run ``qubocompress bench`` with parsed ``args``; returns the exit code."""
+    from rich.console import Console
+
+    start = time.perf_counter()
+    config = sweep_config(args)
+    out = prepare_output_dir(args.out)
+    store_path = out / "results.sqlite"
+    if args.fresh:
+        store_path.unlink(missing_ok=True)
+    instances = build_instances(args)
+    for instance in instances:
+        save_instance(instance, out / "instances")
+    with ResultStore(store_path) as store:
+        outcome = run_sweep(instances, config, store, progress=sys.stderr.isatty(), log=_log)
+        rows = summarize(store, instances, config)
+        from qubocompress.bench.plots import write_plots
+
+        plots = write_plots(store, rows, out / "plots")
+    notes = [f"instance {i.name} ({i.num_variables} variables): {i.source}" for i in instances]
+    notes += tts_ratio_lines(rows) + _exact_lines(rows)
+    check = target_check(rows)
+    if check is not None:
+        notes.append(check)
+    notes += [f"skipped {name}: {reason}" for name, reason in outcome.skipped.items()]
+    changed = [
+        f"{name} " + ", ".join(f"{key}={value}" for key, value in options.items())
+        for name, options in config.solver_options.items()
+        if options and name not in outcome.skipped
+    ]
+    if config.num_reads is not None:
+        changed.append(f"num_reads={config.num_reads} for the read-based solvers")
+    if changed:
+        notes.append("not the solvers' defaults: " + "; ".join(changed))
+    wall = time.perf_counter() - start
+    notes.append(
+        f"{outcome.executed} runs now, {outcome.reused} from earlier; {wall:.1f} s; budget of "
+        f"{'/'.join(BUDGETED_SOLVERS)}: {config.budget.key()} (default solver {DEFAULT_SOLVER})"
+    )
+    write_text_atomic(out / "results.csv", results_csv(rows))
+    write_json_atomic(
+        out / "results.json",
+        _plain(
+            {
+                "solvers": list(config.solvers),
+                "seeds": list(config.seeds),
+                "budget": config.budget.key(),
+                "num_reads": config.num_reads,
+                "skipped": outcome.skipped,
+                "instances": [
+                    {"name": i.name, "variables": i.num_variables, "source": i.source, "sha256": i.sha256}
+                    for i in instances
+                ],
+                "rows": rows,
+                "notes": notes,
+                "wall_seconds": wall,
+            }
+        ),
+    )
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(results_table(rows))
+    for line in notes:
+        console.print(line, highlight=False, markup=False)
+    console.print(
+        f"results in {out}/ (results.sqlite, results.csv, results.json, {len(plots)} plots in plots/, instances/)",
+        highlight=False,
+    )
+    return 0
