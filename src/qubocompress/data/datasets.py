@@ -1,0 +1,469 @@
+"""Data sets as in-memory tensors: Fashion-MNIST, scikit-learn digits, user folders, synthetic.
+
+Every data set comes with four fixed splits (independent of the user's seed, so runs with
+different seeds compare on the same data): ``train`` and ``val`` from the training file (a fixed
+permutation, val = 1/6 of it, i.e. 10,000 images for Fashion-MNIST), ``test`` from the test file,
+and ``calib``, a fixed subset of ``train`` (at most 2,048 samples) for sensitivity analysis.
+Images are float32 N×C×H×W, normalised per channel with the train split's mean and std of
+pixel/255; labels are int64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qubocompress.data.idx import read_idx
+from qubocompress.errors import DataError
+
+DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+INSTALL_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass --data DIR"
+NAMED_SOURCES = ("fashion-mnist", "digits")
+# IDX file stems in a data directory, each accepted as ``stem``, ``stem.gz`` or with a dot
+# instead of the dash before "idx" (both spellings circulate).
+IDX_STEMS = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+SPLIT_SEED = 0  # the fixed train/val/test/calib permutations
+VAL_FRACTION_DENOMINATOR = 6  # val = 1/6 of the training file
+DIGITS_TEST_FRACTION = 0.2
+CALIB_SIZE = 2048
+DIGITS_SIZE = 28  # digits are upsampled from 8x8 to this size
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images ``x`` (float32 N×C×H×W, normalised) and labels ``y`` (int64 N)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"split has {len(self.x)} images but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set with its fixed splits.
+
+    Attributes:
+        name: short name, safe in file names ("fashion-mnist", "digits", "synthetic", ...).
+        input_shape: (C, H, W) of one image.
+        classes: class names, index = label.
+        source: where it came from (a path or a description).
+        mean, std: per-channel statistics of pixel/255 on the train split, used to normalise.
+        note: a one-line notice for the user (e.g. that a fallback data set is used), or None.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    calib: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    classes: tuple[str, ...]
+    source: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    note: str | None = None
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalise new images (N×C×H×W, values in [0, 1]) the way this data set's are."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (pixels.float() - mean) / std
+
+    def fingerprint(self) -> str:
+        """A sha256 hex digest of the splits' shapes, labels and a strided sample of the images."""
+        digest = hashlib.sha256()
+        for split_name in ("train", "val", "test"):
+            split: Split = getattr(self, split_name)
+            digest.update(f"{split_name}:{tuple(split.x.shape)}".encode())
+            flat = split.x.reshape(-1)
+            stride = max(1, flat.numel() // (1 << 20))
+            digest.update(flat[::stride].contiguous().numpy().tobytes())
+            digest.update(split.y.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def load_dataset(source: str | Path | None = None) -> Dataset:
+    """Load a data set.
+
+    ``source``: None (Fashion-MNIST from the default folder, else scikit-learn's digits with a
+    note), ``"fashion-mnist"``, ``"digits"``, or a directory holding the four IDX files or
+    ``train/<class>/*.png`` and ``test/<class>/*.png`` image folders.
+    """
+    if source is None:
+        if _idx_files(DEFAULT_FASHION_MNIST_DIR) is not None:
+            return _load_idx_directory(DEFAULT_FASHION_MNIST_DIR)
+        note = (
+            f"Fashion-MNIST not found at {DEFAULT_FASHION_MNIST_DIR}; using scikit-learn's "
+            f"digits instead ({INSTALL_HINT})"
+        )
+        return replace(_load_digits(), note=note)
+    text = str(source).strip()
+    if text.lower() == "fashion-mnist":
+        if _idx_files(DEFAULT_FASHION_MNIST_DIR) is None:
+            raise DataError(f"Fashion-MNIST not found at {DEFAULT_FASHION_MNIST_DIR}; {INSTALL_HINT}")
+        return _load_idx_directory(DEFAULT_FASHION_MNIST_DIR)
+    if text.lower() == "digits":
+        return _load_digits()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _load_directory(path)
+    valid = ", ".join(NAMED_SOURCES)
+    if path.exists():
+        raise DataError(
+            f"{path} is a file; the data source must be one of: {valid}, or a directory with IDX "
+            "files or train/ and test/ image folders"
+        )
+    raise DataError(
+        f"unknown data source {text!r} (no such directory); use one of: {valid}, or a directory "
+        "with IDX files or train/<class>/ and test/<class>/ image folders"
+    )
+
+
+def synthetic_dataset(
+    num_classes: int = 4,
+    n_train: int = 256,
+    n_val: int = 64,
+    n_test: int = 64,
+    shape: tuple[int, int, int] = (1, 28, 28),
+    seed: int = 0,
+) -> Dataset:
+    """A small learnable data set for tests: class-dependent stripes and blob plus noise.
+
+    Class k shows stripes at angle k·π/num_classes (random phase, per sample) and a bright
+    blob at a class-dependent spot (jittered ±2 px), both under Gaussian noise, so a tiny CNN
+    gets well above chance within a few dozen SGD steps.
+    """
+    if num_classes < 2 or min(n_train, n_val, n_test) < 1:
+        raise ValueError("synthetic_dataset needs num_classes >= 2 and at least one sample per split")
+    channels, height, width = shape
+    rng = np.random.default_rng(seed)
+    total = n_train + n_val + n_test
+    labels = rng.permutation(np.arange(total) % num_classes)
+    rows = np.arange(height, dtype=np.float32)[:, None] / height
+    cols = np.arange(width, dtype=np.float32)[None, :] / width
+    angle = labels * math.pi / num_classes
+    phase = rng.uniform(0, 2 * math.pi, total)
+    frequency = 4.0 * 2 * math.pi
+    stripes = 0.5 + 0.5 * np.sin(
+        frequency * (np.cos(angle)[:, None, None] * rows + np.sin(angle)[:, None, None] * cols)
+        + phase[:, None, None]
+    )
+    spot_angle = 2 * math.pi * labels / num_classes
+    jitter = rng.uniform(-2, 2, (total, 2)) / np.array([height, width])
+    centre_r = 0.5 + 0.28 * np.sin(spot_angle) + jitter[:, 0]
+    centre_c = 0.5 + 0.28 * np.cos(spot_angle) + jitter[:, 1]
+    blob = np.exp(
+        -((rows[None] - centre_r[:, None, None]) ** 2 + (cols[None] - centre_c[:, None, None]) ** 2)
+        / (2 * 0.1**2)
+    )
+    gains = rng.uniform(0.6, 1.0, (total, channels, 1, 1))
+    pixels = gains * (0.5 * stripes + blob)[:, None] + rng.normal(0, 0.25, (total, channels, height, width))
+    pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
+    images = torch.from_numpy(pixels)
+    targets = torch.from_numpy(labels.astype(np.int64))
+    train_idx = np.arange(n_train)
+    val_idx = np.arange(n_train, n_train + n_val)
+    test_idx = np.arange(n_train + n_val, total)
+    return _assemble(
+        name="synthetic",
+        images=images,
+        labels=targets,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        test_images=images[test_idx],
+        test_labels=targets[test_idx],
+        classes=tuple(f"class{k}" for k in range(num_classes)),
+        source=f"synthetic(num_classes={num_classes}, shape={shape}, seed={seed})",
+    )
+
+
+def _assemble(
+    name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    classes: tuple[str, ...],
+    source: str,
+) -> Dataset:
+    """Cut train/val out of ``images`` (pixels in [0, 1]), normalise everything, add calib."""
+    train_x = images[torch.from_numpy(train_idx)]
+    val_x = images[torch.from_numpy(val_idx)]
+    std, mean = torch.std_mean(train_x, dim=(0, 2, 3), correction=0)
+    std = std.clamp_min(1e-6)
+    scale = std.view(1, -1, 1, 1)
+    shift = mean.view(1, -1, 1, 1)
+    train = Split(train_x.sub_(shift).div_(scale), labels[torch.from_numpy(train_idx)].clone())
+    val = Split(val_x.sub_(shift).div_(scale), labels[torch.from_numpy(val_idx)].clone())
+    test = Split(((test_images - shift) / scale).contiguous(), test_labels.clone())
+    calib_rng = np.random.default_rng(SPLIT_SEED + 1)
+    calib_idx = torch.from_numpy(
+        np.sort(calib_rng.choice(len(train), size=min(CALIB_SIZE, len(train)), replace=False))
+    )
+    calib = Split(train.x[calib_idx], train.y[calib_idx])
+    return Dataset(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        calib=calib,
+        num_classes=len(classes),
+        input_shape=(int(train_x.shape[1]), int(train_x.shape[2]), int(train_x.shape[3])),
+        classes=classes,
+        source=source,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+    )
+
+
+def _train_val_indices(count: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed split of ``count`` training samples: (train indices, val indices), both sorted."""
+    if count < 2:
+        raise DataError(f"{source} has {count} training sample(s); at least 2 are needed")
+    permutation = np.random.default_rng(SPLIT_SEED).permutation(count)
+    n_val = max(1, count // VAL_FRACTION_DENOMINATOR)
+    return np.sort(permutation[n_val:]), np.sort(permutation[:n_val])
+
+
+def _find_idx_files(directory: Path) -> dict[str, Path | None]:
+    """Path of each of the four IDX files in ``directory`` (None where missing)."""
+    found: dict[str, Path | None] = {}
+    for role, stem in IDX_STEMS.items():
+        dotted = stem.replace("-idx", ".idx")
+        candidates = [directory / f"{s}{suffix}" for s in (stem, dotted) for suffix in (".gz", "")]
+        found[role] = next((c for c in candidates if c.is_file()), None)
+    return found
+
+
+def _idx_files(directory: Path) -> dict[str, Path] | None:
+    """Paths of the four IDX files in ``directory``, or None if any is missing."""
+    found = _find_idx_files(directory)
+    if any(path is None for path in found.values()):
+        return None
+    return {role: path for role, path in found.items() if path is not None}
+
+
+def _load_directory(directory: Path) -> Dataset:
+    expected = ", ".join(f"{stem}[.gz]" for stem in IDX_STEMS.values())
+    found = _find_idx_files(directory)
+    missing = [IDX_STEMS[role] for role, path in found.items() if path is None]
+    if not missing:
+        return _load_idx_directory(directory)
+    if len(missing) < len(IDX_STEMS):
+        raise DataError(f"{directory} lacks the IDX file(s) {', '.join(missing)}[.gz]; expected {expected}")
+    if (directory / "train").is_dir() and (directory / "test").is_dir():
+        return _load_image_folders(directory)
+    raise DataError(
+        f"{directory} has no recognised data layout; expected the IDX files {expected}, or "
+        "train/<class>/*.png and test/<class>/*.png image folders"
+    )
+
+
+def _directory_name(directory: Path) -> str:
+    """A file-name-safe data set name for ``directory`` ("fashion-mnist" for the default one)."""
+    try:
+        if directory.resolve() == DEFAULT_FASHION_MNIST_DIR.resolve():
+            return "fashion-mnist"
+    except OSError:
+        pass
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", directory.resolve().name.lower()).strip("-.")
+    return slug or "data"
+
+
+def _load_idx_directory(directory: Path) -> Dataset:
+    files = _idx_files(directory)
+    if files is None:
+        raise DataError(f"{directory} does not hold the four IDX files")
+    arrays = {role: read_idx(path) for role, path in files.items()}
+    for role in ("train_images", "test_images"):
+        array, path = arrays[role], files[role]
+        if array.ndim != 3 or array.dtype != np.uint8:
+            raise DataError(
+                f"{path} holds {array.dtype} data of shape {array.shape}; expected uint8 images N×H×W"
+            )
+    for role in ("train_labels", "test_labels"):
+        array, path = arrays[role], files[role]
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise DataError(f"{path} holds {array.dtype} data of shape {array.shape}; expected 1-D integer labels")
+    for part in ("train", "test"):
+        n_images, n_labels = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
+        if n_images != n_labels:
+            raise DataError(
+                f"{files[f'{part}_labels']} has {n_labels} labels but "
+                f"{files[f'{part}_images'].name} has {n_images} images"
+            )
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DataError(
+            f"{directory}: train images are {arrays['train_images'].shape[1:]} but test images are "
+            f"{arrays['test_images'].shape[1:]}"
+        )
+    name = _directory_name(directory)
+    train_labels = arrays["train_labels"].astype(np.int64)
+    test_labels = arrays["test_labels"].astype(np.int64)
+    if len(train_labels) == 0 or len(test_labels) == 0:
+        raise DataError(f"{directory}: the train or test file holds no samples")
+    num_classes = int(train_labels.max()) + 1
+    for role, labels in (("train_labels", train_labels), ("test_labels", test_labels)):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if bad.size:
+            raise DataError(
+                f"{files[role]} has label {int(bad[0])} outside 0..{num_classes - 1} "
+                "(the classes seen in the training labels)"
+            )
+    if name == "fashion-mnist" and num_classes == len(FASHION_MNIST_CLASSES):
+        classes = FASHION_MNIST_CLASSES
+    else:
+        classes = tuple(str(k) for k in range(num_classes))
+    train_idx, val_idx = _train_val_indices(len(train_labels), str(directory))
+    images = torch.from_numpy(arrays["train_images"]).unsqueeze(1).float().div_(255.0)
+    test_images = torch.from_numpy(arrays["test_images"]).unsqueeze(1).float().div_(255.0)
+    return _assemble(
+        name=name,
+        images=images,
+        labels=torch.from_numpy(train_labels),
+        train_idx=train_idx,
+        val_idx=val_idx,
+        test_images=test_images,
+        test_labels=torch.from_numpy(test_labels),
+        classes=classes,
+        source=str(directory),
+    )
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    small = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0).unsqueeze(1)
+    images = F.interpolate(small, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
+    labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    permutation = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+    n_test = int(round(DIGITS_TEST_FRACTION * len(labels)))
+    test_idx = np.sort(permutation[:n_test])
+    rest = np.sort(permutation[n_test:])
+    train_pos, val_pos = _train_val_indices(len(rest), "digits")
+    return _assemble(
+        name="digits",
+        images=images,
+        labels=labels,
+        train_idx=rest[train_pos],
+        val_idx=rest[val_pos],
+        test_images=images[torch.from_numpy(test_idx)],
+        test_labels=labels[torch.from_numpy(test_idx)],
+        classes=tuple(str(k) for k in range(10)),
+        source="sklearn.datasets.load_digits (8x8 upsampled to 28x28)",
+    )
+
+
+def _image_files(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        folder = split_dir / name
+        if folder.is_dir():
+            files += [
+                (p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            ]
+    return files
+
+
+def _read_images(files: list[tuple[Path, int]], gray: bool, size: tuple[int, int]) -> torch.Tensor:
+    from PIL import Image
+
+    mode = "L" if gray else "RGB"
+    arrays = []
+    for path, _ in files:
+        try:
+            with Image.open(path) as image:
+                if image.size != size:
+                    raise DataError(
+                        f"{path} is {image.size[0]}x{image.size[1]} pixels but the other images are "
+                        f"{size[0]}x{size[1]}; all images must be one size"
+                    )
+                arrays.append(np.asarray(image.convert(mode), dtype=np.uint8))
+        except DataError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} cannot be read as an image ({exc})") from None
+    stacked = np.stack(arrays)
+    tensor = torch.from_numpy(stacked).unsqueeze(1) if gray else torch.from_numpy(stacked).permute(0, 3, 1, 2)
+    return tensor.float().div_(255.0).contiguous()
+
+
+def _load_image_folders(directory: Path) -> Dataset:
+    from PIL import Image
+
+    train_dir, test_dir = directory / "train", directory / "test"
+    classes = tuple(sorted(p.name for p in train_dir.iterdir() if p.is_dir()))
+    if not classes:
+        raise DataError(f"{train_dir} has no class folders; expected train/<class>/*.png")
+    extra = sorted({p.name for p in test_dir.iterdir() if p.is_dir()} - set(classes))
+    if extra:
+        raise DataError(f"{test_dir} has class folder(s) {', '.join(extra)} that {train_dir} lacks")
+    train_files = _image_files(train_dir, classes)
+    test_files = _image_files(test_dir, classes)
+    suffixes = "/".join(IMAGE_SUFFIXES)
+    for split_dir, files in ((train_dir, train_files), (test_dir, test_files)):
+        if not files:
+            raise DataError(f"{split_dir} has no images ({suffixes}) in its class folders")
+    modes = set()
+    size: tuple[int, int] | None = None
+    for path, _ in train_files + test_files:
+        try:
+            with Image.open(path) as image:
+                modes.add(image.mode)
+                size = size or image.size
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} cannot be read as an image ({exc})") from None
+    assert size is not None
+    gray = modes <= GRAY_MODES
+    images = _read_images(train_files, gray, size)
+    labels = torch.tensor([label for _, label in train_files], dtype=torch.int64)
+    test_images = _read_images(test_files, gray, size)
+    test_labels = torch.tensor([label for _, label in test_files], dtype=torch.int64)
+    train_idx, val_idx = _train_val_indices(len(labels), str(train_dir))
+    return _assemble(
+        name=_directory_name(directory),
+        images=images,
+        labels=labels,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        test_images=test_images,
+        test_labels=test_labels,
+        classes=classes,
+        source=str(directory),
+    )

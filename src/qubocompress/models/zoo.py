@@ -1,0 +1,234 @@
+"""Built-in CNNs for small gray or colour images (28×28 by default).
+
+Every builder takes ``num_classes``, ``in_channels`` and ``input_size`` (the side of a square
+input, in pixels), and most a ``width`` (channels of the first stage). All models are plain
+``nn.Module`` graphs that ``torch.fx.symbolic_trace`` can follow: no data-dependent control
+flow, convs/norms/linears/activations/pools as modules, residual adds as ``out + shortcut(x)``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from qubocompress.errors import ModelError
+
+
+def _check_common(name: str, num_classes: int, in_channels: int, input_size: int, min_size: int) -> None:
+    if num_classes < 2:
+        raise ModelError(f"{name} needs at least 2 classes, got {num_classes}")
+    if in_channels < 1:
+        raise ModelError(f"{name} needs at least 1 input channel, got {in_channels}")
+    if input_size < min_size:
+        raise ModelError(f"{name} needs inputs of at least {min_size}x{min_size} pixels, got {input_size}")
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    ]
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (ReLU, max-pool): conv 6@5×5 (pad 2), pool, conv 16@5×5, pool, fc 120-84-classes."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> None:
+        super().__init__()
+        _check_common("lenet5", num_classes, in_channels, input_size, min_size=12)
+        side = (input_size // 2 - 4) // 2
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * side * side, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class VGG(nn.Module):
+    """VGG-style: six conv3×3-BN-ReLU (w, w, 2w, 2w, 4w, 4w), max-pool after every second conv.
+
+    Head: flatten the 4w×(s/8)×(s/8) map, fc 128, ReLU, fc classes (``head="fc"``, the default:
+    it keeps the spatial layout, worth ~0.5 % on Fashion-MNIST), or global average pool and one
+    fc (``head="gap"``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        input_size: int = 28,
+        width: int = 16,
+        head: str = "fc",
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        _check_common("vgg", num_classes, in_channels, input_size, min_size=8)
+        if width < 1:
+            raise ModelError(f"vgg width must be at least 1, got {width}")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for index, out_channels in enumerate((width, width, 2 * width, 2 * width, 4 * width, 4 * width)):
+            layers += _conv_bn_relu(channels, out_channels)
+            if index % 2 == 1:
+                layers.append(nn.MaxPool2d(2))
+            channels = out_channels
+        self.features = nn.Sequential(*layers)
+        side = input_size // 8
+        if head == "fc":
+            self.classifier = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(channels * side * side, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, num_classes),
+            )
+        elif head == "gap":
+            self.classifier = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)
+            )
+        else:
+            raise ModelError(f"unknown vgg head {head!r}; use 'fc' or 'gap'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """Two conv3×3-BN with a shortcut: identity, or 1×1 conv stride 2 + BN (option B)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.ReLU()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = out + self.shortcut(x)
+        return self.relu2(out)
+
+
+class ResNet20(nn.Module):
+    """CIFAR-style ResNet-20 (He et al. 2016): conv3×3 w, 3 stages × 3 BasicBlocks (w, 2w, 4w).
+
+    Stages 2 and 3 halve the resolution (28 → 14 → 7), then global average pool and fc.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16
+    ) -> None:
+        super().__init__()
+        _check_common("resnet20", num_classes, in_channels, input_size, min_size=4)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.layer1 = self._stage(width, width, stride=1)
+        self.layer2 = self._stage(width, 2 * width, stride=2)
+        self.layer3 = self._stage(2 * width, 4 * width, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    @staticmethod
+    def _stage(in_channels: int, out_channels: int, stride: int, blocks: int = 3) -> nn.Sequential:
+        return nn.Sequential(
+            BasicBlock(in_channels, out_channels, stride),
+            *(BasicBlock(out_channels, out_channels, 1) for _ in range(blocks - 1)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.fc(self.flatten(self.pool(out)))
+
+
+def _depthwise_separable(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """Depthwise conv3×3 (groups = channels) + BN + ReLU, then pointwise 1×1 + BN + ReLU."""
+    return nn.Sequential(
+        OrderedDict(
+            [
+                (
+                    "dw",
+                    nn.Conv2d(
+                        in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=False
+                    ),
+                ),
+                ("dw_bn", nn.BatchNorm2d(in_channels)),
+                ("dw_relu", nn.ReLU()),
+                ("pw", nn.Conv2d(in_channels, out_channels, 1, bias=False)),
+                ("pw_bn", nn.BatchNorm2d(out_channels)),
+                ("pw_relu", nn.ReLU()),
+            ]
+        )
+    )
+
+
+class MobileNet(nn.Module):
+    """Small MobileNet (v1 style): stem conv3×3 w, six depthwise-separable blocks.
+
+    Widths w → 2w → 4w → 4w → 8w → 8w → 8w with stride 2 at the 4w and first 8w blocks
+    (28 → 14 → 7), then global average pool and fc.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16
+    ) -> None:
+        super().__init__()
+        _check_common("mobilenet", num_classes, in_channels, input_size, min_size=4)
+        plan = ((2 * width, 1), (4 * width, 2), (4 * width, 1), (8 * width, 2), (8 * width, 1), (8 * width, 1))
+        blocks: list[nn.Module] = [nn.Sequential(*_conv_bn_relu(in_channels, width))]
+        channels = width
+        for out_channels, stride in plan:
+            blocks.append(_depthwise_separable(channels, out_channels, stride))
+            channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": LeNet5,
+    "vgg": VGG,
+    "resnet20": ResNet20,
+    "mobilenet": MobileNet,
+}
+
+
+def build_model(name: str, **kwargs: object) -> nn.Module:
+    """Build the built-in model ``name`` with ``kwargs`` (num_classes, in_channels, input_size, width...)."""
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r}; built-in models are: {', '.join(sorted(MODELS))}")
+    try:
+        return MODELS[name](**kwargs)
+    except TypeError as exc:
+        raise ModelError(f"bad arguments for model {name!r}: {exc}") from None
