@@ -50,10 +50,10 @@ def write_text_atomic(path: str | Path, text: str) -> int:
 
 def write_json_atomic(path: str | Path, obj: Any) -> int:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=jsonable) + "\n")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """numpy scalars/arrays and paths in JSON output."""
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -50,7 +50,7 @@ from torch import nn
 
 from qubocompress.apply.quantize import QuantizedTensor, dequantize, max_code, quantize_tensor, quantized_layers
 from qubocompress.errors import ArtifactError, ModelError
-from qubocompress.io import _jsonable, atomic_write
+from qubocompress.io import jsonable, atomic_write
 from qubocompress.models.user import arch_label, load_script_archive, rebuild_model, script_archive
 
 MAGIC = b"QCZ1"
@@ -161,7 +161,7 @@ def save_artifact(
         "tensors": entries,
     }
     try:
-        header_bytes = json.dumps(header, separators=(",", ":"), default=_jsonable).encode("utf-8")
+        header_bytes = json.dumps(header, separators=(",", ":"), default=jsonable).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"artifact arch/metadata must be JSON-serialisable: {exc}") from exc
     return _write_atomic(Path(path), [_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *chunks])

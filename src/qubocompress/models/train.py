@@ -143,7 +143,7 @@ def evaluate_loss(model: nn.Module, split: Split, batch_size: int = 1000) -> flo
     return total / max(1, len(split))
 
 
-def _augment(batch: torch.Tensor, generator: torch.Generator, shift: int, hflip: bool) -> torch.Tensor:
+def augment_batch(batch: torch.Tensor, generator: torch.Generator, shift: int, hflip: bool) -> torch.Tensor:
     """Shift each image by up to ``shift`` px (edge-replicated) and flip half of them if ``hflip``.
 
     The result is a strided view; the caller copies it into the memory layout it trains in.
@@ -235,7 +235,7 @@ def train(
                     index = order[step * batch_size : (step + 1) * batch_size]
                     inputs = split.x[index]
                     if config.augment:
-                        inputs = _augment(inputs, generator, config.shift, config.hflip)
+                        inputs = augment_batch(inputs, generator, config.shift, config.hflip)
                     # An explicit copy: a 1-channel batch can pass as both layouts, and torch
                     # would then pick the layout from its strides, not from ours.
                     inputs = inputs.clone(memory_format=memory_format)
@@ -300,7 +300,7 @@ def _read_payload(path: Path) -> Any:
         raise ModelError(f"checkpoint {path} is corrupt or not a qubocompress checkpoint ({reason})") from None
 
 
-def _is_state_dict(payload: Any) -> bool:
+def is_state_dict(payload: Any) -> bool:
     return (
         isinstance(payload, Mapping)
         and len(payload) > 0
@@ -308,7 +308,7 @@ def _is_state_dict(payload: Any) -> bool:
     )
 
 
-def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch_name: str) -> None:
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch_name: str) -> None:
     """Load ``state`` into ``model`` or raise a one-line ModelError naming the mismatch."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -349,7 +349,7 @@ def _unpack_checkpoint(
         metrics = dict(payload.get("metrics", {}))
     except (KeyError, TypeError, ValueError):
         raise ModelError(f"checkpoint {path} is corrupt or not a qubocompress checkpoint (bad layout)") from None
-    if not _is_state_dict(state):
+    if not is_state_dict(state):
         raise ModelError(f"checkpoint {path} is corrupt or not a qubocompress checkpoint (bad weights)")
     return arch, state, metrics
 
@@ -369,7 +369,7 @@ def load_checkpoint(
         arch, state, metrics = _unpack_checkpoint(payload, path)
         if name is not None and name != arch["name"]:
             raise ModelError(f"checkpoint {path} holds a {arch['name']} model, not {name}")
-    elif _is_state_dict(payload):
+    elif is_state_dict(payload):
         if name is None or dataset is None:
             raise ModelError(
                 f"checkpoint {path} is a bare state_dict; give the model name and data set so its "
@@ -387,7 +387,7 @@ def load_checkpoint(
                 f"checkpoint {path} does not fit data set {dataset.name} (model vs data: {', '.join(clashes)})"
             )
     model = build_model(arch["name"], **arch["kwargs"])
-    _load_state(model, state, path, arch["name"])
+    load_state(model, state, path, arch["name"])
     model.eval()
     return model, {**metrics, "arch": arch, "path": path}
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from qubocompress.errors import ModelError
-from qubocompress.models.train import _is_state_dict, _load_state
+from qubocompress.models.train import is_state_dict, load_state
 from qubocompress.models.zoo import MODELS, build_model
 
 COMPRESSIBLE_NAMES = ("Conv2d", "Linear")
@@ -176,11 +176,11 @@ def _load_weights(module: nn.Module, path: Path, label: str) -> None:
         raise ModelError(
             f"weights file {path} is corrupt or not a torch.save file ({_first_line(exc)[:160] or type(exc).__name__})"
         ) from None
-    if isinstance(payload, Mapping) and _is_state_dict(payload.get("state_dict")):
+    if isinstance(payload, Mapping) and is_state_dict(payload.get("state_dict")):
         payload = payload["state_dict"]
-    if not _is_state_dict(payload):
+    if not is_state_dict(payload):
         raise ModelError(f"weights file {path} holds no state_dict (a dict of tensors, or one under 'state_dict')")
-    _load_state(module, payload, path, label)
+    load_state(module, payload, path, label)
 
 
 def _check_runs(module: nn.Module, input_shape: tuple[int, ...], label: str) -> None:

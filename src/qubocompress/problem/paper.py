@@ -91,11 +91,14 @@ def quant_sensitivity(layer: LayerSpec, spec: CompressionSpec) -> float:
 def balanced_beta(spec: CompressionSpec) -> float:
     """The default β: the largest possible ``L_p`` equals the largest possible ``β·L_q``.
 
-    ``β = Σ_g (Σ_{i∈candidates} a[g,i])² / Σ_n s[n] (2^K − 1)²``; 1.0 when no layer is sensitive.
+    ``β = Σ_g (Σ_{i∈candidates} a[g,i])² / Σ_n s[n] (2^K − 1)²``; 1.0 when no layer is sensitive
+    (or the damages are so small, e.g. subnormal, that the ratio overflows).
     """
     largest_lp = sum(float(np.sum(g.importance[g.candidates()])) ** 2 for g in spec.groups)
     largest_lq = sum(quant_sensitivity(layer, spec) for layer in spec.layers) * (2**spec.bit_levels - 1) ** 2
-    return largest_lp / largest_lq if largest_lq > 0 else 1.0
+    with np.errstate(over="ignore", divide="ignore"):
+        beta = np.float64(largest_lp) / np.float64(largest_lq) if largest_lq > 0 else 1.0
+    return float(beta) if np.isfinite(beta) else 1.0
 
 
 class PaperFormulation:
