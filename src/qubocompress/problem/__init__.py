@@ -1,14 +1,17 @@
 """Formulations: compression spec -> dimod BQM -> decoded Plan (numpy and dimod only, never torch)."""
 
+from qubocompress.problem.budget import BudgetFormulation, ExactResult, smallest_plan
 from qubocompress.problem.paper import PaperFormulation, balanced_beta, quant_sensitivity
 from qubocompress.problem.plan import Plan, uniform_plan
 from qubocompress.problem.spec import ChannelGroup, CompressionSpec, Interaction, LayerSpec
-from qubocompress.problem.synthetic import synthetic_spec
+from qubocompress.problem.synthetic import synthetic_resnet_spec, synthetic_spec, with_synthetic_measurements
 from qubocompress.problem.target import calibrate_gamma, most_compressed_plan
 
 __all__ = [
+    "BudgetFormulation",
     "ChannelGroup",
     "CompressionSpec",
+    "ExactResult",
     "Interaction",
     "LayerSpec",
     "PaperFormulation",
@@ -17,6 +20,9 @@ __all__ = [
     "calibrate_gamma",
     "most_compressed_plan",
     "quant_sensitivity",
+    "smallest_plan",
+    "synthetic_resnet_spec",
     "synthetic_spec",
     "uniform_plan",
+    "with_synthetic_measurements",
 ]

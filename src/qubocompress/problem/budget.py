@@ -1,0 +1,708 @@
+"""The ``budget`` formulation: least measured damage under a hard budget on weight bits or BOPs.
+
+Problem. One choice per channel group (prune 0 or one of its ``prune_options`` of least important
+channels) and per layer (a bit-width from ``bit_options``); minimise the measured damage — Σ
+``prune_damage`` + Σ ``quant_damage`` + Σ pairwise ``interactions`` (nats of calibration loss) —
+subject to the plan's true cost (:meth:`Plan.weight_bits` or :meth:`Plan.bops`) ≤ the budget,
+given as a ratio vs fp32 or as an absolute cost.
+
+Why a lifted encoding. Layer n's cost is ``unit·bits·kept_out·kept_in``: the product of three
+choices (its own bits, its output group's and its input group's pruning — pruning layer n removes
+input channels of n+1). With one-hot choices the cost is cubic, and the squared slack penalty of
+a hard budget would be of degree six. So every layer gets a *cell*: a one-hot block over the
+joint states (out-pruning, bits, in-pruning) of the free choices its cost depends on
+(:class:`~qubocompress.problem.choices.Cell`; a depthwise layer or one without an output group has
+fewer axes, a layer with none is a constant). The cost is then linear in the state variables.
+
+BQM (BINARY), with one penalty weight ``P`` (:attr:`BudgetFormulation.penalty`):
+
+* variables ``w[<cell>|out_pruned=…,bits=…,in_pruned=…]`` (a group that no layer reads or writes
+  gets a cell of its own, ``w[<group>|pruned=…]``) and binary slack bits ``slack[i]`` (worth 2^i
+  units; binary, so every plan has exactly one encoding);
+* damage: a choice's damage is linear on the smallest cell deciding it; an interaction table is
+  linear on a cell deciding both choices (a layer's bits × its own groups, its input × output
+  group), else quadratic between the two cells;
+* one-hot: ``P·(Σ_s w[c, s] − 1)²`` per cell;
+* consistency: cells deciding the same choice (a residual group is decided by every layer it
+  touches) agree, ``(P/2)·Σ_o (A_o − B_o)²`` for consecutive such cells, ``A_o`` the sum of one
+  cell's states that pick option o;
+* budget: ``P·(Σ a_s w_s + Σ 2^i slack_i − spare)²``, ``a_s`` the state's cost in :attr:`unit` s
+  (rounded up) above its cell's cheapest state, ``spare`` the budget in units (rounded down) left
+  after every cell's cheapest state. Rounding makes the BQM's budget conservative (within it ⇒
+  truly within the budget); the unit is the coarsest ``budget // k`` with which the certified
+  optimum still fits, so the BQM's ground state is the true optimum.
+
+``P`` is proven sufficient: the damage part's biases are shifted to be ≥ 0 (cell by cell, block by
+block; no change for one-hot states), so its offset ``LB`` bounds it below over all binary states;
+any broken constraint costs ≥ P; so with ``P > UB − LB`` (UB the optimum's damage) every
+infeasible or inconsistent state lies above the optimum. The encoded feasible plans have energy
+= damage (:meth:`BudgetFormulation.energy`, up to ~1e-10 relative float rounding of the penalty
+terms).
+
+Exact reference: a MILP on the same lifted linear model (:mod:`~qubocompress.problem.milp`),
+solved by HiGHS with a time limit; :meth:`BudgetFormulation.exact_result` says whether it was
+certified and the proven gap.
+
+What simulated annealing makes of it (measured; see the issue report): nothing feasible. The budget
+penalty is stiff: a move that changes a layer's cost by Δ units passes through a state paying about
+``P·Δ²``, and because the optimum packs the budget tightly (its unused budget was 16–1300 bits of
+0.3–0.5 Mbit on the synthetic VGG/ResNet specs), the exact unit is fine and Δ is tens to
+thousands of units. SA freezes in the penalty landscape long before it sees the damage, whatever
+the schedule (linear or geometric, 100–10,000 sweeps, β ranges from 1e-4/P to 1e4/E*: 0 feasible
+reads out of 20 in every setting). :meth:`BudgetFormulation.polish` therefore turns reads into
+plans: decode, repair into the budget, feasible steepest descent over 1- and 2-choice moves, and
+an iterated local search from the best read (:mod:`~qubocompress.problem.local_search`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+import dimod
+import numpy as np
+
+from qubocompress.errors import ProblemError
+from qubocompress.problem.choices import ChoiceModel, Metric, fp32_cost, plan_cost, prune_options
+from qubocompress.problem.local_search import MoveTables, descend, iterated_local_search, repair
+from qubocompress.problem.milp import solve_budget_milp
+from qubocompress.problem.plan import Plan
+from qubocompress.problem.spec import CompressionSpec
+
+DEFAULT_BIT_OPTIONS = (2, 3, 4, 5, 6, 8)
+DEFAULT_TIME_LIMIT = 60.0
+# The automatic penalty is the proven sufficient weight (UB − LB) times 1 + this margin.
+PENALTY_MARGIN = 0.05
+# Rounds of "tighten the budget by what slipped over and solve again" against HiGHS's tolerance.
+MAX_MILP_ROUNDS = 4
+# Iterated local search of :meth:`BudgetFormulation.polish`: chains per free choice, rounds per
+# chain, choices changed per kick (measured on the synthetic VGG/ResNet budget instances).
+DEFAULT_CHAINS_PER_CHOICE = 2
+DEFAULT_CHAIN_LENGTH = 40
+DEFAULT_KICK = 5
+# Simulated annealing options for this formulation (see recommended_sampler_options).
+SA_OPTIONS = {"num_reads": 20, "num_sweeps": 100}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """What one BQM variable means.
+
+    Attributes:
+        kind: ``"state"`` (cell ``cell`` is in joint state ``state``) or ``"slack"``.
+        cell: index into :attr:`BudgetFormulation.cells` (-1 for slack).
+        state: row of the cell's ``states`` (the slack bit's position for slack).
+        weight: units of budget the slack bit stands for (0 for states).
+    """
+
+    kind: Literal["state", "slack"]
+    cell: int
+    state: int
+    weight: int = 0
+
+
+@dataclass(frozen=True)
+class ExactResult:
+    """The reference optimum of a budget problem.
+
+    Attributes:
+        plan: the best plan found; truly within the budget.
+        objective: its damage (nats), equal to its BQM energy.
+        certified: True when HiGHS proved it optimal.
+        gap: proven relative gap ``(objective − bound) / |objective|`` (0 when certified).
+        bound: proven lower bound of the optimal damage.
+        seconds: wall time of the solve.
+        method: how it was found.
+    """
+
+    plan: Plan
+    objective: float
+    certified: bool
+    gap: float
+    bound: float
+    seconds: float
+    method: str
+
+
+def default_bit_options(spec: CompressionSpec) -> tuple[int, ...]:
+    """(2, 3, 4, 5, 6, 8) within the spec's ``min_bits..b_max``, plus ``b_max`` itself."""
+    return tuple(sorted({b for b in DEFAULT_BIT_OPTIONS if spec.min_bits <= b <= spec.b_max} | {spec.b_max}))
+
+
+def check_bit_options(spec: CompressionSpec, bit_options: Sequence[int] | None) -> tuple[int, ...]:
+    """The bit options sorted and deduplicated (default :func:`default_bit_options`); bad ones are an error."""
+    if bit_options is None:
+        return default_bit_options(spec)
+    try:
+        options = tuple(sorted({int(b) for b in bit_options}))
+    except (TypeError, ValueError) as exc:
+        raise ProblemError(f"bit options must be integers, got {bit_options!r}") from exc
+    if not options:
+        raise ProblemError("bit options must not be empty")
+    if options[0] < spec.min_bits or options[-1] > spec.b_max:
+        raise ProblemError(
+            f"bit options {list(options)} must lie in {spec.min_bits}..{spec.b_max} (the spec's min_bits..b_max)"
+        )
+    return options
+
+
+def smallest_plan(spec: CompressionSpec, bit_options: Sequence[int] | None = None) -> Plan:
+    """The smallest plan on offer: every group at its largest prune option, every layer at the fewest bits."""
+    bits = check_bit_options(spec, bit_options)[0]
+    pruned = {
+        group.name: tuple(int(i) for i in group.prune_order()[: prune_options(spec, g)[-1]])
+        for g, group in enumerate(spec.groups)
+    }
+    return Plan(pruned=pruned, bits={layer.name: bits for layer in spec.layers})
+
+
+def _ceil_div(a: np.ndarray | int, b: int) -> np.ndarray | int:
+    return -(-a // b)
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+class BudgetFormulation:
+    """Minimise the measured damage subject to a hard budget (see the module docstring).
+
+    Args:
+        spec: the problem; groups offer ``prune_options`` with ``prune_damage`` (a group without
+            options is never pruned); layers carry ``quant_damage``; ``interactions`` add pairwise terms.
+        ratio: the budget as a compression ratio vs fp32 (> 1): cost ≤ fp32 cost / ratio.
+        absolute: the budget as an absolute cost (weight bits, or BOPs per sample; > 0).
+        metric: ``"bits"`` (weight memory) or ``"bops"`` (bit operations per sample).
+        bit_options: the bit-widths on offer (default :func:`default_bit_options`).
+        penalty: weight of every constraint penalty of the BQM; None = the proven sufficient
+            weight plus 5 %. A smaller one may make infeasible samples the ground state.
+        time_limit: seconds the exact MILP may take (:meth:`exact_result` says if it was certified).
+    """
+
+    def __init__(
+        self,
+        spec: CompressionSpec,
+        ratio: float | None = None,
+        absolute: float | None = None,
+        metric: Metric = "bits",
+        bit_options: Sequence[int] | None = None,
+        penalty: float | None = None,
+        time_limit: float = DEFAULT_TIME_LIMIT,
+    ) -> None:
+        if metric not in ("bits", "bops"):
+            raise ProblemError(f"budget metric must be 'bits' or 'bops', got {metric!r}")
+        if (ratio is None) == (absolute is None):
+            raise ProblemError("give the budget either as a ratio vs fp32 or as an absolute cost, not both or neither")
+        if penalty is not None and not (_finite(penalty) or 0) > 0:
+            raise ProblemError(f"penalty must be a finite number > 0, got {penalty}")
+        if not (_finite(time_limit) or 0) > 0:
+            raise ProblemError(f"time_limit must be a positive number of seconds, got {time_limit}")
+        names = [g.name for g in spec.groups]
+        if len(set(names)) != len(names):
+            raise ProblemError(f"channel group names in the spec of {spec.model!r} must be unique")
+        self.spec = spec
+        self.metric: Metric = metric
+        self.bit_options = check_bit_options(spec, bit_options)
+        self.fp32_cost = fp32_cost(spec, metric)
+        if ratio is not None:
+            if not (_finite(ratio) or 0) > 1.0:
+                raise ProblemError(f"budget ratio must be a finite number > 1 (e.g. 16 for 16x smaller), got {ratio}")
+            self.budget = int(math.floor(self.fp32_cost / float(ratio)))
+        else:
+            if not (_finite(absolute) or 0) > 0:
+                raise ProblemError(f"absolute budget must be a finite number > 0 ({metric}), got {absolute}")
+            self.budget = int(math.floor(float(absolute)))
+        self.ratio = None if ratio is None else float(ratio)
+        self.absolute = None if absolute is None else float(absolute)
+        self._penalty = None if penalty is None else float(penalty)
+        self.time_limit = float(time_limit)
+        self.model = ChoiceModel(spec, self.bit_options, metric)
+        self.cells = self.model.cells
+        self._check_reachable()
+
+    def _check_reachable(self) -> None:
+        cost = int(self.model.costs(self.model.smallest())[0])
+        if cost <= self.budget:
+            return
+        spec = self.spec
+        shares = {round(100 * prune_options(spec, g)[-1] / group.size) for g, group in enumerate(spec.groups)}
+        if shares <= {0}:
+            pruning = "no filters pruned (no prune options on offer)"
+        elif len(shares) == 1:
+            pruning = f"{shares.pop()}% of filters pruned"
+        else:
+            pruning = f"up to {max(shares)}% of each group's filters pruned"
+        what = f"all layers at {self.bit_options[0]} bits, {pruning}"
+        smaller = "smaller than fp32" if self.metric == "bits" else "fewer BOPs than fp32"
+        best = self.fp32_cost / max(cost, 1)
+        if self.ratio is not None:
+            raise ProblemError(
+                f"budget {self.ratio:g}x is not reachable: the smallest plan on offer is {best:.1f}x {smaller} ({what})"
+            )
+        unit = "bits" if self.metric == "bits" else "BOPs"
+        raise ProblemError(
+            f"budget of {self.absolute:g} {unit} is not reachable: the smallest plan on offer needs {cost} {unit}, "
+            f"{best:.1f}x {smaller} ({what})"
+        )
+
+    # --- plans: damage, cost, feasibility ---------------------------------------------------------
+
+    def objective(self, plan: Plan) -> float:
+        """The damage of a plan (nats): Σ quant_damage + Σ prune_damage + Σ interaction terms.
+
+        Evaluated straight from the spec's measurements, independently of the BQM; a plan off the
+        option grid is a :class:`ProblemError`.
+        """
+        return self.model.damage_of_plan(plan)
+
+    def cost(self, plan: Plan) -> int:
+        """True cost of a plan in the formulation's metric (weight bits or BOPs per sample)."""
+        return plan_cost(self.spec, plan, self.metric)
+
+    def within_rounded_budget(self, plan: Plan) -> bool:
+        """True when the plan fits the BQM's budget (costs rounded up to :attr:`unit`).
+
+        Such a plan is :meth:`feasible`, and its :meth:`energy` is its damage; a feasible plan
+        that the rounding pushes over pays the budget penalty in the BQM.
+        """
+        index = self.model.index_of(plan)[None, :]
+        return bool(self.model.in_units(self.unit).costs(index)[0] <= self.budget // self.unit)
+
+    def feasible(self, plan: Plan) -> bool:
+        """True when the plan is on the option grid and its true cost is within the budget."""
+        try:
+            self.model.index_of(plan)
+        except ProblemError:
+            return False
+        return self.cost(plan) <= self.budget
+
+    # --- exact reference ------------------------------------------------------------------------
+
+    def exact(self) -> tuple[Plan, float]:
+        """The reference optimum as ``(plan, energy)``: the BQM energy of its encoding.
+
+        That energy is its damage (:attr:`ExactResult.objective`) up to float rounding of the
+        penalty terms (~1e-10 relative); it is computed from the BQM so that a solver's read of the
+        same plan (one encoding per plan: the slack is binary) has exactly the same energy.
+        """
+        result = self.exact_result()
+        return result.plan, self.energy(result.plan)
+
+    def exact_result(self) -> ExactResult:
+        """The optimum of the constrained problem by MILP (:mod:`~qubocompress.problem.milp`), cached."""
+        return self._exact
+
+    @cached_property
+    def _exact(self) -> ExactResult:
+        start = time.perf_counter()
+        budget = self.budget
+        first_bound = None
+        method = "MILP (HiGHS): one-hot choices, per-layer joint cost states, linearised interaction tables"
+        for _ in range(MAX_MILP_ROUNDS):
+            remaining = self.time_limit - (time.perf_counter() - start)
+            outcome = solve_budget_milp(self.model, budget, remaining)
+            first_bound = outcome.bound if first_bound is None else first_bound
+            index = outcome.index
+            if index is None:  # no incumbent in time: the best plan local search finds, uncertified
+                index = self._searched_optimum()
+                method += f"; no plan within {self.time_limit:g} s, so the incumbent is from local search"
+                break
+            excess = int(self.model.costs(index)[0]) - self.budget
+            if excess <= 0:
+                break
+            budget -= excess  # HiGHS's feasibility tolerance let the plan slip over: tighten, solve again
+        else:
+            index = self._searched_optimum()
+            method += "; its plans kept slipping over the budget, so the incumbent is from local search"
+        plan = self.model.plan_of(index)
+        objective = self.objective(plan)
+        # Only the first round's bound holds for the true budget (later rounds solved tighter ones).
+        certified = outcome.index is not None and outcome.proven and budget == self.budget
+        bound = objective if certified else min(first_bound, objective)
+        gap = 0.0 if certified else ((objective - bound) / abs(objective) if objective else math.inf)
+        return ExactResult(
+            plan=plan,
+            objective=objective,
+            certified=certified,
+            gap=float(gap),
+            bound=float(bound),
+            seconds=time.perf_counter() - start,
+            method=method,
+        )
+
+    def _searched_optimum(self) -> np.ndarray:
+        """A good plan within the budget from local search alone (true costs, seed 0)."""
+        tables = MoveTables(self.model)
+        start = repair(self.model, self.model.uncompressed(), self.budget, tables)
+        rounds = DEFAULT_CHAINS_PER_CHOICE * max(len(self.model.free), 1) * DEFAULT_CHAIN_LENGTH
+        return iterated_local_search(self.model, start, self.budget, rounds, DEFAULT_KICK, np.random.default_rng(0), tables)
+
+    # --- the BQM ----------------------------------------------------------------------------------
+
+    @cached_property
+    def unit(self) -> int:
+        """Cost unit of the BQM's budget (bits or BOPs): coarse, yet the optimum still fits.
+
+        Every joint state's cost is rounded up to whole units and the budget down, so a sample
+        within the BQM's budget is truly within the budget. The unit is the first ``budget // k``,
+        for k = 1, 2, … (k grows by 1 % per step beyond 100), with which the reference optimum
+        (:meth:`exact_result`) still fits after rounding, so the BQM's ground state is the true
+        optimum; unit 1 always qualifies (costs are integers).
+        """
+        index = self.model.index_of(self.exact_result().plan)[None, :]
+        sizes = [int(cell.size.ravel()[cell.state_of(index)][0]) for cell in self.cells]
+        k = 1
+        while True:
+            unit = max(self.budget // k, 1)
+            rounded = sum(_ceil_div(size, unit) for size in sizes) + _ceil_div(self.model.constant_cost, unit)
+            if rounded <= self.budget // unit or unit == 1:
+                return unit
+            k = max(k + 1, int(k * 1.01))
+
+    @cached_property
+    def _layout(self) -> tuple[np.ndarray, list[int], int]:
+        """(first variable of each cell, slack weights in units, capacity in units)."""
+        starts = np.cumsum([0] + [cell.size.size for cell in self.cells])
+        units = [_ceil_div(cell.size.ravel(), self.unit) for cell in self.cells]
+        capacity = self.budget // self.unit - _ceil_div(self.model.constant_cost, self.unit)
+        spare = int(capacity - sum(int(u.min()) for u in units))
+        return starts, [2**i for i in range(spare.bit_length())], int(capacity)
+
+    @cached_property
+    def variables(self) -> dict[str, Variable]:
+        """BQM label -> what it means, in the BQM's variable order (cell states, then slack bits)."""
+        spec = self.spec
+        result: dict[str, Variable] = {}
+        for k, cell in enumerate(self.cells):
+            layer = spec.layers[cell.layer] if cell.layer is not None else None
+            for s, row in enumerate(cell.states):
+                parts = []
+                for c, o in zip(cell.axes, row):
+                    choice = self.model.choices[c]
+                    value = choice.options[o]
+                    if choice.kind == "bits":
+                        parts.append(f"bits={value}")
+                    elif layer is None:
+                        parts.append(f"pruned={value}")
+                    elif layer.out_group == choice.owner:
+                        parts.append(f"out_pruned={value}")
+                    else:
+                        parts.append(f"in_pruned={value}")
+                result[f"w[{cell.name}|{','.join(parts)}]"] = Variable("state", k, s)
+        for i, weight in enumerate(self._layout[1]):
+            result[f"slack[{i}]"] = Variable("slack", -1, i, weight)
+        return result
+
+    @property
+    def num_variables(self) -> int:
+        """Number of BQM variables."""
+        return len(self.variables)
+
+    @property
+    def num_interactions(self) -> int:
+        """Number of nonzero quadratic terms of the BQM."""
+        return self.bqm.num_interactions
+
+    @cached_property
+    def _objective_terms(self) -> tuple[np.ndarray, dict[tuple[int, int], np.ndarray], float]:
+        """The damage over the state variables: (linear biases, cross-cell blocks, offset).
+
+        A choice's damage sits on the smallest cell that decides it (its home); an interaction
+        table on the smallest cell deciding both choices when there is one (it is linear there),
+        else on the block between the two home cells. Every cell's linear biases and every block
+        are shifted so that their minimum is 0, the shifts going into the offset: with exactly one
+        state on per cell that changes nothing, and it makes the offset a lower bound of the damage
+        part over *all* binary states (see :attr:`penalty`).
+        """
+        model = self.model
+        starts = self._layout[0]
+        linear = np.zeros(int(starts[-1]))
+        blocks: dict[tuple[int, int], np.ndarray] = {}
+
+        def smallest(cells: list[int]) -> int:
+            return min(cells, key=lambda k: self.cells[k].size.size)
+
+        def column(k: int, c: int) -> np.ndarray:
+            cell = self.cells[k]
+            return cell.states[:, cell.axes.index(c)]
+
+        home = {c: smallest(model.cells_of[c]) for c in model.free}
+        for c in model.free:
+            k = home[c]
+            linear[starts[k] : starts[k + 1]] += model.unary[c][column(k, c)]
+        for (a, b), table in model.pairs.items():
+            shared = [k for k in model.cells_of[a] if b in self.cells[k].axes]
+            if shared:
+                k = smallest(shared)
+                linear[starts[k] : starts[k + 1]] += table[column(k, a), column(k, b)]
+                continue
+            ka, kb = home[a], home[b]
+            block = table[np.ix_(column(ka, a), column(kb, b))]
+            if ka > kb:
+                ka, kb, block = kb, ka, block.T
+            blocks[(ka, kb)] = blocks.get((ka, kb), 0.0) + block
+        offset = model.constant
+        for k in range(len(self.cells)):
+            lowest = float(linear[starts[k] : starts[k + 1]].min())
+            linear[starts[k] : starts[k + 1]] -= lowest
+            offset += lowest
+        for key, block in blocks.items():
+            lowest = float(block.min())
+            blocks[key] = block - lowest
+            offset += lowest
+        return linear, blocks, offset
+
+    @cached_property
+    def penalty(self) -> float:
+        """Weight ``P`` of every constraint penalty (one-hot, consistency, budget).
+
+        Proven sufficient when ``P > UB − LB``: ``UB`` is the damage of the reference optimum and
+        ``LB`` the offset of the damage part, which lower-bounds it over all binary states (all
+        its biases are ≥ 0, see :attr:`_objective_terms`). A sample that breaks any constraint pays
+        at least ``P``: a cell without exactly one state on ``P·(m − 1)² ≥ P``, two disagreeing
+        cells ``(P/2)·2``, a mismatch of the budget equation ``P·m² ≥ P`` (m a whole number of
+        units); so its energy is ``≥ LB + P > UB ≥`` the optimum, and the ground state is a
+        consistent plan within the budget: the optimum. The automatic value is ``(UB − LB)``
+        plus 5 %.
+        """
+        if self._penalty is not None:
+            return self._penalty
+        upper = self.exact_result().objective
+        spread = max(upper - self._objective_terms[2], 0.0)
+        return spread * (1 + PENALTY_MARGIN) + 1e-9 * max(1.0, abs(upper))
+
+    @cached_property
+    def bqm(self) -> dimod.BinaryQuadraticModel:
+        """The budget problem as a BINARY BQM (module docstring); its ground state is the optimum."""
+        starts, weights, capacity = self._layout
+        count = int(starts[-1])
+        total = count + len(weights)
+        penalty = self.penalty
+        damage_linear, blocks, offset = self._objective_terms
+        linear = np.zeros(total)
+        linear[:count] = damage_linear
+        quadratic = np.zeros((total, total))
+        for (ka, kb), block in blocks.items():
+            quadratic[starts[ka] : starts[ka + 1], starts[kb] : starts[kb + 1]] += block
+        # budget: P·(Σ a·v − spare)², a = a cell state's cost in units above the cell's cheapest
+        # state (with one state per cell this is the cost in units minus a constant), or a slack weight
+        units = [_ceil_div(cell.size.ravel(), self.unit) for cell in self.cells]
+        spare = capacity - sum(int(u.min()) for u in units)
+        a = np.concatenate([u - u.min() for u in units] + [np.array(weights, dtype=np.int64)]).astype(np.float64)
+        linear += penalty * (a * a - 2.0 * spare * a)
+        quadratic += 2.0 * penalty * np.triu(np.outer(a, a), 1)
+        offset += penalty * float(spare) ** 2
+        # one-hot per cell: P·(Σ w − 1)²
+        for k in range(len(self.cells)):
+            block = slice(starts[k], starts[k + 1])
+            size = starts[k + 1] - starts[k]
+            linear[block] -= penalty
+            quadratic[block, block] += 2.0 * penalty * np.triu(np.ones((size, size)), 1)
+            offset += penalty
+        # consistency: consecutive cells deciding the same choice agree, (P/2)·Σ_o (A_o − B_o)²
+        half = penalty / 2.0
+        for c in self.model.free:
+            for k1, k2 in zip(self.model.cells_of[c], self.model.cells_of[c][1:]):
+                o1 = self.cells[k1].states[:, self.cells[k1].axes.index(c)]
+                o2 = self.cells[k2].states[:, self.cells[k2].axes.index(c)]
+                for k, o in ((k1, o1), (k2, o2)):
+                    block = slice(starts[k], starts[k + 1])
+                    linear[block] += half
+                    quadratic[block, block] += 2.0 * half * np.triu(o[:, None] == o[None, :], 1)
+                quadratic[starts[k1] : starts[k1 + 1], starts[k2] : starts[k2 + 1]] -= 2.0 * half * (
+                    o1[:, None] == o2[None, :]
+                )
+        rows, cols = np.nonzero(quadratic)
+        return dimod.BinaryQuadraticModel.from_numpy_vectors(
+            linear, (rows, cols, quadratic[rows, cols]), offset, dimod.BINARY, variable_order=list(self.variables)
+        )
+
+    # --- samples <-> plans --------------------------------------------------------------------------
+
+    def _sample_matrix(self, samples: Any) -> np.ndarray:
+        """Rows of 0/1 values in the BQM's variable order, from a SampleSet, a mapping or a list of them."""
+        labels = list(self.variables)
+        if isinstance(samples, dimod.SampleSet):
+            try:
+                positions = [samples.variables.index(v) for v in labels]
+            except ValueError as exc:
+                raise ProblemError(f"the sample set lacks variables of the budget formulation: {exc}") from exc
+            return np.asarray(samples.record.sample[:, positions], dtype=np.int64)
+        try:
+            if isinstance(samples, Mapping):
+                return np.array([[int(samples[v]) for v in labels]], dtype=np.int64)
+            return np.array([[int(s[v]) for v in labels] for s in samples], dtype=np.int64)
+        except KeyError as exc:
+            raise ProblemError(f"sample lacks variable {exc.args[0]!r} of the budget formulation") from exc
+
+    def _decode_rows(self, values: np.ndarray) -> np.ndarray:
+        """Choice vectors voted for by the cells of each sample row.
+
+        Every cell state that is on votes for its option of each choice it decides; a choice
+        takes its most voted option, a tie the least compressing of the tied ones, and no vote at
+        all the uncompressed option. A consistent sample (one state per cell, cells agreeing)
+        decodes to exactly the plan it encodes.
+        """
+        model = self.model
+        starts = self._layout[0]
+        rows = values.shape[0]
+        index = np.tile(model.uncompressed(), (rows, 1))
+        votes = {c: np.zeros((rows, model.counts[c])) for c in model.free}
+        for k, cell in enumerate(self.cells):
+            on = values[:, starts[k] : starts[k + 1]].astype(np.float64)
+            for axis, c in enumerate(cell.axes):
+                one_hot = np.eye(model.counts[c])[cell.states[:, axis]]
+                votes[c] += on @ one_hot
+        for c in model.free:
+            order = np.arange(model.counts[c])
+            if model.choices[c].kind == "bits":  # prefer more bits on ties: scan from the top
+                order = order[::-1]
+            tally = votes[c][:, order]
+            best = order[np.argmax(tally, axis=1)]
+            index[:, c] = np.where(tally.max(axis=1) > 0, best, model.choices[c].uncompressed)
+        return index
+
+    def decode(self, sample: Mapping[str, int]) -> Plan:
+        """The plan a sample stands for (always some plan on the grid; see :meth:`is_feasible`)."""
+        return self.model.plan_of(self._decode_rows(self._sample_matrix(sample))[0])
+
+    def _encode_rows(self, index: np.ndarray) -> np.ndarray:
+        """0/1 rows in the BQM's variable order for choice vectors, slack set to the spare units."""
+        starts, weights, capacity = self._layout
+        values = np.zeros((index.shape[0], len(self.variables)), dtype=np.int8)
+        used = np.zeros(index.shape[0], dtype=np.int64)
+        for k, cell in enumerate(self.cells):
+            state = cell.state_of(index)
+            values[np.arange(index.shape[0]), starts[k] + state] = 1
+            used += _ceil_div(cell.size.ravel()[state], self.unit)
+        if weights:
+            spare = np.clip(capacity - used, 0, sum(weights))
+            for i in range(len(weights)):
+                values[:, starts[-1] + i] = (spare >> i) & 1
+        return values
+
+    def encode(self, plan: Plan) -> dict[str, int]:
+        """The sample of a plan on the grid: its cells' states, slack = spare budget units (clipped)."""
+        row = self._encode_rows(self.model.index_of(plan)[None, :])[0]
+        return dict(zip(self.variables, row.tolist()))
+
+    def energy(self, plan: Plan) -> float:
+        """BQM energy of :meth:`encode` (plan): its damage when it fits the BQM's rounded budget."""
+        return float(self.bqm.energy(self.encode(plan)))
+
+    def is_feasible(self, sample: Mapping[str, int]) -> bool:
+        """True when the sample encodes a plan consistently and that plan is truly within the budget."""
+        return bool(self._feasible_rows(self._sample_matrix(sample))[0])
+
+    def _feasible_rows(self, values: np.ndarray) -> np.ndarray:
+        index = self._decode_rows(values)
+        count = int(self._layout[0][-1])
+        consistent = np.all(values[:, :count] == self._encode_rows(index)[:, :count], axis=1)
+        return consistent & (self.model.costs(index) <= self.budget)
+
+    def recommended_sampler_options(self, solver: str) -> dict[str, Any]:
+        """Options that suit this formulation's BQM for ``solver`` (merge the user's on top).
+
+        ``sa``: 20 reads × 100 sweeps. Every pair of state variables is coupled by the budget
+        penalty, so a sweep costs O(variables²), and longer anneals did not help: the budget
+        penalty's barriers (module docstring) freeze simulated annealing long before it sees the
+        damage, whatever the schedule, so its reads serve as starting points for :meth:`polish`.
+        Other solvers: no recommendation (``{}``).
+        """
+        return dict(SA_OPTIONS) if solver == "sa" else {}
+
+    # --- reading a solver's answer --------------------------------------------------------------
+
+    def best_feasible(self, sampleset: dimod.SampleSet) -> tuple[Plan | None, float | None, float]:
+        """The best truly feasible read: ``(plan, damage, feasibility rate)``.
+
+        The rate is the share of reads (counting ``num_occurrences``) that :meth:`is_feasible`
+        accepts; an infeasible read is never returned. With no feasible read the answer is
+        ``(None, None, 0.0)``: the caller should say so (more reads, or :meth:`polish`).
+        """
+        values = self._sample_matrix(sampleset)
+        occurrences = np.asarray(sampleset.record.num_occurrences, dtype=np.float64)
+        feasible = self._feasible_rows(values)
+        if not feasible.any():
+            return None, None, 0.0
+        rate = float(occurrences[feasible].sum() / occurrences.sum())
+        index = self._decode_rows(values[feasible])
+        plan = self.model.plan_of(index[int(np.argmin(self.model.damages(index)))])
+        return plan, self.objective(plan), rate
+
+    def polish(
+        self,
+        sampleset: dimod.SampleSet,
+        chains: int | None = None,
+        chain_length: int = DEFAULT_CHAIN_LENGTH,
+        kick: int = DEFAULT_KICK,
+        seed: int | None = None,
+    ) -> dimod.SampleSet:
+        """The reads made feasible and locally optimal, the best ones improved further.
+
+        Every read is decoded, repaired into the budget and improved by feasible steepest descent
+        (:func:`~qubocompress.problem.local_search.descend`). Then ``chains`` (default: two per
+        free choice) iterated local searches of ``chain_length`` rounds each (``kick`` random
+        choices changed, repair, descent, kept if no worse) start from the distinct local optima,
+        best first, cycling through them when there are fewer; each read takes the best result
+        grown from its own local optimum. The search runs on the BQM's rounded costs
+        (:attr:`unit`), so every polished read is within the BQM's budget — its energy is its
+        damage — and truly within the budget.
+
+        Returns a SampleSet over the same BQM and reads (energies from the BQM), with
+        ``info["timing"]["polish_seconds"]`` and ``info["polish"]`` (feasibility rate before,
+        distinct starting plans and local optima, the search's parameters and seed). ``seed`` None
+        derives one from the reads, so the same reads always polish the same way.
+        """
+        if chains is None:
+            chains = DEFAULT_CHAINS_PER_CHOICE * max(len(self.model.free), 1)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (chains, chain_length, kick)) or not (
+            chains >= 1 and chain_length >= 0 and kick >= 1
+        ):
+            raise ProblemError(
+                f"polish needs chains >= 1, chain_length >= 0 and kick >= 1, got {chains}, {chain_length} and {kick}"
+            )
+        start = time.perf_counter()
+        values = self._sample_matrix(sampleset)
+        occurrences = np.asarray(sampleset.record.num_occurrences)
+        feasible_before = float(occurrences[self._feasible_rows(values)].sum() / max(occurrences.sum(), 1))
+        starts, start_of_read = np.unique(self._decode_rows(values), axis=0, return_inverse=True)
+        if seed is None:
+            seed = zlib.crc32(np.ascontiguousarray(starts).tobytes())
+        model, capacity = self.model.in_units(self.unit), self.budget // self.unit
+        tables = MoveTables(model)
+        descended = np.array([descend(model, repair(model, row, capacity, tables), capacity, tables) for row in starts])
+        optima, optimum_of_start = np.unique(descended, axis=0, return_inverse=True)
+        improved = optima.copy()
+        damages = model.damages(optima)
+        ranking = np.argsort(damages, kind="stable")
+        for chain, rng in enumerate(np.random.default_rng(seed).spawn(chains)):
+            k = int(ranking[chain % len(ranking)])
+            found = iterated_local_search(model, optima[k], capacity, chain_length, kick, rng, tables)
+            if model.damages(found)[0] < model.damages(improved[k])[0]:
+                improved[k] = found
+        rows = self._encode_rows(improved[np.ravel(optimum_of_start)[np.ravel(start_of_read)]])
+        seconds = time.perf_counter() - start
+        info = dict(sampleset.info)
+        info["timing"] = {**info.get("timing", {}), "polish_seconds": seconds}
+        info["polish"] = {
+            "feasible_before": feasible_before,
+            "distinct_starts": int(starts.shape[0]),
+            "distinct_local_optima": int(optima.shape[0]),
+            "chains": chains,
+            "chain_length": chain_length,
+            "kick": kick,
+            "seed": int(seed),
+        }
+        return dimod.SampleSet.from_samples_bqm(
+            (rows, list(self.variables)), self.bqm, info=info, num_occurrences=occurrences
+        )
