@@ -121,6 +121,42 @@ def test_energy_of_decoded_random_sample_equals_bqm_energy(formulation: PaperFor
         assert_close(formulation.energy(plan), formulation.bqm.energy(sample), energy_scale(formulation))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(formulations(), st.integers(0, 2**32 - 1))
+def test_canonical_plan_keeps_counts_and_bits_and_never_raises_the_energy(
+    formulation: PaperFormulation, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        plan = random_plan(formulation, rng)
+        canonical = formulation.canonical(plan)
+        assert canonical.bits == plan.bits
+        for group in formulation.spec.groups:
+            count = len(plan.pruned.get(group.name, ()))
+            assert canonical.pruned[group.name] == tuple(sorted(int(i) for i in group.prune_order()[:count]))
+        assert formulation.energy(canonical) <= formulation.energy(plan) + 1e-12 * energy_scale(formulation)
+
+
+def test_polish_makes_reads_canonical_with_bqm_energies() -> None:
+    formulation = calibrate_gamma(synthetic_spec(channels=(8, 16, 16), seed=2), 8.0)
+    labels = list(formulation.bqm.variables)
+    rng = np.random.default_rng(0)
+    raw = dimod.SampleSet.from_samples_bqm((rng.integers(0, 2, (25, len(labels))), labels), formulation.bqm)
+    polished = formulation.polish(raw)
+    assert polished.record.num_occurrences.sum() == 25
+    assert 0.0 < polished.info["polish"]["changed"] <= 1.0
+    assert np.allclose(polished.record.energy, formulation.bqm.energies(polished))
+    for sample, energy in raw.data(["sample", "energy"]):
+        plan = formulation.decode(sample)
+        better = formulation.energy(formulation.canonical(plan))
+        assert better <= energy + 1e-12 * energy_scale(formulation)
+    # every polished read is its own canonical form, and no read got worse
+    for sample in polished.samples():
+        plan = formulation.decode(sample)
+        assert formulation.canonical(plan) == plan
+    assert polished.record.energy.min() <= raw.record.energy.min() + 1e-12
+
+
 def test_bqm_offset_makes_the_uncompressed_plan_cost_nothing() -> None:
     spec = synthetic_spec(channels=(4, 8), seed=3)
     formulation = PaperFormulation(spec, gamma=2.5)

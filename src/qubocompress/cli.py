@@ -15,6 +15,10 @@ from typing import Any
 from qubocompress.errors import QubocompressError
 
 DEMO_OUT = Path("runs/demo")
+# The demo fine-tunes one epoch (compress: 2) so that a run with a cached model stays under ~3
+# minutes on 2 cores: each VGG fine-tuning epoch costs ~50 s and the demo fine-tunes twice (QUBO
+# plan and uniform baseline). Measured at 16x: one epoch ends 0.3 points below fp32, two 0.1.
+DEMO_FINETUNE_EPOCHS = 1
 
 # Idle OpenMP threads sleep instead of spinning: with 2 cores, a spinning torch thread that shares
 # its core with another process made training steps ~7x slower (measured); passive costs ~5%.
@@ -44,37 +48,86 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> None:
+    from qubocompress.analysis.importance import IMPORTANCE_METHODS
+    from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
     from qubocompress.models import MODELS
+    from qubocompress.pipeline import FORMULATIONS, METRICS, CompressConfig
     from qubocompress.solvers.registry import SOLVER_NAMES
 
+    defaults = CompressConfig()
     _add_data_args(parser)
-    parser.add_argument("--model", default="vgg", help=f"built-in model: {', '.join(MODELS)}")
+    parser.add_argument(
+        "--model",
+        default=defaults.model,
+        help=f"built-in model ({', '.join(MODELS)}), package.module:factory (with --weights), or a TorchScript file",
+    )
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="state_dict (torch.save) for --model; a built-in model is then not trained"
+    )
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="compress this checkpoint (from `qubocompress train --save`)"
     )
     parser.add_argument(
         "--target-ratio",
         type=_positive_float,
-        default=16.0,
+        default=defaults.target_ratio,
         metavar="R",
-        help="weights R times smaller than fp32 (pruned filters, removed input channels and bits all counted)",
+        help="R times smaller than fp32: weight bits (pruned filters, removed input channels and bits all "
+        "counted), or bit operations per sample with --metric bops",
     )
-    parser.add_argument("--solver", default="sa", help=f"QUBO solver: {', '.join(SOLVER_NAMES)}")
+    parser.add_argument(
+        "--formulation",
+        default=defaults.formulation,
+        choices=FORMULATIONS,
+        help="paper: H = L_p + beta*L_q - gamma*R with gamma bisected to the target; budget: least measured "
+        "damage under a hard budget",
+    )
+    parser.add_argument(
+        "--metric", default=defaults.metric, choices=METRICS, help="what the budget counts (bops: --formulation budget)"
+    )
+    parser.add_argument(
+        "--importance", default=defaults.importance, choices=IMPORTANCE_METHODS, help="filter importance: mean |w|, "
+        "first-order Taylor, or Fisher"
+    )
+    parser.add_argument(
+        "--sensitivity",
+        default=defaults.sensitivity,
+        choices=LAYER_SENSITIVITY_METHODS,
+        help="layer quantization damage: loss increase measured on the calibration split, weight MSE, or "
+        "Hessian trace x quantization error (Hutchinson)",
+    )
+    parser.add_argument(
+        "--interactions",
+        action="store_true",
+        help="measure pairwise cross-layer damage (CLADO-style) as QUBO couplings (--formulation budget)",
+    )
+    parser.add_argument("--solver", default=defaults.solver, help=f"QUBO solver: {', '.join(SOLVER_NAMES)}")
     parser.add_argument("--num-reads", type=int, default=None, help="solver reads (default: the solver's own)")
     parser.add_argument(
-        "--finetune-epochs", type=int, default=2, metavar="N", help="quantization-aware fine-tuning epochs (0 = none)"
+        "--exact-time-limit",
+        type=_positive_float,
+        default=defaults.exact_time_limit,
+        metavar="S",
+        help="seconds for the exact reference (MILP) of the budget formulation",
+    )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=defaults.finetune_epochs,
+        metavar="N",
+        help="quantization-aware fine-tuning epochs (0 = none)",
     )
     parser.add_argument(
         "--beta",
         type=float,
         default=None,
-        help="weight of the quantization-damage term (default: balanced so the largest pruning and "
-        "quantization damages are equal)",
+        help="paper formulation: weight of the quantization-damage term (default: balanced so the largest "
+        "pruning and quantization damages are equal)",
     )
     parser.add_argument(
         "--max-prune",
         type=float,
-        default=0.5,
+        default=defaults.max_prune_fraction,
         metavar="F",
         help="at most this fraction of each layer's filters may be pruned (the least important ones)",
     )
@@ -97,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the default job: VGG-style net on Fashion-MNIST, 16x smaller, solver sa",
         description="Train (or load from cache) the default VGG-style CNN on Fashion-MNIST, compress it "
-        "16x with the paper's QUBO solved by simulated annealing, fine-tune 2 epochs, and compare with "
-        "the uniform baseline.",
+        "16x with the paper's QUBO solved by simulated annealing, fine-tune 1 epoch, and compare with "
+        "the uniform baseline (one bit-width, one L1 prune ratio) at the same size. Same as `compress` "
+        "with its defaults and --finetune-epochs 1.",
         formatter_class=fmt,
     )
     _add_data_args(demo)
@@ -130,14 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_compress(args: argparse.Namespace, **overrides: Any) -> int:
-    from qubocompress.pipeline import CompressConfig, compress
+def _compress_config(args: argparse.Namespace) -> Any:
+    from qubocompress.pipeline import CompressConfig
 
-    fields = dict(
+    return CompressConfig(
         model=args.model,
+        weights=args.weights,
         data=args.data,
         checkpoint=args.checkpoint,
         target_ratio=args.target_ratio,
+        formulation=args.formulation,
+        metric=args.metric,
+        importance=args.importance,
+        sensitivity=args.sensitivity,
+        interactions=args.interactions,
+        exact_time_limit=args.exact_time_limit,
         solver=args.solver,
         seed=args.seed,
         out=args.out,
@@ -147,12 +208,14 @@ def _run_compress(args: argparse.Namespace, **overrides: Any) -> int:
         num_reads=args.num_reads,
         baseline=not args.no_baseline,
     )
-    fields.update(overrides)
-    from qubocompress.pipeline import summary_text
 
-    metrics = compress(CompressConfig(**fields), log=_log)
+
+def _run_compress(config: Any) -> int:
+    from qubocompress.pipeline import compress, summary_text
+
+    metrics = compress(config, log=_log)
     print(summary_text(metrics), end="")
-    print(f"results in {args.out}/ (metrics.json, plan.json, spec.json, qubo.bqm, model.qcz)")
+    print(f"results in {config.out}/ (metrics.json, plan.json, spec.json, qubo.bqm, model.qcz)")
     return 0
 
 
@@ -182,12 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            args.model, args.checkpoint, args.target_ratio, args.solver = "vgg", None, 16.0, "sa"
-            args.finetune_epochs, args.beta, args.max_prune, args.num_reads = 2, None, 0.5, None
-            args.no_baseline = False
-            return _run_compress(args)
+            from qubocompress.pipeline import CompressConfig
+
+            config = CompressConfig(data=args.data, seed=args.seed, out=args.out, finetune_epochs=DEMO_FINETUNE_EPOCHS)
+            return _run_compress(config)
         if args.command == "compress":
-            return _run_compress(args)
+            return _run_compress(_compress_config(args))
         if args.command == "train":
             return _run_train(args)
         if args.command == "bench":

@@ -19,26 +19,39 @@ import dimod
 import torch
 from torch import nn
 
-from qubocompress.analysis.graph import ModelGraph, trace_model
-from qubocompress.analysis.importance import group_importance
-from qubocompress.analysis.sensitivity import quant_damage
-from qubocompress.analysis.spec import build_spec
+from qubocompress.analysis.analyse import analyse_model
+from qubocompress.analysis.graph import ModelGraph
+from qubocompress.analysis.importance import IMPORTANCE_METHODS
+from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
+from qubocompress.analysis.spec import DEFAULT_PRUNE_FRACTIONS
 from qubocompress.apply.artifact import load_artifact, save_artifact
 from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
-from qubocompress.data.datasets import Dataset, load_dataset
+from qubocompress.data.datasets import Dataset, Split, load_dataset
 from qubocompress.errors import ProblemError
 from qubocompress.io import prepare_output_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.train import evaluate, load_checkpoint, load_or_train
+from qubocompress.models.user import arch_label, load_user_model
+from qubocompress.models.zoo import MODELS
+from qubocompress.problem.budget import BudgetFormulation
+from qubocompress.problem.choices import fp32_cost, plan_cost
+from qubocompress.problem.paper import PaperFormulation
 from qubocompress.problem.target import calibrate_gamma
 from qubocompress.problem.plan import Plan, uniform_plan
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.solvers.base import solve
-from qubocompress.solvers.registry import make_sampler
+from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
 
 Log = Callable[[str], None]
+Formulation = PaperFormulation | BudgetFormulation
+
+FORMULATIONS = ("paper", "budget")
+# Validation images that pick the uniform baseline's bit-width: 2,000 tell apart candidates that
+# differ by more than ~1.5 points (2 standard errors at 90 % accuracy) at a fifth of the cost of 10,000.
+BASELINE_VAL_SAMPLES = 2000
+METRICS = ("bits", "bops")
 
 
 @dataclass
@@ -46,9 +59,15 @@ class CompressConfig:
     """Everything ``compress`` needs; the CLI flags map one to one onto these fields."""
 
     model: str = "vgg"
+    weights: Path | None = None
     data: str | None = None
     checkpoint: Path | None = None
     target_ratio: float = 16.0
+    formulation: str = "paper"
+    metric: str = "bits"
+    importance: str = "l1"
+    sensitivity: str = "measured"
+    interactions: bool = False
     solver: str = "sa"
     seed: int = 0
     out: Path = Path("runs/latest")
@@ -60,9 +79,27 @@ class CompressConfig:
     num_reads: int | None = None
     baseline: bool = True
     solver_options: dict[str, Any] = field(default_factory=dict)
+    exact_time_limit: float = 60.0
 
     def validate(self) -> None:
         """Reject impossible settings before any work starts."""
+        for flag, value, valid in (
+            ("--formulation", self.formulation, FORMULATIONS),
+            ("--metric", self.metric, METRICS),
+            ("--importance", self.importance, IMPORTANCE_METHODS),
+            ("--sensitivity", self.sensitivity, LAYER_SENSITIVITY_METHODS),
+            ("--solver", self.solver, SOLVER_NAMES),
+        ):
+            if value not in valid:
+                raise ProblemError(f"unknown {flag} {value!r}; choose one of: {', '.join(valid)}")
+        if self.formulation == "paper" and (self.metric != "bits" or self.interactions):
+            raise ProblemError("--metric bops and --interactions need --formulation budget (the paper's energy has neither)")
+        if self.formulation == "budget" and self.beta is not None:
+            raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
+        if self.checkpoint is not None and self.weights is not None:
+            raise ProblemError("give either --checkpoint or --weights, not both")
+        if not (math.isfinite(self.exact_time_limit) and self.exact_time_limit > 0):
+            raise ProblemError(f"--exact-time-limit must be a positive number of seconds, got {self.exact_time_limit}")
         if self.finetune_epochs < 0:
             raise ProblemError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
         if not math.isfinite(self.target_ratio) or self.target_ratio <= 1.0:
@@ -88,17 +125,117 @@ class Timer:
         self._log(f"  done in {self.seconds[name]:.1f} s")
 
 
-def analyse(model: nn.Module, dataset: Dataset, config: CompressConfig, model_name: str) -> tuple[ModelGraph, CompressionSpec]:
-    """Trace the model, score its channels and measure each layer's quantization damage."""
-    graph = trace_model(model, dataset.input_shape)
-    importance = group_importance(model, graph, "l1")
-    damage = quant_damage(
-        model, [layer.name for layer in graph.layers], dataset.calib.x, dataset.calib.y, fake_quantize, config.b_max
+def analyse(
+    model: nn.Module, dataset: Dataset, config: CompressConfig, model_name: str, log: Log
+) -> tuple[ModelGraph, CompressionSpec]:
+    """Trace the model, score its channels, measure its damages (and interactions) on the calib split.
+
+    The ``budget`` formulation also gets prune options (``DEFAULT_PRUNE_FRACTIONS`` of each group,
+    capped at ``max_prune_fraction``) with their measured damage.
+    """
+    return analyse_model(
+        model,
+        (dataset.calib.x, dataset.calib.y),
+        dataset.input_shape,
+        fake_quantize,
+        model_name,
+        importance=config.importance,
+        layer_sensitivity=config.sensitivity,
+        b_max=config.b_max,
+        bit_levels=config.bit_levels,
+        max_prune_fraction=config.max_prune_fraction,
+        prune_options=DEFAULT_PRUNE_FRACTIONS if config.formulation == "budget" else None,
+        interactions=config.interactions,
+        seed=config.seed,
+        log=log,
     )
-    spec = build_spec(
-        graph, importance, damage, model_name, config.b_max, config.bit_levels, config.max_prune_fraction
-    )
-    return graph, spec
+
+
+def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Formulation, dict[str, Any]]:
+    """The QUBO of ``config.formulation`` at the target, and its reference optimum.
+
+    ``paper``: γ bisected so that the optimum reaches the target ratio; the optimum is certified by
+    per-component enumeration. ``budget``: a hard budget of fp32 cost / target ratio; the reference
+    is HiGHS's MILP within ``exact_time_limit`` (certified, or with its proven gap).
+    """
+    formulation: Formulation
+    if config.formulation == "paper":
+        formulation = calibrate_gamma(spec, config.target_ratio, beta=config.beta)
+        plan, energy = formulation.exact()
+        reference = {"energy": energy, "certified": True, "gap": 0.0, "method": "per-component enumeration"}
+        reference["seconds"] = 0.0
+    else:
+        formulation = BudgetFormulation(
+            spec, ratio=config.target_ratio, metric=config.metric, time_limit=config.exact_time_limit  # type: ignore[arg-type]
+        )
+        result = formulation.exact_result()
+        plan, energy = formulation.exact()
+        reference = {
+            "energy": energy,
+            "certified": result.certified,
+            "gap": result.gap,
+            "method": result.method,
+            "seconds": result.seconds,
+        }
+    return formulation, {**reference, "plan": plan}
+
+
+def solve_formulation(
+    formulation: Formulation, config: CompressConfig, reference_energy: float
+) -> tuple[Plan, dict[str, Any]]:
+    """Sample the BQM with ``config.solver``, polish the reads, return the best plan and the figures.
+
+    Polishing (each formulation's ``polish``) is part of the route: for ``paper`` it replaces each
+    group's pruned channels by as many least important ones; for ``budget`` it repairs reads into
+    the budget and runs a feasible local search. The figures keep the raw reads' success rate (and
+    feasibility rate) next to the polished ones, so the solver's own share is visible.
+    """
+    options = dict(config.solver_options)
+    if isinstance(formulation, BudgetFormulation):
+        options = {**formulation.recommended_sampler_options(config.solver), **options}
+    sampler = make_sampler(config.solver, formulation=formulation, **options)
+    sample_kwargs: dict[str, Any] = {}
+    if config.num_reads is not None and "num_reads" in sampler.parameters:
+        sample_kwargs["num_reads"] = config.num_reads
+    start = time.perf_counter()
+    raw = solve(sampler, formulation.bqm, seed=config.seed, **sample_kwargs)
+    solve_seconds = time.perf_counter() - start
+    if len(raw) == 0:
+        raise ProblemError(f"solver {config.solver!r} returned no sample (time limit too short?)")
+    polished = formulation.polish(raw) if isinstance(formulation, PaperFormulation) else formulation.polish(raw, seed=config.seed)
+    polish_seconds = time.perf_counter() - start - solve_seconds
+    tolerance = 1e-9 * max(abs(reference_energy), 1e-12)
+
+    def success(sampleset: dimod.SampleSet) -> float:
+        energies, counts = sampleset.record.energy, sampleset.record.num_occurrences
+        if isinstance(formulation, BudgetFormulation):
+            counts = counts * formulation.feasible_reads(sampleset)
+        return float(counts[energies <= reference_energy + tolerance].sum()) / float(sampleset.record.num_occurrences.sum())
+
+    figures: dict[str, Any] = {
+        "solver": config.solver,
+        "solver_options": options,
+        "reads": int(raw.record.num_occurrences.sum()),
+        "solve_seconds": solve_seconds,
+        "polish_seconds": polish_seconds,
+        "success_probability_raw": success(raw),
+        "success_probability": success(polished),
+        "solver_info": {k: v for k, v in raw.info.items() if k == "timing"},
+        "polish": polished.info.get("polish", {}),
+    }
+    if isinstance(formulation, BudgetFormulation):
+        _, _, figures["feasible_rate_raw"] = formulation.best_feasible(raw)
+        plan, damage, figures["feasible_rate"] = formulation.best_feasible(polished)
+        if plan is None:
+            raise ProblemError(f"no read of {config.solver!r} could be repaired into the budget")
+        energy = formulation.energy(plan)
+    else:
+        best = polished.first
+        plan, energy = formulation.decode(best.sample), float(best.energy)
+    plan.validate(formulation.spec)
+    gap = (energy - reference_energy) / abs(reference_energy) if reference_energy else 0.0
+    figures.update(energy=energy, gap=max(gap, 0.0) if abs(gap) < 1e-9 else gap)
+    return plan, figures
 
 
 def apply_plan(
@@ -123,27 +260,39 @@ def apply_plan(
     }
 
 
+def cost_ratio(spec: CompressionSpec, plan: Plan, metric: str) -> float:
+    """fp32 cost over the plan's cost: weight bits (``bits``) or bit operations per sample (``bops``)."""
+    return fp32_cost(spec, metric) / max(plan_cost(spec, plan, metric), 1)  # type: ignore[arg-type]
+
+
 def choose_uniform_plan(
-    model: nn.Module, graph: ModelGraph, spec: CompressionSpec, dataset: Dataset, target_ratio: float
+    model: nn.Module,
+    graph: ModelGraph,
+    spec: CompressionSpec,
+    dataset: Dataset,
+    target_ratio: float,
+    metric: str = "bits",
 ) -> tuple[Plan, dict[str, Any]]:
     """The uniform baseline: one bit-width and one L1 prune ratio for every layer.
 
-    For every bit-width, the smallest prune ratio (step 1/64) that reaches the target; among those,
-    the one whose pruned+quantized model (before fine-tuning) scores best on the validation split.
-    Picking by validation accuracy makes the baseline as strong as a careful user would make it.
+    For every bit-width, the smallest prune ratio (step 1/64) that reaches the target (in ``metric``);
+    among those, the one whose pruned+quantized model (before fine-tuning) scores best on the
+    validation split (its first ``BASELINE_VAL_SAMPLES`` images). Picking by validation accuracy makes the baseline as strong as a careful user
+    would make it.
     """
     candidates = []
+    val = Split(dataset.val.x[:BASELINE_VAL_SAMPLES], dataset.val.y[:BASELINE_VAL_SAMPLES])
     for bits in range(spec.min_bits, spec.b_max + 1):
         for step in range(64):
             plan = uniform_plan(spec, bits, step / 64)
-            if plan.compression_ratio(spec) >= target_ratio:
+            if cost_ratio(spec, plan, metric) >= target_ratio:
                 candidates.append((bits, step / 64, plan))
                 break
     if not candidates:
         raise ProblemError(f"no uniform plan reaches {target_ratio:g}x within the allowed pruning")
     scored = []
     for bits, ratio, plan in candidates:
-        acc = evaluate(quantize_model_weights(prune_model(model, graph, plan), plan.bits), dataset.val)
+        acc = evaluate(quantize_model_weights(prune_model(model, graph, plan), plan.bits), val)
         scored.append({"bit_width": bits, "prune_ratio": ratio, "val_acc_before_finetune": acc, "plan": plan})
     best = max(scored, key=lambda row: row["val_acc_before_finetune"])
     table = [{k: v for k, v in row.items() if k != "plan"} for row in scored]
@@ -173,12 +322,20 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 
 def load_model(config: CompressConfig, dataset: Dataset, log: Log) -> tuple[nn.Module, dict[str, Any]]:
-    """The user's checkpoint if given, else the cached (or freshly trained) built-in model."""
+    """The model to compress and its info (``arch``, ``test_acc``, ``cached``).
+
+    A qubocompress checkpoint (``--checkpoint``); a user model (``package.module:factory`` with
+    ``--weights``, or a TorchScript file); a built-in model with ``--weights``; else the cached (or
+    freshly trained) built-in model.
+    """
     if config.checkpoint is not None:
-        model, info = load_checkpoint(config.checkpoint)
-        info = {**info, "test_acc": evaluate(model, dataset.test)}
-        return model, info
-    return load_or_train(config.model, dataset, seed=config.seed, progress=log)
+        model, info = load_checkpoint(config.checkpoint, dataset=dataset)
+    elif config.model in MODELS and config.weights is None:
+        return load_or_train(config.model, dataset, seed=config.seed, progress=log)
+    else:
+        model, arch = load_user_model(config.model, config.weights, input_shape=dataset.input_shape)
+        info = {"arch": arch}
+    return model, {**info, "test_acc": evaluate(model, dataset.test)}
 
 
 def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
@@ -195,40 +352,33 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
     with timer.stage("model", f"loading or training {config.model}"):
         model, model_info = load_model(config, dataset, log)
         model.eval()
-    model_name = model_info.get("arch", {}).get("name", config.model)
+    arch = model_info.get("arch") or {"name": config.model, "kwargs": {}}
+    model_name = arch_label(arch)
+    scripted = isinstance(model, torch.jit.ScriptModule)
     fp32_acc = float(model_info["test_acc"])
     log(
         f"{model_name}: {count_params(model):,} params, {count_macs(model, dataset.input_shape):,} MACs, "
         f"fp32 test top-1 {100 * fp32_acc:.2f}%"
     )
 
-    with timer.stage("analysis", "analysing the model (channel groups, importance, quantization damage)"):
-        graph, spec = analyse(model, dataset, config, model_name)
+    with timer.stage("analysis", f"analysing the model ({config.importance} importance, {config.sensitivity} damage)"):
+        graph, spec = analyse(model, dataset, config, model_name, log)
     for name, reason in graph.frozen_reasons.items():
         log(f"  not pruned: {name} ({reason})")
 
-    with timer.stage("build", f"building the QUBO and calibrating gamma for {config.target_ratio:g}x"):
-        formulation = calibrate_gamma(spec, config.target_ratio, beta=config.beta)
+    with timer.stage("build", f"building the {config.formulation} QUBO for {config.target_ratio:g}x ({config.metric})"):
+        formulation, reference = build_formulation(spec, config)
         bqm = formulation.bqm
-        exact_plan, exact_energy = formulation.exact()
-
-    sampler = make_sampler(config.solver, formulation=formulation, **config.solver_options)
-    sample_kwargs: dict[str, Any] = {}
-    if config.num_reads is not None and "num_reads" in sampler.parameters:
-        sample_kwargs["num_reads"] = config.num_reads
+    exact_plan = reference.pop("plan")
     with timer.stage("solve", f"solving {len(bqm.variables)} variables with {config.solver}"):
-        sampleset = solve(sampler, bqm, seed=config.seed, **sample_kwargs)
-    best = sampleset.first
-    plan = formulation.decode(best.sample)
-    plan.validate(spec)
-    energies = sampleset.record.energy
-    occurrences = sampleset.record.num_occurrences
-    hits = float(occurrences[energies <= exact_energy + 1e-9 * abs(exact_energy)].sum()) / float(occurrences.sum())
+        plan, qubo = solve_formulation(formulation, config, reference["energy"])
 
-    with timer.stage("apply", f"applying the plan and fine-tuning {config.finetune_epochs} epoch(s)"):
-        compressed, accuracy = apply_plan(model, graph, plan, dataset, config.finetune_epochs, config.seed, log)
+    epochs = 0 if scripted else config.finetune_epochs
+    if scripted and config.finetune_epochs:
+        log("  a TorchScript model is quantized as it is, without fine-tuning (its code cannot be rewritten)")
+    with timer.stage("apply", f"applying the plan and fine-tuning {epochs} epoch(s)"):
+        compressed, accuracy = apply_plan(model, graph, plan, dataset, epochs, config.seed, log)
 
-    arch = model_info.get("arch", {"name": model_name, "kwargs": {}})
     artifact_path = out / "model.qcz"
     artifact_bytes = save_artifact(artifact_path, compressed, plan.bits, arch, metadata={"plan": plan.to_dict()})
     reloaded, _ = load_artifact(artifact_path)
@@ -246,21 +396,19 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
             "cached": bool(model_info.get("cached", False)),
         },
         "qubo": {
-            "formulation": "paper",
+            "formulation": config.formulation,
+            "metric": config.metric,
             "variables": len(bqm.variables),
             "interactions": len(bqm.quadratic),
-            "beta": formulation.beta,
-            "gamma": formulation.gamma,
-            "solver": config.solver,
-            "energy": float(best.energy),
-            "exact_energy": float(exact_energy),
-            "gap": (float(best.energy) - exact_energy) / abs(exact_energy) if exact_energy else 0.0,
-            "success_probability": hits,
-            "reads": int(occurrences.sum()),
-            "solver_info": {k: v for k, v in sampleset.info.items() if k == "timing"},
+            **({"beta": formulation.beta, "gamma": formulation.gamma} if isinstance(formulation, PaperFormulation) else {}),
+            **({"budget": formulation.budget, "penalty": formulation.penalty} if isinstance(formulation, BudgetFormulation) else {}),
+            **qubo,
+            "exact_energy": reference["energy"],
+            "exact": reference,
         },
         "compressed": {
             **size_summary(spec, plan),
+            "cost_ratio": cost_ratio(spec, plan, config.metric),
             **accuracy,
             "artifact_bytes": artifact_bytes,
             "reloaded_test_acc": reloaded_acc,
@@ -269,11 +417,16 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
         "timing": timer.seconds,
     }
 
-    if config.baseline:
+    if config.baseline and not scripted:
         with timer.stage("baseline", "uniform baseline at the same ratio (one bit-width, one L1 prune ratio)"):
-            base_plan, choice = choose_uniform_plan(model, graph, spec, dataset, config.target_ratio)
-            _, base_acc = apply_plan(model, graph, base_plan, dataset, config.finetune_epochs, config.seed, log)
-        metrics["baseline_uniform"] = {**choice, **size_summary(spec, base_plan), **base_acc}
+            base_plan, choice = choose_uniform_plan(model, graph, spec, dataset, config.target_ratio, config.metric)
+            _, base_acc = apply_plan(model, graph, base_plan, dataset, epochs, config.seed, log)
+        metrics["baseline_uniform"] = {
+            **choice,
+            **size_summary(spec, base_plan),
+            "cost_ratio": cost_ratio(spec, base_plan, config.metric),
+            **base_acc,
+        }
         metrics["timing"] = timer.seconds
 
     write_json_atomic(out / "plan.json", plan.to_dict())
@@ -293,34 +446,47 @@ def dimod_bytes(bqm: dimod.BinaryQuadraticModel) -> bytes:
 def summary_text(metrics: dict[str, Any]) -> str:
     """A plain-text table of the headline figures (also printed by the CLI)."""
     m, c, q = metrics["model"], metrics["compressed"], metrics["qubo"]
+    ratio_title = "ratio vs fp32" if q["metric"] == "bits" else "weights / BOPs vs fp32"
+
+    def ratio(row: dict[str, Any]) -> str:
+        return f"{row['ratio']:.1f}x" if q["metric"] == "bits" else f"{row['ratio']:.1f}x / {row['cost_ratio']:.1f}x"
+
+    def row(label: str, entry: dict[str, Any], bits: str) -> tuple[str, ...]:
+        return (
+            label,
+            f"{100 * entry['test_acc']:.2f}",
+            f"{100 * entry['test_acc_before_finetune']:.2f}",
+            ratio(entry),
+            f"{entry['weight_bits'] / 8192:.1f}",
+            f"{entry['pruned_channels']}/{entry['total_channels']}",
+            bits,
+        )
+
     rows = [
-        ("", "top-1 %", "ratio vs fp32", "weights (KiB)", "bits per layer"),
-        ("fp32", f"{100 * m['fp32_test_acc']:.2f}", "1.0x", f"{c['fp32_weight_bits'] / 8192:.1f}", "32"),
-        (
-            f"QUBO ({q['solver']})",
-            f"{100 * c['test_acc']:.2f}",
-            f"{c['ratio']:.1f}x",
-            f"{c['weight_bits'] / 8192:.1f}",
-            " ".join(str(b) for b in c["bits"].values()),
-        ),
+        ("", "top-1 %", "before fine-tune", ratio_title, "weights (KiB)", "pruned filters", "bits per layer"),
+        ("fp32", f"{100 * m['fp32_test_acc']:.2f}", "", "1.0x", f"{c['fp32_weight_bits'] / 8192:.1f}", "", "32"),
+        row(f"QUBO {q['formulation']} ({q['solver']})", c, " ".join(str(b) for b in c["bits"].values())),
     ]
     base = metrics.get("baseline_uniform")
     if base:
-        rows.append(
-            (
-                f"uniform {base['bit_width']}b + {100 * base['prune_ratio']:.0f}% L1",
-                f"{100 * base['test_acc']:.2f}",
-                f"{base['ratio']:.1f}x",
-                f"{base['weight_bits'] / 8192:.1f}",
-                str(base["bit_width"]),
-            )
-        )
+        rows.append(row(f"uniform {base['bit_width']}b + {100 * base['prune_ratio']:.0f}% L1", base, str(base["bit_width"])))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.append("")
+    exact = q["exact"]
+    optimum = "certified optimum" if exact["certified"] else f"best known (proven gap {exact['gap']:.1e})"
+    feasible = (
+        f", feasible reads {q['feasible_rate_raw']:.2f} raw / {q['feasible_rate']:.2f} polished"
+        if "feasible_rate" in q
+        else ""
+    )
     lines.append(
-        f"QUBO: {q['variables']} variables, {q['interactions']} interactions; energy {q['energy']:.6g}, "
-        f"certified optimum {q['exact_energy']:.6g}, gap {q['gap']:.2e}, success probability {q['success_probability']:.2f}"
+        f"QUBO ({q['formulation']}): {q['variables']} variables, {q['interactions']} interactions; energy {q['energy']:.6g}, "
+        f"{optimum} {q['exact_energy']:.6g}, gap {q['gap']:.2e}"
+    )
+    lines.append(
+        f"reads at the optimum: {q['success_probability_raw']:.2f} raw, {q['success_probability']:.2f} after polishing "
+        f"({q['reads']} reads){feasible}"
     )
     lines.append(
         f"artifact: {c['artifact_bytes']:,} bytes on disk vs {m['fp32_state_dict_bytes']:,} for the fp32 state_dict "

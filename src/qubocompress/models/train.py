@@ -84,9 +84,17 @@ class TrainConfig:
             raise ModelError(f"bad training settings: {'; '.join(problems)}")
 
 
-def default_config(dataset: Dataset) -> TrainConfig:
-    """The recipe for ``dataset``: flips only for Fashion-MNIST, more epochs for small sets."""
+# Peak learning rates of models without BatchNorm: LeNet-5 diverged at 0.1 (stuck at chance on a
+# small 4-class set, measured) and trained to 100 % there at 0.05.
+NO_BATCHNORM_LR = {"lenet5": 0.05}
+
+
+def default_config(dataset: Dataset, model: str | None = None) -> TrainConfig:
+    """The recipe for ``dataset`` (and the built-in ``model``): flips only for Fashion-MNIST, more
+    epochs for small sets, a lower peak learning rate for models without BatchNorm."""
     base = TrainConfig()
+    if model in NO_BATCHNORM_LR:
+        base = replace(base, lr=NO_BATCHNORM_LR[model])
     steps_per_epoch = max(1, len(dataset.train) // base.batch_size)
     epochs = min(MAX_AUTO_EPOCHS, max(base.epochs, math.ceil(MIN_TRAIN_STEPS / steps_per_epoch)))
     return replace(base, epochs=epochs, hflip=dataset.name == "fashion-mnist")
@@ -107,6 +115,10 @@ def _device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+# Inference batch: 256 evaluated the VGG 2.3x faster than 1024 on 2 cores (measured; cache).
+EVAL_BATCH_SIZE = 256
+
+
 def _batched_logits(model: nn.Module, split: Split, batch_size: int) -> Any:
     """Yield (logits, labels) over ``split`` in eval mode without gradients."""
     device = _device(model)
@@ -115,7 +127,7 @@ def _batched_logits(model: nn.Module, split: Split, batch_size: int) -> Any:
         yield model(inputs), split.y[start : start + batch_size].to(device)
 
 
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
+def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> float:
     """Top-1 accuracy on ``split``, in [0, 1]; the model's train/eval mode is restored."""
     was_training = model.training
     model.eval()
@@ -129,7 +141,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
     return correct / max(1, len(split))
 
 
-def evaluate_loss(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
+def evaluate_loss(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> float:
     """Mean cross-entropy on ``split``, in nats; the model's train/eval mode is restored."""
     was_training = model.training
     model.eval()
@@ -422,7 +434,7 @@ def load_or_train(
     (and history when trained now).
     """
     arch = {"name": name, "kwargs": {**_dataset_kwargs(dataset), **dict(model_kwargs or {})}}
-    config = replace(config or default_config(dataset), seed=seed)
+    config = replace(config or default_config(dataset, name), seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(name, **arch["kwargs"])

@@ -603,6 +603,10 @@ class BudgetFormulation:
         """True when the sample encodes a plan consistently and that plan is truly within the budget."""
         return bool(self._feasible_rows(self._sample_matrix(sample))[0])
 
+    def feasible_reads(self, sampleset: dimod.SampleSet) -> np.ndarray:
+        """Per record row of ``sampleset``: True when it encodes a plan consistently within the budget."""
+        return self._feasible_rows(self._sample_matrix(sampleset))
+
     def _feasible_rows(self, values: np.ndarray) -> np.ndarray:
         index = self._decode_rows(values)
         count = int(self._layout[0][-1])

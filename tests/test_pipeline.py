@@ -1,0 +1,274 @@
+"""The end-to-end job through the CLI: a learnable IDX data set, LeNet-5, both formulations, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qubocompress.apply.artifact import load_artifact
+from qubocompress.cli import main
+from qubocompress.data.datasets import load_dataset, synthetic_dataset
+from qubocompress.models.train import evaluate
+from qubocompress.problem.choices import fp32_cost, plan_cost
+from qubocompress.problem.plan import Plan
+from qubocompress.problem.spec import CompressionSpec
+
+from test_data import write_idx
+
+RESULT_FILES = ("metrics.json", "plan.json", "spec.json", "qubo.bqm", "model.qcz", "summary.txt")
+
+
+def _as_uint8(x: torch.Tensor) -> np.ndarray:
+    pixels = x[:, 0].numpy()
+    low, high = float(pixels.min()), float(pixels.max())
+    return np.clip(np.round((pixels - low) / (high - low) * 255), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A learnable 4-class IDX data set (600 train, 200 test images of 28x28)."""
+    source = synthetic_dataset(num_classes=4, n_train=600, n_val=1, n_test=200, seed=3)
+    directory = tmp_path_factory.mktemp("idx")
+    write_idx(directory / "train-images-idx3-ubyte.gz", _as_uint8(source.train.x))
+    write_idx(directory / "train-labels-idx1-ubyte.gz", source.train.y.numpy().astype(np.uint8))
+    write_idx(directory / "t10k-images-idx3-ubyte.gz", _as_uint8(source.test.x))
+    write_idx(directory / "t10k-labels-idx1-ubyte.gz", source.test.y.numpy().astype(np.uint8))
+    return directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Trained models go to a temporary cache (one training per model for the whole session)."""
+    cache = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("QUBOCOMPRESS_CACHE")
+    os.environ["QUBOCOMPRESS_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("QUBOCOMPRESS_CACHE", None)
+    else:
+        os.environ["QUBOCOMPRESS_CACHE"] = previous
+
+
+def run(*argv: str | Path) -> int:
+    return main([str(a) for a in argv])
+
+
+def compress_args(data_dir: Path, out: Path, *extra: str) -> list[str | Path]:
+    return ["compress", "--model", "lenet5", "--data", data_dir, "--out", out, "--finetune-epochs", "1", *extra]
+
+
+@pytest.fixture(scope="session")
+def paper_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "paper"
+    assert run(*compress_args(data_dir, out, "--target-ratio", "8")) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def budget_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "budget"
+    assert run(*compress_args(data_dir, out, "--target-ratio", "10", "--formulation", "budget")) == 0
+    return out
+
+
+def test_paper_run_writes_every_result_and_reaches_the_certified_optimum(paper_run: Path) -> None:
+    assert sorted(p.name for p in paper_run.iterdir()) == sorted(RESULT_FILES)
+    metrics = json.loads((paper_run / "metrics.json").read_text())
+    qubo, compressed = metrics["qubo"], metrics["compressed"]
+    assert qubo["formulation"] == "paper" and qubo["exact"]["certified"]
+    assert qubo["variables"] > 0 and qubo["interactions"] > 0
+    assert qubo["energy"] == pytest.approx(qubo["exact_energy"], rel=1e-9, abs=1e-12)
+    assert 0.0 < qubo["success_probability"] <= 1.0
+    assert qubo["success_probability"] >= qubo["success_probability_raw"]
+    assert compressed["exact_plan_matches"]
+    assert compressed["ratio"] >= 8.0
+    assert metrics["model"]["fp32_test_acc"] > 0.6  # learnable data, trained model
+    assert compressed["test_acc"] > 0.5
+    assert len(compressed["finetune_history"]) == 1
+    # the artifact is really smaller on disk and gives the reported accuracy back
+    assert compressed["artifact_bytes"] * 4 < metrics["model"]["fp32_state_dict_bytes"]
+    assert compressed["reloaded_test_acc"] == pytest.approx(compressed["test_acc"], abs=1e-9)
+    base = metrics["baseline_uniform"]
+    assert base["ratio"] >= 8.0 and base["bit_width"] in {c["bit_width"] for c in base["candidates"]}
+    summary = (paper_run / "summary.txt").read_text()
+    assert "QUBO paper (sa)" in summary and "certified optimum" in summary and "uniform" in summary
+
+
+def test_plan_file_matches_the_artifact_and_the_spec(paper_run: Path, data_dir: Path) -> None:
+    plan = Plan.from_dict(json.loads((paper_run / "plan.json").read_text()))
+    spec = CompressionSpec.from_json((paper_run / "spec.json").read_text())
+    plan.validate(spec)
+    model, info = load_artifact(paper_run / "model.qcz")
+    assert info["plan"] == plan.to_dict()
+    dataset = load_dataset(str(data_dir))
+    metrics = json.loads((paper_run / "metrics.json").read_text())
+    assert evaluate(model, dataset.test) == pytest.approx(metrics["compressed"]["test_acc"], abs=1e-9)
+
+
+def test_budget_run_is_within_the_hard_budget(budget_run: Path) -> None:
+    metrics = json.loads((budget_run / "metrics.json").read_text())
+    qubo = metrics["qubo"]
+    spec = CompressionSpec.from_json((budget_run / "spec.json").read_text())
+    plan = Plan.from_dict(json.loads((budget_run / "plan.json").read_text()))
+    assert qubo["formulation"] == "budget"
+    assert plan_cost(spec, plan, "bits") <= qubo["budget"] == fp32_cost(spec, "bits") // 10
+    assert metrics["compressed"]["ratio"] >= 10.0
+    assert qubo["feasible_rate"] == 1.0  # polished reads are always repaired into the budget
+    assert qubo["energy"] >= qubo["exact"]["energy"] - 1e-9 * abs(qubo["exact"]["energy"])
+    assert any(group.prune_options for group in spec.groups)  # the analysis measured prune options
+
+
+def test_demo_and_compress_help_list_units_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("demo", "compress", "train", "bench"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--target-ratio R" in text and "(default: 16.0)" in text and "--formulation {paper,budget}" in text
+
+
+# --- bad input: one line on stderr, exit code 2, nothing half-written --------------------------------
+
+
+def assert_one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error message"
+    last = err[-1]
+    assert last.startswith("qubocompress: error: "), last
+    assert "Traceback" not in "\n".join(err)
+    for needle in needles:
+        assert needle in last, last
+
+
+def test_corrupt_idx_file_is_a_one_line_error(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in data_dir.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    target = broken / "train-images-idx3-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:200])
+    assert run(*compress_args(broken, tmp_path / "out")) == 2
+    assert_one_line_error(capsys, "train-images-idx3-ubyte.gz")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (("--model", "alexnet"), ("unknown model 'alexnet'", "vgg")),
+        (("--solver", "magic"), ("unknown --solver 'magic'", "sa", "qpu")),
+        (("--finetune-epochs", "-1"), ("--finetune-epochs must be >= 0",)),
+        (("--target-ratio", "0.5"), ("--target-ratio must be a number > 1",)),
+        (("--metric", "bops"), ("--formulation budget",)),
+        (("--formulation", "budget", "--beta", "2"), ("no beta",)),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...], needles: tuple[str, ...]
+) -> None:
+    assert run(*compress_args(data_dir, tmp_path / "out"), *extra) == 2
+    assert_one_line_error(capsys, *needles)
+
+
+@pytest.mark.parametrize("formulation", ["paper", "budget"])
+def test_unreachable_target_says_what_is_reachable(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], formulation: str
+) -> None:
+    assert run(*compress_args(data_dir, tmp_path / "out", "--target-ratio", "5000", "--formulation", formulation)) == 2
+    assert_one_line_error(capsys, "5000")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_output_folder_that_is_a_file_is_a_one_line_error(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    assert run(*compress_args(data_dir, out)) == 2
+    assert_one_line_error(capsys, str(out))
+    assert out.read_text() == "not a folder"
+
+
+# --- user models --------------------------------------------------------------------------------
+
+
+USER_MODULE = '''
+import torch
+from torch import nn
+
+
+def make(classes=4):
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(16, classes),
+    )
+
+
+def broken():
+    raise RuntimeError("factory exploded")
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "usernet.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    sys.modules.pop("usernet", None)
+
+
+def test_user_factory_with_weights_is_compressed(
+    user_module: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import usernet
+
+    torch.manual_seed(0)
+    torch.save(usernet.make().state_dict(), user_module / "weights.pt")
+    out = user_module / "out"
+    code = run(
+        *compress_args(data_dir, out, "--target-ratio", "6", "--finetune-epochs", "0", "--no-baseline"),
+        "--model",
+        "usernet:make",
+        "--weights",
+        user_module / "weights.pt",
+    )
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["name"] == "usernet:make"
+    assert metrics["compressed"]["ratio"] >= 6.0
+    model, info = load_artifact(out / "model.qcz")
+    assert Plan.from_dict(info["plan"]).bits == Plan.from_dict(json.loads((out / "plan.json").read_text())).bits
+
+
+@pytest.mark.parametrize(
+    ("model", "weights", "needle"),
+    [
+        ("usernet:broken", None, "factory exploded"),
+        ("usernet:make", "mismatch", "weights.pt"),
+    ],
+)
+def test_bad_user_models_are_one_line_errors(
+    user_module: Path,
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    model: str,
+    weights: str | None,
+    needle: str,
+) -> None:
+    extra = ["--model", model]
+    if weights == "mismatch":
+        torch.save({"0.weight": torch.zeros(3, 3)}, user_module / "weights.pt")
+        extra += ["--weights", str(user_module / "weights.pt")]
+    assert run(*compress_args(data_dir, user_module / "out"), *extra) == 2
+    assert_one_line_error(capsys, needle)
