@@ -1,0 +1,354 @@
+"""``rl-acc``: a HAQ/AMC-style agent that scores candidate plans by measuring the compressed model.
+
+The RL baseline as the original methods run it (HAQ, arXiv 1811.08886; AMC, arXiv 1802.03494),
+not on the QUBO's surrogate energy: each episode proposes a plan, the plan is pruned, quantized
+and evaluated by the ``evaluate(plan)`` the pipeline hands down, and that score is the reward.
+
+Episode: a gymnasium environment walks the spec's layers in forward order. State (all in [0, 1]),
+HAQ's layer embedding plus AMC's budget features: layer index, kind (conv / linear), in and out
+channels, kernel area, log weights, log output positions, whether this layer decides a channel
+group, the previous action (prune, bits), the cost of the layers already decided and the least
+cost of the layers still ahead, both as shares of the budget (capped at 1). Action: two numbers in
+[0, 1], mapped to an option index ``min(floor(a · count), count − 1)``: the prune option of the
+layer's output group (at the group's first layer only; later members and the classifier ignore
+it), and the layer's bit option. At the end of the episode the action wall
+(:class:`~qubocompress.search.common.DecisionSpace`) makes the plan fit the budget, as HAQ's
+``_final_action_wall`` does, and the repaired plan is evaluated (memoised).
+
+Reward: 0 on every step but the last, then the standardised score ``(score − m) / s``, with ``m``
+and ``s`` the mean and standard deviation of the warm-up episodes' scores (the warm-up rewards in
+the replay buffer are standardised too when learning starts). HAQ's ``0.1·(acc − acc_fp)`` and AMC's
+moving-average baseline are affine maps of the score as well; fixing the map after the warm-up keeps
+the reward stationary and makes the agent indifferent to the score's units (fraction, percent,
+nats). As in HAQ/AMC, every transition of an episode learns from the final reward: n-step returns
+over the whole episode with no discount.
+
+Agent: stable-baselines3 DDPG, as HAQ and AMC (actor and critic MLPs 64×64, learning rate 1e-3,
+batch 64, τ = 0.01, one gradient step per environment step), CPU. Warm-up: ``warmup_episodes``
+episodes of uniformly random actions, no noise added (AMC uses 100 of 800 episodes; default 100
+of 300 here). Exploration afterwards: Gaussian noise on the action whose standard deviation (in
+[0, 1] action units) falls geometrically from 0.5 (AMC's and HAQ's initial δ) to 0.05 over the
+learning episodes. Seeded (DDPG, the environment, the noise), inside a guard that restores the
+global ``random`` / numpy / torch RNG states and runs the agent on one torch thread
+(:func:`~qubocompress.solvers.rl.isolated_torch`); ``evaluate`` runs on the caller's thread count,
+as in ``ga-acc``, so that both pay the same for an evaluation. The answer is the best plan
+evaluated, as HAQ and AMC keep.
+
+Measured on the synthetic VGG spec at 16× (score = minus the measured damage, 300 episodes): DDPG
+learns (the mean damage of its proposals falls from 1.8 in the warm-up to 0.8) but slowly; a
+learning rate of 1e-4, less noise (0.3 or 0.2 at the start), a batch of 128 or 2–4 gradient steps
+per environment step gave best damages of 0.55–0.61 against 0.58 (means over 3 seeds): no clear gain.
+
+Stops after ``total_episodes`` episodes or ``max_evaluations`` evaluations (``"evaluations"``),
+after ``patience`` episodes without a better score (``"convergence"``), or when ``time_limit``
+seconds have passed (``"time_limit"``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from qubocompress.errors import SolverError
+from qubocompress.problem.choices import Metric
+from qubocompress.problem.spec import CompressionSpec
+from qubocompress.search.common import DecisionSpace, Evaluate, PlanScorer, SearchResult, SearchStopped, StopReason
+from qubocompress.solvers.base import positive_int, require, time_limit_seconds
+from qubocompress.solvers.rl import isolated_torch
+
+METHOD = "rl-acc"
+DEFAULT_EPISODES = 300
+DEFAULT_WARMUP_EPISODES = 100
+DEFAULT_MAX_EVALUATIONS = 300
+NUM_FEATURES = 12
+# Exploration noise, in [0, 1] action units: from the first learning episode to the last.
+NOISE_START = 0.5
+NOISE_END = 0.05
+# DDPG (module docstring): hidden layers of actor and critic, learning rate, batch, soft update.
+HIDDEN = (64, 64)
+LEARNING_RATE = 1e-3
+BATCH_SIZE = 64
+TAU = 0.01
+
+
+class LayerWalk:
+    """The facts about the spec that every episode needs (static features, deciding layers).
+
+    Args:
+        space: the decision space.
+    """
+
+    def __init__(self, space: DecisionSpace) -> None:
+        self.space = space
+        layers = space.spec.layers
+        count = len(layers)
+        self.deciding_group: list[int | None] = []
+        decided: set[int] = set()
+        for layer in layers:
+            group = layer.out_group
+            if group is not None and group not in decided and space.counts[group] > 1:
+                decided.add(group)
+                self.deciding_group.append(group)
+            else:
+                self.deciding_group.append(None)
+
+        def ratio(values: Sequence[float]) -> np.ndarray:
+            array = np.asarray(values, dtype=np.float64)
+            return array / max(float(array.max()), 1.0)
+
+        def log_ratio(values: Sequence[float]) -> np.ndarray:
+            array = np.log1p(np.asarray(values, dtype=np.float64))
+            return array / max(float(array.max()), 1e-12)
+
+        static = np.zeros((count, 8))
+        static[:, 0] = np.arange(count) / max(count - 1, 1)
+        static[:, 1] = [layer.kind == "conv" for layer in layers]
+        static[:, 2] = ratio([layer.in_channels for layer in layers])
+        static[:, 3] = ratio([layer.out_channels for layer in layers])
+        static[:, 4] = ratio([layer.kernel_area for layer in layers])
+        static[:, 5] = log_ratio([layer.num_weights() for layer in layers])
+        static[:, 6] = log_ratio([layer.out_positions for layer in layers])
+        static[:, 7] = [g is not None for g in self.deciding_group]
+        self.static = static
+
+    @staticmethod
+    def option(action: float, count: int) -> int:
+        """The option index of an action in [0, 1] among ``count`` options."""
+        return min(int(np.clip(action, 0.0, 1.0) * count), count - 1)
+
+    def budget_features(self, genome: np.ndarray, layer: int, decided: np.ndarray) -> list[float]:
+        """Cost of the layers before ``layer`` as decided, and the least cost of the rest, over the budget."""
+        space = self.space
+        spent = float(space.layer_costs(genome)[:layer].sum())
+        cheapest = np.where(decided, genome, space.smallest())
+        rest = float(space.layer_costs(cheapest)[layer:].sum())
+        return [min(spent / space.budget, 1.0), min(rest / space.budget, 1.0)]
+
+
+def rl_acc_search(
+    spec: CompressionSpec,
+    evaluate: Evaluate,
+    ratio: float,
+    metric: Metric = "bits",
+    bit_options: Sequence[int] | None = None,
+    total_episodes: int = DEFAULT_EPISODES,
+    warmup_episodes: int = DEFAULT_WARMUP_EPISODES,
+    max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
+    patience: int | None = None,
+    time_limit: float | None = None,
+    seed: int = 0,
+) -> SearchResult:
+    """The best plan within ``ratio`` that a DDPG agent finds by calling ``evaluate`` (module docstring).
+
+    Args:
+        spec: the problem.
+        evaluate: plan -> score, higher is better (e.g. validation top-1 before fine-tuning).
+        ratio: the budget as a compression ratio vs fp32 in ``metric`` (> 1).
+        metric: ``"bits"`` or ``"bops"``.
+        bit_options: bit-widths on offer (default (2, 3, 4, 5, 6, 8) within the spec's range).
+        total_episodes: at most this many episodes (plans proposed), warm-up included.
+        warmup_episodes: episodes of random actions before the agent learns (< total_episodes).
+        max_evaluations: at most this many calls of ``evaluate`` (None: no cap).
+        patience: stop after this many episodes without a better score (None: never).
+        time_limit: seconds for the whole search (None: none); no evaluation starts after it.
+        seed: seeds the agent, the environment and the noise; the same call twice gives the same
+            result (with a deterministic ``evaluate`` and no time limit).
+    """
+    start = time.perf_counter()
+    who = f"search {METHOD!r}"
+    positive_int(total_episodes, "total_episodes", who)
+    positive_int(warmup_episodes, "warmup_episodes", who)
+    if warmup_episodes >= total_episodes:
+        raise SolverError(
+            f"{who}: warmup_episodes ({warmup_episodes}) must be fewer than total_episodes ({total_episodes})"
+        )
+    for name, value in (("max_evaluations", max_evaluations), ("patience", patience)):
+        if value is not None:
+            positive_int(value, name, who)
+    time_limit = time_limit_seconds(time_limit, who)
+    space = DecisionSpace(spec, ratio, metric, bit_options)
+    scorer = PlanScorer(space, evaluate, max_evaluations, time_limit, start)
+    require("gymnasium", METHOD, "rl", "gymnasium")
+    require("stable_baselines3", METHOD, "rl", "stable-baselines3")
+    parameters = {
+        "ratio": float(ratio),
+        "metric": metric,
+        "bit_options": list(space.bit_options),
+        "total_episodes": total_episodes,
+        "warmup_episodes": warmup_episodes,
+        "max_evaluations": max_evaluations,
+        "patience": patience,
+        "time_limit": time_limit,
+        "seed": seed,
+    }
+    if space.free.size == 0:  # one plan on offer: nothing to search
+        scorer.score(np.zeros(space.num_genes, dtype=np.int64))
+        return scorer.result(METHOD, "convergence", parameters, {"episodes": 0})
+    walk = LayerWalk(space)
+    steps = len(spec.layers)
+    import torch
+
+    caller_threads = torch.get_num_threads()
+    with isolated_torch():
+        stopped_by, episodes = _train(
+            walk, scorer, total_episodes, warmup_episodes, patience, steps, seed, caller_threads
+        )
+    return scorer.result(METHOD, stopped_by, parameters, {"episodes": episodes})
+
+
+def _train(
+    walk: LayerWalk,
+    scorer: PlanScorer,
+    total_episodes: int,
+    warmup_episodes: int,
+    patience: int | None,
+    steps: int,
+    seed: int,
+    caller_threads: int,
+) -> tuple[StopReason, int]:
+    """Run DDPG until a budget stops it; returns (why it stopped, episodes finished).
+
+    The agent runs on one torch thread; ``evaluate`` runs on the caller's ``caller_threads``.
+    """
+    import gymnasium
+    import torch
+    from stable_baselines3 import DDPG
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.noise import ActionNoise
+
+    space = walk.space
+    num_groups = space.num_groups
+
+    class Walk(gymnasium.Env):
+        """One episode per plan (module docstring)."""
+
+        metadata: dict[str, Any] = {"render_modes": []}
+
+        def __init__(self) -> None:
+            self.observation_space = gymnasium.spaces.Box(0.0, 1.0, shape=(NUM_FEATURES,), dtype=np.float32)
+            self.action_space = gymnasium.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
+            self.reference, self.spread = 0.0, 1.0  # the reward map, fixed when learning starts
+            self.scores: list[float] = []
+
+        def _observation(self) -> np.ndarray:
+            n = min(self.layer, steps - 1)
+            budget = walk.budget_features(self.genome, self.layer, self.decided)
+            return np.concatenate([walk.static[n], self.previous, budget]).astype(np.float32)
+
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+            super().reset(seed=seed)
+            self.layer = 0
+            self.genome = np.zeros(space.num_genes, dtype=np.int64)
+            self.decided = np.zeros(space.num_genes, dtype=bool)
+            self.decided[space.counts == 1] = True
+            self.previous = [0.0, 1.0]
+            return self._observation(), {}
+
+        def step(self, action: Any) -> Any:
+            prune_action, bits_action = float(action[0]), float(action[1])
+            group = walk.deciding_group[self.layer]
+            if group is not None:
+                self.genome[group] = walk.option(prune_action, int(space.counts[group]))
+                self.decided[group] = True
+            gene = num_groups + self.layer
+            self.genome[gene] = walk.option(bits_action, int(space.counts[gene]))
+            self.decided[gene] = True
+            self.previous = [prune_action, bits_action]
+            self.layer += 1
+            if self.layer < steps:
+                return self._observation(), 0.0, False, False, {}
+            torch.set_num_threads(caller_threads)  # evaluate runs as the caller set it up
+            try:
+                score = scorer.score(self.genome)
+            finally:
+                torch.set_num_threads(1)
+            self.scores.append(score)
+            reward = (score - self.reference) / self.spread
+            return self._observation(), reward, True, False, {"score": score}
+
+    class DecayingNoise(ActionNoise):
+        """Gaussian noise (in the agent's [-1, 1] action units) that shrinks after every learning episode."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.sigma = 2 * NOISE_START
+            learning = max(total_episodes - warmup_episodes, 1)
+            self.decay = (NOISE_END / NOISE_START) ** (1 / learning)
+            self.resets = 0
+
+        def __call__(self) -> np.ndarray:
+            if self.resets < warmup_episodes:  # SB3 adds noise to its uniform warm-up actions too
+                return np.zeros(2, dtype=np.float32)
+            return self.rng.normal(0.0, self.sigma, size=2).astype(np.float32)
+
+        def reset(self) -> None:
+            self.resets += 1
+            if self.resets > warmup_episodes:
+                self.sigma *= self.decay
+
+    env = Walk()
+
+    class Budget(BaseCallback):
+        """Counts episodes, fixes the reward map when learning starts, stops on patience or the clock."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.episodes, self.stale, self.best = 0, 0, -math.inf
+            self.standardised = False
+            self.stopped_by: StopReason = "evaluations"
+
+        def _on_step(self) -> bool:
+            if not self.locals["dones"][0]:
+                return True
+            self.episodes += 1
+            if scorer.best_score > self.best:
+                self.best, self.stale = scorer.best_score, 0
+            else:
+                self.stale += 1
+            if patience is not None and self.stale >= patience:
+                self.stopped_by = "convergence"
+                return False
+            if scorer.deadline is not None and time.perf_counter() >= scorer.deadline:
+                self.stopped_by = "time_limit"
+                return False
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.standardised or self.episodes < warmup_episodes:
+                return
+            scores = np.array(env.scores)
+            env.reference, env.spread = float(scores.mean()), float(scores.std()) or 1.0
+            buffer = self.model.replay_buffer
+            ends = buffer.dones[: buffer.pos].astype(bool)
+            buffer.rewards[: buffer.pos][ends] = (buffer.rewards[: buffer.pos][ends] - env.reference) / env.spread
+            self.standardised = True
+
+    budget = Budget()
+    agent = DDPG(
+        "MlpPolicy",
+        env,
+        learning_rate=LEARNING_RATE,
+        buffer_size=total_episodes * steps,
+        learning_starts=warmup_episodes * steps,
+        batch_size=BATCH_SIZE,
+        tau=TAU,
+        gamma=1.0,
+        train_freq=(1, "episode"),
+        gradient_steps=-1,
+        action_noise=DecayingNoise(),
+        n_steps=steps,
+        policy_kwargs={"net_arch": list(HIDDEN)},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    try:
+        agent.learn(total_timesteps=total_episodes * steps, callback=budget)
+    except SearchStopped as stop:
+        return stop.reason, budget.episodes
+    return budget.stopped_by, budget.episodes
