@@ -37,6 +37,13 @@ demo: $(STAMP) data
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The solver benchmark (docs/benchmarks.md): bench-quick takes a few minutes, bench the full sweep.
+bench-quick: $(STAMP)
+	$(BIN)/qubocompress bench --quick --out runs/bench-quick
+
+bench: $(STAMP)
+	$(BIN)/qubocompress bench --out runs/bench
+
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 

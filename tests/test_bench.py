@@ -322,6 +322,14 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 
 
+def test_plots_are_drawn_when_no_solver_reached_the_optimum(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.add_instance("hand", "h" * 64, 10, 20, -10.0, True, "hand-made", 0.5)
+        store.add_run(_record("sa", 0, [-9.0], [4], 2.0))
+        paths = write_plots(store, summarize(store), tmp_path / "plots")
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
 class BudgetedStub(dimod.Sampler):
     """A stand-in budgeted solver: remembers the time limit it was given."""
 

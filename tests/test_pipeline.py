@@ -87,7 +87,8 @@ def test_paper_run_writes_every_result_and_reaches_the_certified_optimum(paper_r
     assert qubo["energy"] == pytest.approx(qubo["exact_energy"], rel=1e-9, abs=1e-12)
     assert 0.0 < qubo["success_probability"] <= 1.0
     assert qubo["success_probability"] >= qubo["success_probability_raw"]
-    assert compressed["exact_plan_matches"]
+    assert qubo["exact_plan_matches"]
+    assert qubo["route_seconds"] >= metrics["timing"]["analysis"] + metrics["timing"]["solve"]
     assert compressed["ratio"] >= 8.0
     assert metrics["model"]["fp32_test_acc"] > 0.6  # learnable data, trained model
     assert compressed["test_acc"] > 0.5
@@ -123,6 +124,22 @@ def test_budget_run_is_within_the_hard_budget(budget_run: Path) -> None:
     assert qubo["feasible_rate"] == 1.0  # polished reads are always repaired into the budget
     assert qubo["energy"] >= qubo["exact"]["energy"] - 1e-9 * abs(qubo["exact"]["energy"])
     assert any(group.prune_options for group in spec.groups)  # the analysis measured prune options
+
+
+@pytest.mark.parametrize("method", ["ga-acc", "rl-acc"])
+def test_accuracy_in_the_loop_searches_compress_within_the_budget(
+    data_dir: Path, tmp_path: Path, method: str
+) -> None:
+    out = tmp_path / method
+    extra = ("--target-ratio", "10", "--search", method, "--search-evaluations", "12", "--finetune-epochs", "0")
+    assert run(*compress_args(data_dir, out, *extra), "--no-baseline") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    search = metrics["search"]
+    assert "qubo" not in metrics and not (out / "qubo.bqm").exists()
+    assert search["method"] == method and 1 <= search["evaluations"] <= 12
+    assert metrics["compressed"]["ratio"] >= 10.0
+    assert search["val_acc_before_finetune"] == pytest.approx(search["score"])  # the best plan, scored again
+    assert method in (out / "summary.txt").read_text()
 
 
 def test_demo_and_compress_help_list_units_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -177,6 +194,16 @@ def test_bad_arguments_are_one_line_errors(
 ) -> None:
     assert run(*compress_args(data_dir, tmp_path / "out"), *extra) == 2
     assert_one_line_error(capsys, *needles)
+
+
+def test_a_choice_outside_the_list_exits_2_naming_the_choices(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run(*compress_args(data_dir, tmp_path / "out"), "--search", "annealing")
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "invalid choice: 'annealing'" in last and "ga-acc" in last
 
 
 @pytest.mark.parametrize("formulation", ["paper", "budget"])

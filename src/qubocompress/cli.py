@@ -51,7 +51,7 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
     from qubocompress.analysis.importance import IMPORTANCE_METHODS
     from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
     from qubocompress.models import MODELS
-    from qubocompress.pipeline import FORMULATIONS, METRICS, CompressConfig
+    from qubocompress.pipeline import FORMULATIONS, METRICS, SEARCH_METHODS, CompressConfig
     from qubocompress.solvers.registry import SOLVER_NAMES
 
     defaults = CompressConfig()
@@ -103,6 +103,20 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
     )
     parser.add_argument("--solver", default=defaults.solver, help=f"QUBO solver: {', '.join(SOLVER_NAMES)}")
     parser.add_argument("--num-reads", type=int, default=None, help="solver reads (default: the solver's own)")
+    parser.add_argument(
+        "--search",
+        default=defaults.search,
+        choices=SEARCH_METHODS,
+        help="qubo: the QUBO route; ga-acc / rl-acc: genetic algorithm / DDPG agent that score each candidate "
+        "plan by its validation accuracy (the paper's peers, same options and budget as --formulation budget)",
+    )
+    parser.add_argument(
+        "--search-evaluations",
+        type=int,
+        default=defaults.search_evaluations,
+        metavar="N",
+        help="ga-acc / rl-acc: at most N plans scored",
+    )
     parser.add_argument(
         "--exact-time-limit",
         type=_positive_float,
@@ -200,6 +214,8 @@ def _compress_config(args: argparse.Namespace) -> Any:
         interactions=args.interactions,
         exact_time_limit=args.exact_time_limit,
         solver=args.solver,
+        search=args.search,
+        search_evaluations=args.search_evaluations,
         seed=args.seed,
         out=args.out,
         finetune_epochs=args.finetune_epochs,
@@ -215,7 +231,8 @@ def _run_compress(config: Any) -> int:
 
     metrics = compress(config, log=_log)
     print(summary_text(metrics), end="")
-    print(f"results in {config.out}/ (metrics.json, plan.json, spec.json, qubo.bqm, model.qcz)")
+    files = "metrics.json, plan.json, spec.json, " + ("qubo.bqm, " if config.search == "qubo" else "") + "model.qcz"
+    print(f"results in {config.out}/ ({files})")
     return 0
 
 

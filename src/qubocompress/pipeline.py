@@ -41,6 +41,7 @@ from qubocompress.problem.paper import PaperFormulation
 from qubocompress.problem.target import calibrate_gamma
 from qubocompress.problem.plan import Plan, uniform_plan
 from qubocompress.problem.spec import CompressionSpec
+from qubocompress.search import SEARCHES
 from qubocompress.solvers.base import solve
 from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
 
@@ -48,9 +49,11 @@ Log = Callable[[str], None]
 Formulation = PaperFormulation | BudgetFormulation
 
 FORMULATIONS = ("paper", "budget")
-# Validation images that pick the uniform baseline's bit-width: 2,000 tell apart candidates that
-# differ by more than ~1.5 points (2 standard errors at 90 % accuracy) at a fifth of the cost of 10,000.
-BASELINE_VAL_SAMPLES = 2000
+SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
+# Validation images that score plans before fine-tuning (the uniform baseline's choice, ga-acc and
+# rl-acc): 2,000 tell apart plans that differ by more than ~1.5 points (2 standard errors at 90 %
+# accuracy) at a fifth of the cost of 10,000.
+VAL_SAMPLES = 2000
 METRICS = ("bits", "bops")
 
 
@@ -69,6 +72,8 @@ class CompressConfig:
     sensitivity: str = "measured"
     interactions: bool = False
     solver: str = "sa"
+    search: str = "qubo"
+    search_evaluations: int = 300
     seed: int = 0
     out: Path = Path("runs/latest")
     finetune_epochs: int = 2
@@ -89,6 +94,7 @@ class CompressConfig:
             ("--importance", self.importance, IMPORTANCE_METHODS),
             ("--sensitivity", self.sensitivity, LAYER_SENSITIVITY_METHODS),
             ("--solver", self.solver, SOLVER_NAMES),
+            ("--search", self.search, SEARCH_METHODS),
         ):
             if value not in valid:
                 raise ProblemError(f"unknown {flag} {value!r}; choose one of: {', '.join(valid)}")
@@ -104,6 +110,8 @@ class CompressConfig:
             raise ProblemError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
         if not math.isfinite(self.target_ratio) or self.target_ratio <= 1.0:
             raise ProblemError(f"--target-ratio must be a number > 1 (e.g. 16 for 16x smaller), got {self.target_ratio}")
+        if self.search_evaluations < 1:
+            raise ProblemError(f"--search-evaluations must be >= 1, got {self.search_evaluations}")
         if self.num_reads is not None and self.num_reads < 1:
             raise ProblemError(f"--num-reads must be >= 1, got {self.num_reads}")
 
@@ -130,8 +138,9 @@ def analyse(
 ) -> tuple[ModelGraph, CompressionSpec]:
     """Trace the model, score its channels, measure its damages (and interactions) on the calib split.
 
-    The ``budget`` formulation also gets prune options (``DEFAULT_PRUNE_FRACTIONS`` of each group,
-    capped at ``max_prune_fraction``) with their measured damage.
+    The ``budget`` formulation and the accuracy-in-the-loop searches also get prune options
+    (``DEFAULT_PRUNE_FRACTIONS`` of each group, capped at ``max_prune_fraction``; the searches
+    choose among the same options under the same budget) with their measured damage.
     """
     return analyse_model(
         model,
@@ -144,7 +153,7 @@ def analyse(
         b_max=config.b_max,
         bit_levels=config.bit_levels,
         max_prune_fraction=config.max_prune_fraction,
-        prune_options=DEFAULT_PRUNE_FRACTIONS if config.formulation == "budget" else None,
+        prune_options=DEFAULT_PRUNE_FRACTIONS if config.formulation == "budget" or config.search != "qubo" else None,
         interactions=config.interactions,
         seed=config.seed,
         log=log,
@@ -260,6 +269,11 @@ def apply_plan(
     }
 
 
+def validation_subset(dataset: Dataset) -> Split:
+    """The first ``VAL_SAMPLES`` validation images: what scores plans before fine-tuning."""
+    return Split(dataset.val.x[:VAL_SAMPLES], dataset.val.y[:VAL_SAMPLES])
+
+
 def cost_ratio(spec: CompressionSpec, plan: Plan, metric: str) -> float:
     """fp32 cost over the plan's cost: weight bits (``bits``) or bit operations per sample (``bops``)."""
     return fp32_cost(spec, metric) / max(plan_cost(spec, plan, metric), 1)  # type: ignore[arg-type]
@@ -277,11 +291,11 @@ def choose_uniform_plan(
 
     For every bit-width, the smallest prune ratio (step 1/64) that reaches the target (in ``metric``);
     among those, the one whose pruned+quantized model (before fine-tuning) scores best on the
-    validation split (its first ``BASELINE_VAL_SAMPLES`` images). Picking by validation accuracy makes the baseline as strong as a careful user
+    validation split (:func:`validation_subset`). Picking by validation accuracy makes the baseline as strong as a careful user
     would make it.
     """
     candidates = []
-    val = Split(dataset.val.x[:BASELINE_VAL_SAMPLES], dataset.val.y[:BASELINE_VAL_SAMPLES])
+    val = validation_subset(dataset)
     for bits in range(spec.min_bits, spec.b_max + 1):
         for step in range(64):
             plan = uniform_plan(spec, bits, step / 64)
@@ -366,12 +380,48 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
     for name, reason in graph.frozen_reasons.items():
         log(f"  not pruned: {name} ({reason})")
 
-    with timer.stage("build", f"building the {config.formulation} QUBO for {config.target_ratio:g}x ({config.metric})"):
-        formulation, reference = build_formulation(spec, config)
-        bqm = formulation.bqm
-    exact_plan = reference.pop("plan")
-    with timer.stage("solve", f"solving {len(bqm.variables)} variables with {config.solver}"):
-        plan, qubo = solve_formulation(formulation, config, reference["energy"])
+    val = validation_subset(dataset)
+
+    def val_accuracy(candidate: Plan) -> float:
+        return evaluate(quantize_model_weights(prune_model(model, graph, candidate), candidate.bits), val)
+
+    route: dict[str, Any]
+    if config.search == "qubo":
+        with timer.stage("build", f"building the {config.formulation} QUBO for {config.target_ratio:g}x ({config.metric})"):
+            formulation, reference = build_formulation(spec, config)
+            bqm = formulation.bqm
+        exact_plan = reference.pop("plan")
+        with timer.stage("solve", f"solving {len(bqm.variables)} variables with {config.solver}"):
+            plan, figures = solve_formulation(formulation, config, reference["energy"])
+        route = {
+            "formulation": config.formulation,
+            "metric": config.metric,
+            "variables": len(bqm.variables),
+            "interactions": len(bqm.quadratic),
+            **({"beta": formulation.beta, "gamma": formulation.gamma} if isinstance(formulation, PaperFormulation) else {}),
+            **({"budget": formulation.budget, "penalty": formulation.penalty} if isinstance(formulation, BudgetFormulation) else {}),
+            **figures,
+            "exact_energy": reference["energy"],
+            "exact": reference,
+            "exact_plan_matches": plan == exact_plan,
+        }
+    else:
+        search = SEARCHES[config.search]
+        with timer.stage(
+            "search",
+            f"{config.search}: up to {config.search_evaluations} plans pruned, quantized and scored on "
+            f"{len(val)} validation images",
+        ):
+            result = search(  # type: ignore[operator]
+                spec, val_accuracy, config.target_ratio, metric=config.metric,
+                max_evaluations=config.search_evaluations, seed=config.seed,
+            )
+        plan = result.plan
+        route = {"metric": config.metric, **{k: v for k, v in result.to_dict().items() if k != "plan"}}
+    with timer.stage("evaluate", "scoring the plan on the validation subset"):
+        route["val_acc_before_finetune"] = val_accuracy(plan)
+    stages = ("analysis", "build", "solve", "evaluate") if config.search == "qubo" else ("search", "evaluate")
+    route["route_seconds"] = sum(timer.seconds.get(stage, 0.0) for stage in stages)
 
     epochs = 0 if scripted else config.finetune_epochs
     if scripted and config.finetune_epochs:
@@ -395,24 +445,13 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
             "fp32_state_dict_bytes": state_dict_bytes(model),
             "cached": bool(model_info.get("cached", False)),
         },
-        "qubo": {
-            "formulation": config.formulation,
-            "metric": config.metric,
-            "variables": len(bqm.variables),
-            "interactions": len(bqm.quadratic),
-            **({"beta": formulation.beta, "gamma": formulation.gamma} if isinstance(formulation, PaperFormulation) else {}),
-            **({"budget": formulation.budget, "penalty": formulation.penalty} if isinstance(formulation, BudgetFormulation) else {}),
-            **qubo,
-            "exact_energy": reference["energy"],
-            "exact": reference,
-        },
+        "qubo" if config.search == "qubo" else "search": {"method": config.search, **route},
         "compressed": {
             **size_summary(spec, plan),
             "cost_ratio": cost_ratio(spec, plan, config.metric),
             **accuracy,
             "artifact_bytes": artifact_bytes,
             "reloaded_test_acc": reloaded_acc,
-            "exact_plan_matches": plan == exact_plan,
         },
         "timing": timer.seconds,
     }
@@ -431,7 +470,8 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
 
     write_json_atomic(out / "plan.json", plan.to_dict())
     write_json_atomic(out / "spec.json", spec.to_dict())
-    write_bytes_atomic(out / "qubo.bqm", dimod_bytes(bqm))
+    if config.search == "qubo":
+        write_bytes_atomic(out / "qubo.bqm", dimod_bytes(bqm))
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "summary.txt", summary_text(metrics))
     return metrics
@@ -445,11 +485,14 @@ def dimod_bytes(bqm: dimod.BinaryQuadraticModel) -> bytes:
 
 def summary_text(metrics: dict[str, Any]) -> str:
     """A plain-text table of the headline figures (also printed by the CLI)."""
-    m, c, q = metrics["model"], metrics["compressed"], metrics["qubo"]
-    ratio_title = "ratio vs fp32" if q["metric"] == "bits" else "weights / BOPs vs fp32"
+    m, c = metrics["model"], metrics["compressed"]
+    q, searched = metrics.get("qubo"), metrics.get("search")
+    route = q or searched
+    bits_metric = route["metric"] == "bits"
+    ratio_title = "ratio vs fp32" if bits_metric else "weights / BOPs vs fp32"
 
-    def ratio(row: dict[str, Any]) -> str:
-        return f"{row['ratio']:.1f}x" if q["metric"] == "bits" else f"{row['ratio']:.1f}x / {row['cost_ratio']:.1f}x"
+    def ratio(entry: dict[str, Any]) -> str:
+        return f"{entry['ratio']:.1f}x" if bits_metric else f"{entry['ratio']:.1f}x / {entry['cost_ratio']:.1f}x"
 
     def row(label: str, entry: dict[str, Any], bits: str) -> tuple[str, ...]:
         return (
@@ -462,10 +505,11 @@ def summary_text(metrics: dict[str, Any]) -> str:
             bits,
         )
 
+    label = f"QUBO {q['formulation']} ({q['solver']})" if q else searched["method"]
     rows = [
         ("", "top-1 %", "before fine-tune", ratio_title, "weights (KiB)", "pruned filters", "bits per layer"),
         ("fp32", f"{100 * m['fp32_test_acc']:.2f}", "", "1.0x", f"{c['fp32_weight_bits'] / 8192:.1f}", "", "32"),
-        row(f"QUBO {q['formulation']} ({q['solver']})", c, " ".join(str(b) for b in c["bits"].values())),
+        row(label, c, " ".join(str(b) for b in c["bits"].values())),
     ]
     base = metrics.get("baseline_uniform")
     if base:
@@ -473,20 +517,30 @@ def summary_text(metrics: dict[str, Any]) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.append("")
-    exact = q["exact"]
-    optimum = "certified optimum" if exact["certified"] else f"best known (proven gap {exact['gap']:.1e})"
-    feasible = (
-        f", feasible reads {q['feasible_rate_raw']:.2f} raw / {q['feasible_rate']:.2f} polished"
-        if "feasible_rate" in q
-        else ""
-    )
+    if q:
+        exact = q["exact"]
+        optimum = "certified optimum" if exact["certified"] else f"best known (proven gap {exact['gap']:.1e})"
+        feasible = (
+            f", feasible reads {q['feasible_rate_raw']:.2f} raw / {q['feasible_rate']:.2f} polished"
+            if "feasible_rate" in q
+            else ""
+        )
+        lines.append(
+            f"QUBO ({q['formulation']}): {q['variables']} variables, {q['interactions']} interactions; "
+            f"energy {q['energy']:.6g}, {optimum} {q['exact_energy']:.6g}, gap {q['gap']:.2e}"
+        )
+        lines.append(
+            f"reads at the optimum: {q['success_probability_raw']:.2f} raw, {q['success_probability']:.2f} after "
+            f"polishing ({q['reads']} reads){feasible}"
+        )
+    else:
+        lines.append(
+            f"{searched['method']}: {searched['evaluations']} plans scored in {searched['seconds']:.1f} s "
+            f"({searched['evaluate_seconds']:.1f} s inside the evaluations), stopped by {searched['stopped_by']}"
+        )
     lines.append(
-        f"QUBO ({q['formulation']}): {q['variables']} variables, {q['interactions']} interactions; energy {q['energy']:.6g}, "
-        f"{optimum} {q['exact_energy']:.6g}, gap {q['gap']:.2e}"
-    )
-    lines.append(
-        f"reads at the optimum: {q['success_probability_raw']:.2f} raw, {q['success_probability']:.2f} after polishing "
-        f"({q['reads']} reads){feasible}"
+        f"search route: {route['route_seconds']:.1f} s (analysis + build + solve + one evaluation for the QUBO; "
+        "search + one evaluation otherwise)"
     )
     lines.append(
         f"artifact: {c['artifact_bytes']:,} bytes on disk vs {m['fp32_state_dict_bytes']:,} for the fp32 state_dict "

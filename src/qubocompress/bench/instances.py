@@ -260,6 +260,9 @@ def model_spec(
 ) -> tuple[CompressionSpec, str, dict[str, Any]]:
     """Train (or load from the cache) built-in ``model`` and analyse it: (spec, source label, model info).
 
+    The spec carries L1 importance, measured quantization damage, and prune options with their
+    measured damage (what the ``budget`` formulation needs; the paper formulation ignores them).
+
     Imports torch, the models and the pipeline lazily: the benchmark itself runs without them.
     """
     from qubocompress.data.datasets import load_dataset
@@ -268,8 +271,11 @@ def model_spec(
 
     dataset = load_dataset(data)
     net, info = load_or_train(model, dataset, seed=seed, progress=progress)
-    config = CompressConfig(model=model, data=data, seed=seed, max_prune_fraction=max_prune_fraction)
-    _, spec = analyse(net, dataset, config, model)
+    # "budget" makes the analysis measure prune options too, so one spec serves both formulations.
+    config = CompressConfig(
+        model=model, data=data, seed=seed, max_prune_fraction=max_prune_fraction, formulation="budget"
+    )
+    _, spec = analyse(net, dataset, config, model, progress or (lambda _: None))
     source = f"model:{model} ({dataset.name}, seed {seed})"
     return spec, source, {"dataset": dataset.name, "seed": seed, "fp32_test_acc": float(info["test_acc"])}
 

@@ -40,6 +40,7 @@ def plot_tts_vs_variables(rows: Sequence[dict[str, Any]], path: str | Path) -> P
     Solvers that never reached E* on an instance have no point there; the legend counts them.
     """
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    plotted = False
     for solver in _solvers(rows):
         points = sorted(
             (row["variables"], row["tts99"]) for row in rows if row["solver"] == solver and row["status"] == "ok"
@@ -49,10 +50,14 @@ def plot_tts_vs_variables(rows: Sequence[dict[str, Any]], path: str | Path) -> P
         label = solver + (f" (missed E* on {missed})" if missed else "")
         if finite:
             axis.plot(*zip(*finite), marker="o", label=label)
+            plotted = True
         elif points:
             axis.plot([], [], marker="o", label=label)
-    axis.set_xscale("log")
-    axis.set_yscale("log")
+    if plotted:  # a log axis without a positive point cannot be drawn
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+    else:
+        axis.text(0.5, 0.5, "no solver reached E* on any instance", ha="center", va="center", transform=axis.transAxes)
     axis.set_xlabel("variables")
     axis.set_ylabel("TTS99 (s; per read, or per run where reads are not independent)")
     axis.set_title("time to solution (99 %) vs problem size")
