@@ -142,8 +142,33 @@ def test_accuracy_in_the_loop_searches_compress_within_the_budget(
     assert method in (out / "summary.txt").read_text()
 
 
+def test_ablation_runs_every_combination_at_the_same_budget(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ablation"
+    code = run(
+        "ablate", "--model", "lenet5", "--data", data_dir, "--out", out, "--target-ratio", "10",
+        "--importances", "l1,taylor", "--sensitivities", "mse", "--pairs", "both",
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((out / "ablation.json").read_text())
+    assert [(r["importance"], r["pairs"]) for r in rows] == [("l1", False), ("l1", True), ("taylor", False), ("taylor", True)]
+    assert all(r["ratio"] >= 10.0 and r["sensitivity"] == "mse" and r["finetune_epochs"] == 0 for r in rows)
+    for row in rows:
+        spec = CompressionSpec.from_json((out / row["name"] / "spec.json").read_text())
+        assert bool(spec.interactions) == row["pairs"]
+    assert "taylor" in capsys.readouterr().out
+
+
+def test_ablation_of_the_paper_formulation_is_refused(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("ablate", "--data", data_dir, "--out", tmp_path / "a", "--formulation", "paper", "--model", "lenet5") == 2
+    assert_one_line_error(capsys, "--formulation budget")
+
+
 def test_demo_and_compress_help_list_units_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("demo", "compress", "train", "bench"):
+    for command in ("demo", "compress", "train", "bench", "ablate"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

@@ -243,7 +243,7 @@ def solve_formulation(
         plan, energy = formulation.decode(best.sample), float(best.energy)
     plan.validate(formulation.spec)
     gap = (energy - reference_energy) / abs(reference_energy) if reference_energy else 0.0
-    figures.update(energy=energy, gap=max(gap, 0.0) if abs(gap) < 1e-9 else gap)
+    figures.update(energy=energy, gap=0.0 if abs(gap) < 1e-9 else gap)  # below 1e-9: float rounding
     return plan, figures
 
 

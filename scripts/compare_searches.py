@@ -1,0 +1,90 @@
+"""The QUBO route against accuracy-in-the-loop GA and RL at equal budget (issue 4's comparison).
+
+For every model and target ratio: ``compress`` with the budget QUBO (and the uniform baseline),
+then with ``--search ga-acc`` and ``--search rl-acc``, all with the same fine-tuning. Prints a
+markdown table: top-1 after fine-tuning, its margin over uniform, and each route's search time
+with its ratio to the QUBO route's (analysis + build + solve + one evaluation). Runs are kept in
+``--out``/<model>-<ratio>x-<route>/; a rerun skips finished ones.
+
+    .venv/bin/python scripts/compare_searches.py --models vgg --ratios 16,24,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qubocompress.errors import QubocompressError
+from qubocompress.pipeline import CompressConfig, compress
+
+ROUTES = ("qubo", "ga-acc", "rl-acc")
+
+
+def run_route(model: str, ratio: float, route: str, args: argparse.Namespace) -> dict:
+    """The metrics of one run, from its folder when it already finished."""
+    out = args.out / f"{model}-{ratio:g}x-{route}"
+    if (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
+    config = CompressConfig(
+        model=model,
+        target_ratio=ratio,
+        formulation="budget",
+        search=route,
+        search_evaluations=args.evaluations,
+        finetune_epochs=args.finetune_epochs,
+        baseline=route == "qubo",
+        seed=args.seed,
+        out=out,
+    )
+    return compress(config, log=lambda line: print(f"  [{model} {ratio:g}x {route}] {line}", file=sys.stderr, flush=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the missing routes and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vgg", help="comma-separated built-in models")
+    parser.add_argument("--ratios", default="16,24,32", help="comma-separated target ratios (weights vs fp32)")
+    parser.add_argument("--evaluations", type=int, default=300, help="plans ga-acc and rl-acc may score")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    args = parser.parse_args(argv)
+    rows = []
+    try:
+        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+            for ratio in [float(r) for r in args.ratios.split(",")]:
+                results = {route: run_route(model, ratio, route, args) for route in ROUTES}
+                qubo = results["qubo"]
+                fp32 = qubo["model"]["fp32_test_acc"]
+                base = qubo["baseline_uniform"]
+                qubo_seconds = qubo["qubo"]["route_seconds"]
+                rows.append((model, f"{ratio:g}x", "fp32", f"{100 * fp32:.2f}", "", "", "", ""))
+                rows.append(
+                    (model, f"{ratio:g}x", f"uniform {base['bit_width']}b + {100 * base['prune_ratio']:.0f}% L1",
+                     f"{100 * base['test_acc']:.2f}", f"{100 * (base['test_acc'] - fp32):+.2f}", "", f"{base['ratio']:.1f}x", "")
+                )
+                for route, metrics in results.items():
+                    compressed = metrics["compressed"]
+                    seconds = (metrics.get("qubo") or metrics.get("search"))["route_seconds"]
+                    label = "QUBO budget (sa)" if route == "qubo" else route
+                    rows.append(
+                        (model, f"{ratio:g}x", label, f"{100 * compressed['test_acc']:.2f}",
+                         f"{100 * (compressed['test_acc'] - fp32):+.2f}",
+                         f"{100 * (compressed['test_acc'] - base['test_acc']):+.2f}",
+                         f"{compressed['ratio']:.1f}x", f"{seconds:.0f} s ({seconds / qubo_seconds:.2f}x QUBO)")
+                    )
+    except QubocompressError as exc:
+        print(f"compare_searches: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    header = ("model", "target", "route", "top-1 %", "vs fp32", "vs uniform", "ratio", "search time")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
