@@ -242,6 +242,20 @@ def test_interrupted_sweep_resumes_with_only_the_missing_runs(monkeypatch: pytes
     assert exact.e_best == pytest.approx(instance.e_star) and exact.info["solver_info"]["certified"]
 
 
+def test_polished_runs_are_separate_runs_and_never_score_worse(tmp_path: Path) -> None:
+    instance = tiny_instance()
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        plain = SweepConfig(solvers=["sa"], seeds=(0,), solver_options=FAST_SA)
+        polished = SweepConfig(solvers=["sa"], seeds=(0,), solver_options=FAST_SA, polish=True)
+        run_sweep([instance], plain, store, progress=False)
+        assert run_sweep([instance], polished, store, progress=False).executed == 1
+        raw, fixed = sorted(store.runs(), key=lambda r: "polish" in r.options)
+    assert fixed.options["polish"] and "polish" not in raw.options
+    assert fixed.e_best <= raw.e_best + 1e-12 and fixed.successes >= raw.successes
+    assert fixed.info["solver_info"]["polish"]["method"] == "canonical"
+    assert fixed.solve_seconds >= fixed.info["timing"]["polish_seconds"]
+
+
 def test_changed_options_are_new_runs(tmp_path: Path) -> None:
     instance = tiny_instance()
     with ResultStore(tmp_path / "r.sqlite") as store:
