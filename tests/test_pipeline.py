@@ -148,12 +148,12 @@ def test_ablation_runs_every_combination_at_the_same_budget(
     out = tmp_path / "ablation"
     code = run(
         "ablate", "--model", "lenet5", "--data", data_dir, "--out", out, "--target-ratio", "10",
-        "--importances", "l1,taylor", "--sensitivities", "mse", "--pairs", "both",
+        "--importances", "l1,taylor", "--sensitivities", "hessian", "--pairs", "both",
     )
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "ablation.json").read_text())
     assert [(r["importance"], r["pairs"]) for r in rows] == [("l1", False), ("l1", True), ("taylor", False), ("taylor", True)]
-    assert all(r["ratio"] >= 10.0 and r["sensitivity"] == "mse" and r["finetune_epochs"] == 0 for r in rows)
+    assert all(r["ratio"] >= 10.0 and r["sensitivity"] == "hessian" and r["finetune_epochs"] == 0 for r in rows)
     for row in rows:
         spec = CompressionSpec.from_json((out / row["name"] / "spec.json").read_text())
         assert bool(spec.interactions) == row["pairs"]
@@ -212,6 +212,7 @@ def test_corrupt_idx_file_is_a_one_line_error(
         (("--target-ratio", "0.5"), ("--target-ratio must be a number > 1",)),
         (("--metric", "bops"), ("--formulation budget",)),
         (("--formulation", "budget", "--beta", "2"), ("no beta",)),
+        (("--formulation", "budget", "--sensitivity", "mse"), ("weight^2", "hessian")),
     ],
 )
 def test_bad_arguments_are_one_line_errors(

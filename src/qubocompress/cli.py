@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--importances", default=",".join(IMPORTANCE_METHODS), help="comma-separated filter importances"
     )
     ablate.add_argument(
-        "--sensitivities", default=",".join(LAYER_SENSITIVITY_METHODS), help="comma-separated layer sensitivities"
+        "--sensitivities",
+        default=",".join(m for m in LAYER_SENSITIVITY_METHODS if m != "mse"),
+        help="comma-separated layer sensitivities (in loss units: mse is refused by the budget formulation)",
     )
     ablate.add_argument(
         "--pairs", default="both", choices=("both", "off", "on"), help="pairwise (CLADO-style) terms"
