@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -72,6 +72,16 @@ def time_limit_seconds(value: Any, who: str) -> float | None:
     ):
         raise SolverError(f"{who}: time_limit must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def combined_stop_reason(reasons: Sequence[str]) -> str:
+    """Why several runs stopped, as one reason: ``time_limit`` if any ran out of time, else
+    ``convergence`` if all converged, else ``evaluations``."""
+    if "time_limit" in reasons:
+        return "time_limit"
+    if all(reason == "convergence" for reason in reasons):
+        return "convergence"
+    return "evaluations"
 
 
 def read_seeds(seed: int | None, count: int) -> np.ndarray:

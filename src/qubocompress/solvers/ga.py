@@ -31,6 +31,7 @@ import numpy as np
 from qubocompress.errors import SolverError
 from qubocompress.solvers.base import (
     BinaryQuadratic,
+    combined_stop_reason,
     empty_sampleset,
     positive_int,
     read_seeds,
@@ -115,16 +116,9 @@ class GeneticAlgorithmSampler(dimod.Sampler):
             run_index.append(np.full(len(best), run, dtype=np.int32))
             reports.append(report)
         seconds = time.perf_counter() - start
-        reasons = [report["stopped_by"] for report in reports]
-        if "time_limit" in reasons:
-            stopped_by = "time_limit"
-        elif all(reason == "convergence" for reason in reasons):
-            stopped_by = "convergence"
-        else:
-            stopped_by = "evaluations"
         info = {
             "parameters": params,
-            "stopped_by": stopped_by,
+            "stopped_by": combined_stop_reason([report["stopped_by"] for report in reports]),
             "evaluations": sum(report["evaluations"] for report in reports),
             "generations": sum(report["generations"] for report in reports),
             "runs": reports,

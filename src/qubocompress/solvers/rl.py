@@ -52,6 +52,7 @@ from qubocompress.problem.plan import Plan
 from qubocompress.problem.target import most_compressed_plan
 from qubocompress.solvers.base import (
     BinaryQuadratic,
+    combined_stop_reason,
     positive_int,
     read_seeds,
     require,
@@ -299,16 +300,9 @@ class ReinforcementLearningSampler(dimod.Sampler):
             run_index.append(np.full(len(plans), run, dtype=np.int32))
             reports.append(report)
         seconds = time.perf_counter() - start
-        reasons = [report["stopped_by"] for report in reports]
-        if "time_limit" in reasons:
-            stopped_by = "time_limit"
-        elif all(reason == "convergence" for reason in reasons):
-            stopped_by = "convergence"
-        else:
-            stopped_by = "evaluations"
         info = {
             "parameters": params,
-            "stopped_by": stopped_by,
+            "stopped_by": combined_stop_reason([report["stopped_by"] for report in reports]),
             "evaluations": sum(report["evaluations"] for report in reports),
             "episodes": sum(report["episodes"] for report in reports),
             "runs": reports,
