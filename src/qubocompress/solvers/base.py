@@ -169,6 +169,10 @@ class WrappedSampler(dimod.Sampler):
         if "num_reads" in options:
             positive_int(options["num_reads"], "num_reads", self.title)
 
+    def _parameters(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """What the wrapped sampler gets: the defaults with ``sample()``'s keyword arguments on top."""
+        return {**self.defaults, **overrides}
+
     @property
     def parameters(self) -> dict[str, list[str]]:
         """The keyword arguments :meth:`sample` accepts (the wrapped sampler's)."""
@@ -182,7 +186,7 @@ class WrappedSampler(dimod.Sampler):
     def sample(self, bqm: dimod.BinaryQuadraticModel, **kwargs: Any) -> dimod.SampleSet:
         """Sample ``bqm``; keyword arguments override the defaults (e.g. ``seed``, ``num_reads``)."""
         self._check(kwargs)
-        params = {**self.defaults, **kwargs}
+        params = self._parameters(kwargs)
         start = time.perf_counter()
         try:
             result = self._sampler.sample(bqm, **params)

@@ -16,72 +16,37 @@ comes from reads: at a success rate of 0.05 per read, 300 reads all miss with pr
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping
 from typing import Any
 
 import dimod
 from dwave.samplers import SimulatedAnnealingSampler as DwaveSimulatedAnnealing
 
-from qubocompress.errors import SolverError
-from qubocompress.solvers.base import timed_sampleset
+from qubocompress.solvers.base import WrappedSampler, positive_int
 
 
-class SimulatedAnnealingSampler(dimod.Sampler):
+class SimulatedAnnealingSampler(WrappedSampler):
     """dwave-samplers simulated annealing with our defaults; same seed, same SampleSet.
 
     Args:
         **defaults: overrides of :attr:`DEFAULTS` (any parameter of dwave's sampler).
     """
 
+    title = "simulated annealing"
     DEFAULTS: dict[str, Any] = {"num_reads": 300, "num_sweeps": 10_000, "beta_schedule_type": "linear"}
 
-    def __init__(self, **defaults: Any) -> None:
-        self._sampler = DwaveSimulatedAnnealing()
-        unknown = sorted(set(defaults) - set(self._sampler.parameters))
-        if unknown:
-            raise SolverError(
-                f"simulated annealing has no option {', '.join(unknown)}; "
-                f"valid options: {', '.join(sorted(self._sampler.parameters))}"
-            )
+    def _make_sampler(self) -> dimod.Sampler:
+        return DwaveSimulatedAnnealing()
+
+    def _check(self, options: Mapping[str, Any]) -> None:
         for key in ("num_reads", "num_sweeps"):
-            value = defaults.get(key, 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SolverError(f"simulated annealing: {key} must be a positive integer, got {value!r}")
-        self.defaults = {**self.DEFAULTS, **defaults}
+            if key in options:
+                positive_int(options[key], key, self.title)
 
-    @property
-    def parameters(self) -> dict[str, list[str]]:
-        """The keyword arguments :meth:`sample` accepts (dwave's)."""
-        return dict(self._sampler.parameters)
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        """The defaults in use and dwave's own properties."""
-        return {**self._sampler.properties, "defaults": dict(self.defaults)}
-
-    def sample(self, bqm: dimod.BinaryQuadraticModel, **kwargs: Any) -> dimod.SampleSet:
-        """Anneal ``bqm``; keyword arguments override the defaults (e.g. ``seed``, ``num_reads``)."""
+    def _parameters(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         params = dict(self.defaults)
-        if kwargs.get("beta_schedule") is not None:  # a custom schedule sets its own length and shape
+        if overrides.get("beta_schedule") is not None:  # a custom schedule sets its own length and shape
             params.pop("num_sweeps", None)
             params["beta_schedule_type"] = "custom"
-        params.update(kwargs)
-        start = time.perf_counter()
-        try:
-            result = self._sampler.sample(bqm, **params)
-        except (ValueError, TypeError) as exc:
-            raise SolverError(f"simulated annealing rejected its parameters: {exc}") from exc
-        seconds = time.perf_counter() - start
-        info = {key: value for key, value in result.info.items() if key != "timing"}
-        info["timing"] = {f"sampler_{key}": value for key, value in result.info.get("timing", {}).items()}
-        info["parameters"] = {
-            key: value for key, value in params.items() if isinstance(value, (bool, int, float, str, type(None)))
-        }
-        return timed_sampleset(
-            bqm,
-            result.record.sample,
-            list(result.variables),
-            seconds,
-            info=info,
-            num_occurrences=result.record.num_occurrences,
-        )
+        params.update(overrides)
+        return params
