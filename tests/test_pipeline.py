@@ -213,6 +213,10 @@ def test_corrupt_idx_file_is_a_one_line_error(
         (("--metric", "bops"), ("--formulation budget",)),
         (("--formulation", "budget", "--beta", "2"), ("no beta",)),
         (("--formulation", "budget", "--sensitivity", "mse"), ("weight^2", "hessian")),
+        (("--checkpoint", "a.pt", "--weights", "b.pt"), ("either --checkpoint or --weights",)),
+        (("--exact-time-limit", "0"), ("--exact-time-limit must be a positive number",)),
+        (("--search", "ga-acc", "--search-evaluations", "0"), ("--search-evaluations must be >= 1",)),
+        (("--num-reads", "0"), ("--num-reads must be >= 1",)),
     ],
 )
 def test_bad_arguments_are_one_line_errors(
