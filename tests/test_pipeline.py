@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,19 +39,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_idx(directory / "t10k-images-idx3-ubyte.gz", _as_uint8(source.test.x))
     write_idx(directory / "t10k-labels-idx1-ubyte.gz", source.test.y.numpy().astype(np.uint8))
     return directory
-
-
-@pytest.fixture(scope="session", autouse=True)
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Trained models go to a temporary cache (one training per model for the whole session)."""
-    cache = tmp_path_factory.mktemp("cache")
-    previous = os.environ.get("QUBOCOMPRESS_CACHE")
-    os.environ["QUBOCOMPRESS_CACHE"] = str(cache)
-    yield cache
-    if previous is None:
-        os.environ.pop("QUBOCOMPRESS_CACHE", None)
-    else:
-        os.environ["QUBOCOMPRESS_CACHE"] = previous
 
 
 def run(*argv: str | Path) -> int:
@@ -140,6 +125,28 @@ def test_accuracy_in_the_loop_searches_compress_within_the_budget(
     assert metrics["compressed"]["ratio"] >= 10.0
     assert search["val_acc_before_finetune"] == pytest.approx(search["score"])  # the best plan, scored again
     assert method in (out / "summary.txt").read_text()
+    # the search scores plans itself: no damage measured, and its analysis counts in its route time
+    spec = CompressionSpec.from_json((out / "spec.json").read_text())
+    assert all(layer.quant_damage.size == 0 for layer in spec.layers)
+    assert all(group.prune_damage.size == 0 for group in spec.groups) and any(g.prune_options for g in spec.groups)
+    timing = metrics["timing"]
+    assert search["route_seconds"] == pytest.approx(timing["analysis"] + timing["search"] + timing["evaluate"])
+
+
+def test_a_repeated_analysis_comes_from_the_cache_unless_refused(budget_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    extra = ("--target-ratio", "12", "--formulation", "budget", "--finetune-epochs", "0", "--no-baseline")
+    assert run(*compress_args(data_dir, tmp_path / "again", *extra)) == 0
+    first = json.loads((budget_run / "metrics.json").read_text())["qubo"]
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["qubo"]
+    assert again["analysis"]["cached"]
+    assert again["analysis"]["measured_seconds"] == pytest.approx(first["analysis"]["measured_seconds"])
+    assert again["route_seconds_uncached"] > again["route_seconds"]
+    assert (tmp_path / "again" / "spec.json").read_text() == (budget_run / "spec.json").read_text()
+    assert "the analysis came from the cache" in (tmp_path / "again" / "summary.txt").read_text()
+    assert run(*compress_args(data_dir, tmp_path / "fresh", *extra, "--no-analysis-cache")) == 0
+    fresh = json.loads((tmp_path / "fresh" / "metrics.json").read_text())["qubo"]
+    assert not fresh["analysis"]["cached"] and fresh["route_seconds_uncached"] == fresh["route_seconds"]
+    assert (tmp_path / "fresh" / "spec.json").read_text() == (budget_run / "spec.json").read_text()
 
 
 def test_ablation_runs_every_combination_at_the_same_budget(

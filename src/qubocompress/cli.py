@@ -125,6 +125,13 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
         help="seconds for the exact reference (MILP) of the budget formulation",
     )
     parser.add_argument(
+        "--no-analysis-cache",
+        dest="analysis_cache",
+        action="store_false",
+        help="measure the analysis again instead of reusing one cached for the same model, data and options "
+        "(under $QUBOCOMPRESS_CACHE/analyses)",
+    )
+    parser.add_argument(
         "--finetune-epochs",
         type=int,
         default=defaults.finetune_epochs,
@@ -252,6 +259,7 @@ def _compress_config(args: argparse.Namespace) -> Any:
         sensitivity=args.sensitivity,
         interactions=args.interactions,
         exact_time_limit=args.exact_time_limit,
+        analysis_cache=args.analysis_cache,
         solver=args.solver,
         search=args.search,
         search_evaluations=args.search_evaluations,

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from qubocompress.analysis.analyse import analyse_model
-from qubocompress.analysis.graph import ModelGraph
+from qubocompress.analysis.cache import analysis_key, load_cached, store
+from qubocompress.analysis.cache import cache_path as analysis_cache_path
+from qubocompress.analysis.graph import ModelGraph, trace_model
 from qubocompress.analysis.importance import IMPORTANCE_METHODS
 from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
 from qubocompress.analysis.spec import DEFAULT_PRUNE_FRACTIONS
@@ -29,10 +31,10 @@ from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
 from qubocompress.data.datasets import Dataset, Split, load_dataset
-from qubocompress.errors import ProblemError
+from qubocompress.errors import ArtifactError, ProblemError
 from qubocompress.io import prepare_output_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qubocompress.models.stats import count_macs, count_params
-from qubocompress.models.train import evaluate, load_checkpoint, load_or_train
+from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train
 from qubocompress.models.user import arch_label, load_user_model
 from qubocompress.models.zoo import MODELS
 from qubocompress.problem.budget import BudgetFormulation
@@ -55,6 +57,10 @@ SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
 # accuracy) at a fifth of the cost of 10,000.
 VAL_SAMPLES = 2000
 METRICS = ("bits", "bops")
+# The stages a search route's time adds up (the ones a route does not run count 0): the QUBO's
+# analysis + build + solve, a search's analysis (trace and channel ranks) + search, and one
+# evaluation of the chosen plan.
+ROUTE_STAGES = ("analysis", "build", "solve", "search", "evaluate")
 
 
 @dataclass
@@ -85,6 +91,7 @@ class CompressConfig:
     baseline: bool = True
     solver_options: dict[str, Any] = field(default_factory=dict)
     exact_time_limit: float = 60.0
+    analysis_cache: bool = True
 
     def validate(self) -> None:
         """Reject impossible settings before any work starts."""
@@ -139,31 +146,60 @@ class Timer:
         self._log(f"  done in {self.seconds[name]:.1f} s")
 
 
+def analysis_options(config: CompressConfig, dataset: Dataset, model_name: str) -> dict[str, Any]:
+    """The keyword arguments of ``analyse_model`` that ``config`` sets (input_shape as a list):
+    with the model and the calibration split, the whole key of the analysis cache."""
+    return {
+        "model_name": model_name,
+        "input_shape": list(dataset.input_shape),
+        "importance": config.importance,
+        "layer_sensitivity": config.sensitivity,
+        "b_max": config.b_max,
+        "bit_levels": config.bit_levels,
+        "max_prune_fraction": config.max_prune_fraction,
+        "prune_options": (
+            list(DEFAULT_PRUNE_FRACTIONS) if config.formulation == "budget" or config.search != "qubo" else None
+        ),
+        "interactions": config.interactions,
+        "measure_damage": config.search == "qubo",
+        # only the Hutchinson probes are random
+        "seed": config.seed if config.sensitivity == "hessian" and config.search == "qubo" else None,
+    }
+
+
 def analyse(
     model: nn.Module, dataset: Dataset, config: CompressConfig, model_name: str, log: Log
-) -> tuple[ModelGraph, CompressionSpec]:
+) -> tuple[ModelGraph, CompressionSpec, dict[str, Any]]:
     """Trace the model, score its channels, measure its damages (and interactions) on the calib split.
 
     The ``budget`` formulation and the accuracy-in-the-loop searches also get prune options
     (``DEFAULT_PRUNE_FRACTIONS`` of each group, capped at ``max_prune_fraction``; the searches
-    choose among the same options under the same budget) with their measured damage.
+    choose among the same options under the same budget). The searches score plans themselves,
+    so no damage is measured for them. With ``config.analysis_cache`` a spec measured before for
+    the same model, calibration data and options is reused (``analysis.cache``). Returns the
+    graph, the spec and ``{"cached", "measured_seconds", "cache_path"}``: ``measured_seconds`` is
+    what the measurement took when it ran (now or when cached).
     """
-    return analyse_model(
-        model,
-        (dataset.calib.x, dataset.calib.y),
-        dataset.input_shape,
-        fake_quantize,
-        model_name,
-        importance=config.importance,
-        layer_sensitivity=config.sensitivity,
-        b_max=config.b_max,
-        bit_levels=config.bit_levels,
-        max_prune_fraction=config.max_prune_fraction,
-        prune_options=DEFAULT_PRUNE_FRACTIONS if config.formulation == "budget" or config.search != "qubo" else None,
-        interactions=config.interactions,
-        seed=config.seed,
-        log=log,
-    )
+    start = time.perf_counter()
+    options = analysis_options(config, dataset, model_name)
+    calib = (dataset.calib.x, dataset.calib.y)
+    key = analysis_key(model, calib, options) if config.analysis_cache else ""
+    path = analysis_cache_path(default_cache_dir(), model_name, key) if key else None
+    cached = load_cached(path, key) if path is not None else None
+    if cached is not None:
+        spec, seconds = cached
+        log(f"  reused the analysis measured in {seconds:.1f} s ({path})")
+        info = {"cached": True, "measured_seconds": seconds, "cache_path": str(path)}
+        return trace_model(model, dataset.input_shape), spec, info
+    arguments = {**{k: v for k, v in options.items() if k != "input_shape"}, "seed": config.seed}
+    graph, spec = analyse_model(model, calib, dataset.input_shape, fake_quantize, **arguments, log=log)
+    seconds = time.perf_counter() - start
+    if path is not None:
+        try:
+            store(path, key, spec, seconds)
+        except (OSError, ArtifactError) as exc:
+            log(f"  warning: could not cache the analysis ({exc}); the next run measures it again")
+    return graph, spec, {"cached": False, "measured_seconds": seconds, "cache_path": str(path) if path else None}
 
 
 def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Formulation, dict[str, Any]]:
@@ -387,8 +423,9 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
         f"fp32 test top-1 {100 * fp32_acc:.2f}%"
     )
 
-    with timer.stage("analysis", f"analysing the model ({config.importance} importance, {config.sensitivity} damage)"):
-        graph, spec = analyse(model, dataset, config, model_name, log)
+    measured = f"{config.sensitivity} damage" if config.search == "qubo" else f"no damage: {config.search} scores plans itself"
+    with timer.stage("analysis", f"analysing the model ({config.importance} importance, {measured})"):
+        graph, spec, analysis_info = analyse(model, dataset, config, model_name, log)
     for name, reason in graph.frozen_reasons.items():
         log(f"  not pruned: {name} ({reason})")
 
@@ -432,8 +469,14 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
         route = {"metric": config.metric, **{k: v for k, v in result.to_dict().items() if k != "plan"}}
     with timer.stage("evaluate", "scoring the plan on the validation subset"):
         route["val_acc_before_finetune"] = val_accuracy(plan)
-    stages = ("analysis", "build", "solve", "evaluate") if config.search == "qubo" else ("search", "evaluate")
-    route["route_seconds"] = sum(timer.seconds.get(stage, 0.0) for stage in stages)
+    route["route_seconds"] = sum(timer.seconds.get(stage, 0.0) for stage in ROUTE_STAGES)
+    # What the route takes when the analysis is not in the cache (the figure to compare a single run by).
+    route["route_seconds_uncached"] = (
+        route["route_seconds"] - timer.seconds["analysis"] + analysis_info["measured_seconds"]
+        if analysis_info["cached"]
+        else route["route_seconds"]
+    )
+    route["analysis"] = analysis_info
 
     epochs = 0 if scripted else config.finetune_epochs
     if scripted and config.finetune_epochs:
@@ -550,9 +593,14 @@ def summary_text(metrics: dict[str, Any]) -> str:
             f"{searched['method']}: {searched['evaluations']} plans scored in {searched['seconds']:.1f} s "
             f"({searched['evaluate_seconds']:.1f} s inside the evaluations), stopped by {searched['stopped_by']}"
         )
+    cached = (
+        f"; the analysis came from the cache, {route['route_seconds_uncached']:.1f} s without it"
+        if route["analysis"]["cached"]
+        else ""
+    )
     lines.append(
         f"search route: {route['route_seconds']:.1f} s (analysis + build + solve + one evaluation for the QUBO; "
-        "search + one evaluation otherwise)"
+        f"analysis + search + one evaluation otherwise){cached}"
     )
     lines.append(
         f"artifact: {c['artifact_bytes']:,} bytes on disk vs {m['fp32_state_dict_bytes']:,} for the fp32 state_dict "

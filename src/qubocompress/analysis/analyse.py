@@ -12,6 +12,7 @@ from qubocompress.analysis.importance import group_importance
 from qubocompress.analysis.interactions import DEFAULT_BITS, DEFAULT_MAX_PASSES, PruneChoices, measure_interactions
 from qubocompress.analysis.sensitivity import HUTCHINSON_SAMPLES, Quantizer, layer_damage, mean_loss, prune_damage
 from qubocompress.analysis.spec import build_spec, prune_option_counts
+from qubocompress.errors import ProblemError
 from qubocompress.problem.spec import CompressionSpec
 
 
@@ -28,6 +29,7 @@ def analyse_model(
     max_prune_fraction: float = 0.5,
     prune_options: Sequence[float] | None = None,
     interactions: bool = False,
+    measure_damage: bool = True,
     seed: int = 0,
     interaction_bits: Sequence[int] = DEFAULT_BITS,
     interaction_passes: int = DEFAULT_MAX_PASSES,
@@ -50,19 +52,26 @@ def analyse_model(
         interactions: also measure CLADO-style pairwise terms (bits × bits, and prune × prune
             between feeding groups when prune options are given) within ``interaction_passes``
             forward passes at ``interaction_bits`` (see ``analysis.interactions``).
+        measure_damage: False: no damage at all (no data passes; the spec's damage arrays stay
+            empty), for searches that score plans by themselves; ``interactions`` must be False.
         seed: seeds the Hutchinson probes of the ``hessian`` sensitivity.
         log: receives one line on what the interactions cost, if measured.
     """
+    if interactions and not measure_damage:
+        raise ProblemError("pairwise interactions are measured damage; they need measure_damage=True")
     x, y = calib
     graph = trace_model(model, input_shape)
     scores = group_importance(model, graph, importance, data=(x, y))
-    damage = layer_damage(
-        model, graph, x, y, quantizer, b_max, layer_sensitivity, seed=seed, hessian_samples=hessian_samples
+    damage = (
+        layer_damage(model, graph, x, y, quantizer, b_max, layer_sensitivity, seed=seed, hessian_samples=hessian_samples)
+        if measure_damage
+        else {}
     )
     options = damages = None
     if prune_options is not None:
-        base = mean_loss(model, x, y)
         options = [prune_option_counts(group.channels, prune_options, max_prune_fraction) for group in graph.groups]
+    if options is not None and measure_damage:
+        base = mean_loss(model, x, y)
         damages = [
             prune_damage(model, graph, index, counts, x, y, scores[index], base_loss=base)
             for index, counts in enumerate(options)
