@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 # Same as the CLI: OpenMP threads must not spin while tests share two cores (see cli.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -22,3 +23,12 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("QUBOCOMPRESS_CACHE", None)
     else:
         os.environ["QUBOCOMPRESS_CACHE"] = previous
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread within the test (small models run faster so on two shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,6 +16,8 @@ from qubocompress.errors import ProblemError
 
 from test_sensitivity import data, dead_channel_net
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 OPTIONS = {"importance": "l1", "layer_sensitivity": "measured", "b_max": 4, "prune_options": [0.0, 0.5]}
 
 

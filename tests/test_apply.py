@@ -40,12 +40,7 @@ from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import ChannelGroup, CompressionSpec, LayerSpec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------

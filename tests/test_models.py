@@ -31,9 +31,7 @@ FAST = TrainConfig(epochs=2, batch_size=32, lr=0.05, hflip=False, seed=0)
 TINY = {"width": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

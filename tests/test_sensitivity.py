@@ -31,12 +31,7 @@ from qubocompress.models.zoo import build_model
 from qubocompress.problem.plan import Plan
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class DeadChannelNet(nn.Module):
