@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -54,6 +54,14 @@ def require(module: str, solver: str, extra: str, package: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise SolverError(f"solver {solver!r} needs {package}: pip install 'qubocompress[{extra}]'") from exc
+
+
+def known_options(options: Iterable[str], valid: Iterable[str], who: str) -> None:
+    """SolverError naming the valid options if ``options`` has a name not in ``valid``."""
+    valid = sorted(valid)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise SolverError(f"{who} has no option {', '.join(unknown)}; valid options: {', '.join(valid)}")
 
 
 def positive_int(value: Any, name: str, who: str) -> int:
@@ -152,12 +160,7 @@ class WrappedSampler(dimod.Sampler):
 
     def __init__(self, **defaults: Any) -> None:
         self._sampler = self._make_sampler()
-        unknown = sorted(set(defaults) - set(self._sampler.parameters))
-        if unknown:
-            raise SolverError(
-                f"{self.title} has no option {', '.join(unknown)}; "
-                f"valid options: {', '.join(sorted(self._sampler.parameters))}"
-            )
+        known_options(defaults, self._sampler.parameters, self.title)
         self._check(defaults)
         self.defaults = {**self.DEFAULTS, **defaults}
 

@@ -33,6 +33,7 @@ from qubocompress.solvers.base import (
     BinaryQuadratic,
     combined_stop_reason,
     empty_sampleset,
+    known_options,
     positive_int,
     read_seeds,
     require,
@@ -69,11 +70,7 @@ class GeneticAlgorithmSampler(dimod.Sampler):
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(params) - set(self.DEFAULTS))
-        if unknown:
-            raise SolverError(
-                f"genetic algorithm has no option {', '.join(unknown)}; valid options: {', '.join(sorted(self.parameters))}"
-            )
+        known_options(params, self.DEFAULTS, "genetic algorithm")
         for key in ("num_reads", "population", "generations", "keep"):
             positive_int(params[key], key, "solver 'ga'")
         for key in ("max_evaluations", "patience"):

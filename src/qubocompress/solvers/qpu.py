@@ -29,7 +29,7 @@ import dimod
 import numpy as np
 
 from qubocompress.errors import SolverError
-from qubocompress.solvers.base import empty_sampleset, positive_int, require, timed_sampleset
+from qubocompress.solvers.base import empty_sampleset, known_options, positive_int, require, timed_sampleset
 
 T = TypeVar("T")
 
@@ -135,11 +135,7 @@ class QpuSampler(dimod.Sampler):
         self.child = child_sampler
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(params) - set(self.DEFAULTS))
-        if unknown:
-            raise SolverError(
-                f"solver 'qpu' has no option {', '.join(unknown)}; valid options: {', '.join(sorted(self.parameters))}"
-            )
+        known_options(params, self.DEFAULTS, "solver 'qpu'")
         positive_int(params["num_reads"], "num_reads", "solver 'qpu'")
         _chain_strength(params["chain_strength"])
         annealing_time = params["annealing_time"]

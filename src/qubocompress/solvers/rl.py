@@ -53,6 +53,7 @@ from qubocompress.problem.target import most_compressed_plan
 from qubocompress.solvers.base import (
     BinaryQuadratic,
     combined_stop_reason,
+    known_options,
     positive_int,
     read_seeds,
     require,
@@ -252,11 +253,7 @@ class ReinforcementLearningSampler(dimod.Sampler):
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(params) - set(self.DEFAULTS))
-        if unknown:
-            raise SolverError(
-                f"solver 'rl' has no option {', '.join(unknown)}; valid options: {', '.join(sorted(self.parameters))}"
-            )
+        known_options(params, self.DEFAULTS, "solver 'rl'")
         for key in ("num_reads", "total_timesteps", "prune_levels", "keep"):
             positive_int(params[key], key, "solver 'rl'")
         if params["patience"] is not None:

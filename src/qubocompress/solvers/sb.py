@@ -32,6 +32,7 @@ from qubocompress.errors import SolverError
 from qubocompress.solvers.base import (
     BinaryQuadratic,
     empty_sampleset,
+    known_options,
     positive_int,
     require,
     time_limit_seconds,
@@ -70,12 +71,7 @@ class SimulatedBifurcationSampler(dimod.Sampler):
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(params) - set(self.DEFAULTS))
-        if unknown:
-            raise SolverError(
-                f"simulated bifurcation has no option {', '.join(unknown)}; "
-                f"valid options: {', '.join(sorted(self.parameters))}"
-            )
+        known_options(params, self.DEFAULTS, "simulated bifurcation")
         positive_int(params["agents"], "agents", "solver 'sb'")
         positive_int(params["max_steps"], "max_steps", "solver 'sb'")
         positive_int(params["threads"], "threads", "solver 'sb'")

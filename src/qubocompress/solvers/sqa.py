@@ -35,7 +35,7 @@ import dimod
 import numpy as np
 
 from qubocompress.errors import SolverError
-from qubocompress.solvers.base import empty_sampleset, positive_int, read_seeds, require, timed_sampleset
+from qubocompress.solvers.base import empty_sampleset, known_options, positive_int, read_seeds, require, timed_sampleset
 
 # Smallest bias (relative to the largest, 1 after rescaling) that counts when setting the default β.
 MIN_RELATIVE_BIAS = 1e-7
@@ -75,12 +75,7 @@ class SimulatedQuantumAnnealingSampler(dimod.Sampler):
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(params) - set(self.parameters))
-        if unknown:
-            raise SolverError(
-                f"simulated quantum annealing has no option {', '.join(unknown)}; "
-                f"valid options: {', '.join(sorted(self.parameters))}"
-            )
+        known_options(params, self.parameters, "simulated quantum annealing")
         for key in ("num_reads", "trotter", "num_sweeps", "threads"):
             positive_int(params[key], key, "solver 'sqa'")
         for key in ("gamma", "beta"):
