@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from qubocompress.errors import QubocompressError
 from qubocompress.problem.paper import PaperFormulation
 from qubocompress.problem.spec import CompressionSpec
