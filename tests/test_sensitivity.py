@@ -19,8 +19,10 @@ from qubocompress.analysis.sensitivity import (
     hessian_traces,
     layer_damage,
     mean_loss,
+    mse_loss_scale,
     prune_damage,
     quant_damage,
+    quantized_weights,
     weight_error,
 )
 from qubocompress.analysis.spec import build_spec, prune_option_counts
@@ -240,13 +242,28 @@ def test_mse_damage_falls_with_bits_and_hessian_scales_it():
     model = dead_channel_net(seed=1)
     graph = trace_model(model, (1, 8, 8))
     x, y = data()
-    errors = layer_damage(model, graph, x, y, fake_quantize, b_max=8, method="mse")
-    assert set(errors) == {layer.name for layer in graph.layers}
+    names = [layer.name for layer in graph.layers]
+    errors = weight_error(model, names, fake_quantize, 8)
     for name, row in errors.items():
         assert row.shape == (8,)
         assert np.all(np.diff(row) <= 1e-12) and row[-1] < row[1] < row[0], name
         weight = model.get_submodule(name).weight.detach()
         assert row[2] == pytest.approx(float((fake_quantize(weight, 3) - weight).square().sum()), rel=1e-6)
+    # mse is the weight error in nats: one factor fitted so that, with every layer at 4 bits (or
+    # the first bit-width below at which the loss rises), the summed estimate equals the measured
+    # loss increase
+    mse = layer_damage(model, graph, x, y, fake_quantize, b_max=8, method="mse")
+    scale = mse["head"][0] / errors["head"][0]
+    for name in names:
+        np.testing.assert_allclose(mse[name], scale * errors[name], rtol=1e-9)
+    base = mean_loss(model, x, y)
+    for bits in (4, 3, 2, 1):
+        with quantized_weights(model, dict.fromkeys(names, bits), fake_quantize):
+            increase = mean_loss(model, x, y) - base
+        if increase > 0:
+            break
+    assert increase > 0 and scale > 0
+    assert sum(mse[name][bits - 1] for name in names) == pytest.approx(increase, rel=1e-6)
     traces = hessian_traces(model, [layer.name for layer in graph.layers], x, y, samples=4, seed=5)
     hessian = layer_damage(model, graph, x, y, fake_quantize, b_max=8, method="hessian", seed=5, hessian_samples=4)
     for name, row in hessian.items():
@@ -262,6 +279,8 @@ def test_weight_error_is_zero_for_an_exact_quantizer():
     model = dead_channel_net()
     errors = weight_error(model, ["stem", "head"], lambda w, bits: w.clone(), b_max=3)
     assert all(np.all(row == 0) for row in errors.values())
+    x, y = data(n=8)
+    assert mse_loss_scale(model, ["stem", "head"], x, y, lambda w, bits: w.clone(), errors, 3) == 0.0
 
 
 def test_quant_damage_restores_weights_after_a_failing_quantizer():

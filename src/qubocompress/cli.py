@@ -93,8 +93,8 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
         "--sensitivity",
         default=defaults.sensitivity,
         choices=LAYER_SENSITIVITY_METHODS,
-        help="layer quantization damage: loss increase measured on the calibration split, weight MSE, or "
-        "Hessian trace x quantization error (Hutchinson)",
+        help="layer quantization damage: loss increase measured on the calibration split, weight MSE (put in "
+        "nats by one measured pass), or Hessian trace x quantization error (Hutchinson)",
     )
     parser.add_argument(
         "--interactions",
@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ablate.add_argument(
         "--sensitivities",
-        default=",".join(m for m in LAYER_SENSITIVITY_METHODS if m != "mse"),
-        help="comma-separated layer sensitivities (in loss units: mse is refused by the budget formulation)",
+        default=",".join(LAYER_SENSITIVITY_METHODS),
+        help="comma-separated layer sensitivities",
     )
     ablate.add_argument(
         "--pairs", default="both", choices=("both", "off", "on"), help="pairwise (CLADO-style) terms"
