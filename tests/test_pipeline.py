@@ -14,6 +14,7 @@ from qubocompress.apply.artifact import load_artifact
 from qubocompress.cli import main
 from qubocompress.data.datasets import load_dataset, synthetic_dataset
 from qubocompress.models.train import evaluate
+from qubocompress.pipeline import parse_budget
 from qubocompress.problem.choices import fp32_cost, plan_cost
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec
@@ -149,6 +150,27 @@ def test_a_repeated_analysis_comes_from_the_cache_unless_refused(budget_run: Pat
     assert (tmp_path / "fresh" / "spec.json").read_text() == (budget_run / "spec.json").read_text()
 
 
+def test_an_absolute_budget_is_the_hard_budget(data_dir: Path, tmp_path: Path) -> None:
+    extra = ("--formulation", "budget", "--budget", "12KiB", "--finetune-epochs", "0")
+    assert run(*compress_args(data_dir, tmp_path / "abs", *extra)) == 0
+    metrics = json.loads((tmp_path / "abs" / "metrics.json").read_text())
+    spec = CompressionSpec.from_json((tmp_path / "abs" / "spec.json").read_text())
+    plan = Plan.from_dict(json.loads((tmp_path / "abs" / "plan.json").read_text()))
+    assert metrics["qubo"]["budget"] == 12 * 1024 * 8 >= plan_cost(spec, plan, "bits")
+    assert metrics["config"]["budget"] == "12KiB"
+    assert metrics["config"]["target_ratio"] == pytest.approx(fp32_cost(spec, "bits") / (12 * 1024 * 8))
+    assert metrics["baseline_uniform"]["ratio"] >= metrics["config"]["target_ratio"]
+
+
+@pytest.mark.parametrize(
+    "text, metric, value",
+    [("64KiB", "bits", 64 * 1024 * 8), ("50kB", "bits", 400_000), ("1.5 MiB", "bits", 1.5 * 8 * 1024**2),
+     ("320000bit", "bits", 320_000), ("40000B", "bits", 320_000), ("2.5G", "bops", 2.5e9), ("3e6", "bops", 3e6)],
+)
+def test_budget_amounts_are_read_in_the_metric_unit(text: str, metric: str, value: float) -> None:
+    assert parse_budget(text, metric) == pytest.approx(value)
+
+
 def test_budget_formulation_takes_weight_mse_in_nats(data_dir: Path, tmp_path: Path) -> None:
     extra = ("--target-ratio", "10", "--formulation", "budget", "--sensitivity", "mse", "--finetune-epochs", "0")
     assert run(*compress_args(data_dir, tmp_path / "mse", *extra), "--no-baseline") == 0
@@ -233,6 +255,11 @@ def test_corrupt_idx_file_is_a_one_line_error(
         (("--exact-time-limit", "0"), ("--exact-time-limit must be a positive number",)),
         (("--search", "ga-acc", "--search-evaluations", "0"), ("--search-evaluations must be >= 1",)),
         (("--num-reads", "0"), ("--num-reads must be >= 1",)),
+        (("--budget", "64"), ("--budget '64' with --metric bits", "64KiB")),
+        (("--budget", "2 parsecs"), ("give a size",)),
+        (("--budget", "1e400B"), ("--budget must be more than 0",)),
+        (("--budget", "10KiB", "--target-ratio", "8"), ("either --target-ratio or --budget",)),
+        (("--formulation", "budget", "--budget", "1MiB"), ("is not below the uncompressed model's",)),
     ],
 )
 def test_bad_arguments_are_one_line_errors(

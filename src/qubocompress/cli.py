@@ -70,10 +70,17 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
     parser.add_argument(
         "--target-ratio",
         type=_positive_float,
-        default=defaults.target_ratio,
+        default=None,
         metavar="R",
         help="R times smaller than fp32: weight bits (pruned filters, removed input channels and bits all "
-        "counted), or bit operations per sample with --metric bops",
+        f"counted), or bit operations per sample with --metric bops (default {defaults.target_ratio:g})",
+    )
+    parser.add_argument(
+        "--budget",
+        default=None,
+        metavar="AMOUNT",
+        help="an absolute budget instead of --target-ratio: the compressed layers' weight memory (64KiB, 50kB, "
+        "40000B, 320000bit), or bit operations per sample with --metric bops (2.5e9, 2.5G)",
     )
     parser.add_argument(
         "--formulation",
@@ -245,14 +252,18 @@ def _run_ablate(args: argparse.Namespace) -> int:
 
 
 def _compress_config(args: argparse.Namespace) -> Any:
+    from qubocompress.errors import ProblemError
     from qubocompress.pipeline import CompressConfig
 
+    if args.budget is not None and args.target_ratio is not None:
+        raise ProblemError("give either --target-ratio or --budget, not both")
     return CompressConfig(
         model=args.model,
         weights=args.weights,
         data=args.data,
         checkpoint=args.checkpoint,
-        target_ratio=args.target_ratio,
+        target_ratio=CompressConfig.target_ratio if args.target_ratio is None else args.target_ratio,
+        budget=args.budget,
         formulation=args.formulation,
         metric=args.metric,
         importance=args.importance,

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,26 @@ SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
 # accuracy) at a fifth of the cost of 10,000.
 VAL_SAMPLES = 2000
 METRICS = ("bits", "bops")
+# Units of an absolute --budget: sizes (weight memory, in bits) for --metric bits, counts for bops.
+SIZE_UNITS = {"bit": 1, "bits": 1, "b": 8, "kb": 8_000, "kib": 8 * 1024, "mb": 8_000_000, "mib": 8 * 1024**2}
+COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_budget(text: str, metric: str) -> float:
+    """An absolute budget in the metric's unit: weight bits from a size such as ``64KiB``, ``50kB``,
+    ``40000B`` or ``320000bit`` (``--metric bits``), or bit operations per sample from a count such
+    as ``2.5e9`` or ``2.5G`` (``--metric bops``)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    units = SIZE_UNITS if metric == "bits" else COUNT_UNITS
+    if match is None or match.group(2) not in units:
+        example = "a size such as 64KiB, 50kB, 40000B or 320000bit" if metric == "bits" else "a count such as 2.5e9 or 2.5G"
+        raise ProblemError(f"--budget {text!r} with --metric {metric}: give {example}")
+    value = float(match.group(1)) * units[match.group(2)]
+    if not (math.isfinite(value) and value > 0):
+        raise ProblemError(f"--budget must be more than 0, got {text!r}")
+    return value
+
+
 # The stages a search route's time adds up (the ones a route does not run count 0): the QUBO's
 # analysis + build + solve, a search's analysis (trace and channel ranks) + search, and one
 # evaluation of the chosen plan.
@@ -65,13 +86,18 @@ ROUTE_STAGES = ("analysis", "build", "solve", "search", "evaluate")
 
 @dataclass
 class CompressConfig:
-    """Everything ``compress`` needs; the CLI flags map one to one onto these fields."""
+    """Everything ``compress`` needs; the CLI flags map one to one onto these fields.
+
+    ``budget`` (an absolute cost, :func:`parse_budget`) replaces ``target_ratio`` when given: the
+    run uses the ratio fp32 cost / budget, and the budget formulation the budget itself.
+    """
 
     model: str = "vgg"
     weights: Path | None = None
     data: str | None = None
     checkpoint: Path | None = None
     target_ratio: float = 16.0
+    budget: str | None = None
     formulation: str = "paper"
     metric: str = "bits"
     importance: str = "l1"
@@ -115,7 +141,9 @@ class CompressConfig:
             raise ProblemError(f"--exact-time-limit must be a positive number of seconds, got {self.exact_time_limit}")
         if self.finetune_epochs < 0:
             raise ProblemError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
-        if not math.isfinite(self.target_ratio) or self.target_ratio <= 1.0:
+        if self.budget is not None:
+            parse_budget(self.budget, self.metric)
+        elif not math.isfinite(self.target_ratio) or self.target_ratio <= 1.0:
             raise ProblemError(f"--target-ratio must be a number > 1 (e.g. 16 for 16x smaller), got {self.target_ratio}")
         if self.search_evaluations < 1:
             raise ProblemError(f"--search-evaluations must be >= 1, got {self.search_evaluations}")
@@ -196,11 +224,27 @@ def analyse(
     return graph, spec, {"cached": False, "measured_seconds": seconds, "cache_path": str(path) if path else None}
 
 
+def with_budget_as_ratio(config: CompressConfig, spec: CompressionSpec, log: Log) -> CompressConfig:
+    """``config`` with an absolute ``budget`` turned into ``target_ratio`` (fp32 cost / budget);
+    unchanged without one. A budget that is not below the fp32 cost is a ProblemError."""
+    if config.budget is None:
+        return config
+    budget, full = parse_budget(config.budget, config.metric), fp32_cost(spec, config.metric)
+    unit = "weight bits" if config.metric == "bits" else "BOPs per sample"
+    if budget >= full:
+        raise ProblemError(
+            f"--budget {config.budget} ({budget:,.0f} {unit}) is not below the uncompressed model's {full:,} {unit}"
+        )
+    log(f"budget {config.budget} = {budget:,.0f} {unit}: {full / budget:.2f}x smaller than fp32")
+    return replace(config, target_ratio=full / budget)
+
+
 def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Formulation, dict[str, Any]]:
     """The QUBO of ``config.formulation`` at the target, and its reference optimum.
 
     ``paper``: γ bisected so that the optimum reaches the target ratio; the optimum is certified by
-    per-component enumeration. ``budget``: a hard budget of fp32 cost / target ratio; the reference
+    per-component enumeration. ``budget``: a hard budget of fp32 cost / target ratio (or
+    ``config.budget``); the reference
     is HiGHS's MILP within ``exact_time_limit`` (certified, or with its proven gap).
     """
     formulation: Formulation
@@ -216,8 +260,13 @@ def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Fo
             "seconds": time.perf_counter() - start,
         }
     else:
+        absolute = None if config.budget is None else parse_budget(config.budget, config.metric)
         formulation = BudgetFormulation(
-            spec, ratio=config.target_ratio, metric=config.metric, time_limit=config.exact_time_limit  # type: ignore[arg-type]
+            spec,
+            ratio=config.target_ratio if absolute is None else None,
+            absolute=absolute,
+            metric=config.metric,  # type: ignore[arg-type]
+            time_limit=config.exact_time_limit,
         )
         result = formulation.exact_result()
         plan, energy = formulation.exact()
@@ -422,6 +471,7 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
         graph, spec, analysis_info = analyse(model, dataset, config, model_name, log)
     for name, reason in graph.frozen_reasons.items():
         log(f"  not pruned: {name} ({reason})")
+    config = with_budget_as_ratio(config, spec, log)
 
     val = validation_subset(dataset)
 
