@@ -4,8 +4,9 @@ For every model and target ratio: ``compress`` with the budget QUBO (and the uni
 then with ``--search ga-acc`` and ``--search rl-acc``, all with the same fine-tuning. Prints a
 markdown table: top-1 after fine-tuning, its margin over uniform, and each route's search time
 with its ratio to the QUBO route's (analysis + build + solve + one evaluation), and the same
-when the analysis comes from the cache (a repeat run on the same model, e.g. at another ratio). Runs are kept in
-``--out``/<model>-<ratio>x-<route>/; a rerun skips finished ones.
+when the analysis comes from the cache (a repeat run on the same model, e.g. at another ratio).
+Runs are kept in ``--out``/<model>-<ratio>x-<route>/; a rerun skips finished ones, and
+``--routes`` picks which missing ones to run.
 
     .venv/bin/python scripts/compare_searches.py --models vgg --ratios 16,24,32
 """
@@ -23,11 +24,14 @@ from qubocompress.pipeline import CompressConfig, compress
 ROUTES = ("qubo", "ga-acc", "rl-acc")
 
 
-def run_route(model: str, ratio: float, route: str, args: argparse.Namespace) -> dict:
-    """The metrics of one run, from its folder when it already finished."""
+def run_route(model: str, ratio: float, route: str, args: argparse.Namespace) -> dict | None:
+    """The metrics of one run, from its folder when it already finished; None when it has not and
+    ``route`` is not among ``--routes``."""
     out = args.out / f"{model}-{ratio:g}x-{route}"
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
+    if route not in args.routes.split(","):
+        return None
     config = CompressConfig(
         model=model,
         target_ratio=ratio,
@@ -61,13 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluations", type=int, default=300, help="plans ga-acc and rl-acc may score")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--routes", default=",".join(ROUTES), help="routes to run where missing (the table shows every finished one)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     args = parser.parse_args(argv)
     rows = []
     try:
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
             for ratio in [float(r) for r in args.ratios.split(",")]:
-                results = {route: run_route(model, ratio, route, args) for route in ROUTES}
+                found = {route: run_route(model, ratio, route, args) for route in ROUTES}
+                results = {route: metrics for route, metrics in found.items() if metrics is not None}
+                if "qubo" not in results:
+                    continue  # the table measures every route against the QUBO run and its baseline
                 qubo = results["qubo"]
                 fp32 = qubo["model"]["fp32_test_acc"]
                 base = qubo["baseline_uniform"]
