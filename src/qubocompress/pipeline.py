@@ -244,8 +244,8 @@ def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Fo
 
     ``paper``: γ bisected so that the optimum reaches the target ratio; the optimum is certified by
     per-component enumeration. ``budget``: a hard budget of fp32 cost / target ratio (or
-    ``config.budget``); the reference
-    is HiGHS's MILP within ``exact_time_limit`` (certified, or with its proven gap).
+    ``config.budget``); the reference is HiGHS's MILP within ``exact_time_limit`` (certified, or
+    with its proven gap).
     """
     formulation: Formulation
     if config.formulation == "paper":
