@@ -4,6 +4,7 @@ analyse_model without damage (what the accuracy-in-the-loop searches need)."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,10 @@ import torch
 from qubocompress.analysis import analyse_model
 from qubocompress.analysis.cache import analysis_key, cache_path, load_cached, store
 from qubocompress.apply.quantize import fake_quantize
+from qubocompress.data.datasets import synthetic_dataset
 from qubocompress.errors import ProblemError
+from qubocompress.models.zoo import build_model
+from qubocompress.pipeline import CompressConfig, analyse
 
 from test_sensitivity import data, dead_channel_net
 
@@ -74,3 +78,26 @@ def test_analyse_model_without_damage_keeps_options_and_makes_no_data_pass() -> 
     assert [g.prune_options for g in spec.groups] == [g.prune_options for g in measured.groups]
     with pytest.raises(ProblemError, match="interactions .* need measure_damage"):
         analyse_model(model, calib, (1, 8, 8), fake_quantize, "toy", interactions=True, measure_damage=False)
+
+
+def test_the_pipeline_reuses_an_analysis_and_an_unwritable_cache_is_only_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = synthetic_dataset(num_classes=4, n_train=64, n_val=8, n_test=8)
+    torch.manual_seed(0)
+    model = build_model("lenet5", num_classes=4, in_channels=1, input_size=28).eval()
+    config = CompressConfig(model="lenet5", formulation="budget")
+    monkeypatch.setenv("QUBOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    lines: list[str] = []
+    _, spec, info = analyse(model, dataset, config, "lenet5", lines.append)
+    _, again, info_again = analyse(model, dataset, config, "lenet5", lines.append)
+    assert not info["cached"] and info_again["cached"] and again.to_json() == spec.to_json()
+    assert info_again["measured_seconds"] == info["measured_seconds"] and "reused the analysis" in lines[-1]
+    _, fresh, info_fresh = analyse(model, dataset, replace(config, analysis_cache=False), "lenet5", lines.append)
+    assert not info_fresh["cached"] and info_fresh["cache_path"] is None and fresh.to_json() == spec.to_json()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("QUBOCOMPRESS_CACHE", str(blocker))
+    _, unstored, _ = analyse(model, dataset, config, "lenet5", lines.append)
+    assert unstored.to_json() == spec.to_json()
+    assert lines[-1].startswith("  warning: could not cache the analysis") and "measures it again" in lines[-1]
