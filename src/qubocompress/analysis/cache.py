@@ -36,7 +36,8 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def _forward_code(model: nn.Module) -> str:
-    """The model's forward as code: TorchScript's, torch.fx's, or its repr when neither exists."""
+    """The model's forward as code: TorchScript's or torch.fx's; empty when fx cannot trace it (the
+    key then rests on the model's repr and state)."""
     if isinstance(model, torch.jit.ScriptModule):
         return str(model.code)
     try:
