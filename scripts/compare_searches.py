@@ -5,10 +5,13 @@ then with ``--search ga-acc`` and ``--search rl-acc``, all with the same fine-tu
 markdown table: top-1 after fine-tuning, its margin over uniform, and each route's search time
 with its ratio to the QUBO route's (analysis + build + solve + one evaluation), and the same
 when the analysis comes from the cache (a repeat run on the same model, e.g. at another ratio).
-Runs are kept in ``--out``/<model>-<ratio>x-<route>/; a rerun skips finished ones, and
-``--routes`` picks which missing ones to run.
+Runs are kept in ``--out``/<model>-<ratio>x-<route>/ (the QUBO route with ``--sensitivity`` other
+than ``measured`` in ``...-qubo-<sensitivity>/``, next to the others); a rerun skips finished ones,
+and ``--routes`` picks which missing ones to run. The uniform baseline is fine-tuned once per model
+and ratio, by the first QUBO run there.
 
     .venv/bin/python scripts/compare_searches.py --models vgg --ratios 16,24,32
+    .venv/bin/python scripts/compare_searches.py --models vgg --routes qubo --sensitivity fisher
 """
 
 from __future__ import annotations
@@ -18,16 +21,32 @@ import json
 import sys
 from pathlib import Path
 
+from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
 from qubocompress.errors import QubocompressError
 from qubocompress.pipeline import CompressConfig, compress
 
 ROUTES = ("qubo", "ga-acc", "rl-acc")
 
 
+def run_folder(model: str, ratio: float, route: str, sensitivity: str, out: Path) -> Path:
+    """Where one run's results live (the QUBO route's folder names a non-default sensitivity)."""
+    suffix = f"-{sensitivity}" if route == "qubo" and sensitivity != "measured" else ""
+    return out / f"{model}-{ratio:g}x-{route}{suffix}"
+
+
+def find_baseline(model: str, ratio: float, out: Path) -> dict | None:
+    """The uniform baseline fine-tuned by any finished QUBO run of ``model`` at ``ratio``."""
+    for path in sorted(out.glob(f"{model}-{ratio:g}x-qubo*/metrics.json")):
+        baseline = json.loads(path.read_text()).get("baseline_uniform")
+        if baseline is not None:
+            return baseline
+    return None
+
+
 def run_route(model: str, ratio: float, route: str, args: argparse.Namespace) -> dict | None:
     """The metrics of one run, from its folder when it already finished; None when it has not and
     ``route`` is not among ``--routes``."""
-    out = args.out / f"{model}-{ratio:g}x-{route}"
+    out = run_folder(model, ratio, route, args.sensitivity, args.out)
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
     if route not in args.routes.split(","):
@@ -36,10 +55,11 @@ def run_route(model: str, ratio: float, route: str, args: argparse.Namespace) ->
         model=model,
         target_ratio=ratio,
         formulation="budget",
+        sensitivity=args.sensitivity,
         search=route,
         search_evaluations=args.evaluations,
         finetune_epochs=args.finetune_epochs,
-        baseline=route == "qubo",
+        baseline=route == "qubo" and find_baseline(model, ratio, args.out) is None,
         seed=args.seed,
         out=out,
     )
@@ -68,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--routes", default=",".join(ROUTES), help="routes to run where missing (the table shows every finished one)"
     )
+    parser.add_argument(
+        "--sensitivity", default="measured", choices=LAYER_SENSITIVITY_METHODS, help="the QUBO route's damage estimate"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     args = parser.parse_args(argv)
     rows = []
@@ -80,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # the table measures every route against the QUBO run and its baseline
                 qubo = results["qubo"]
                 fp32 = qubo["model"]["fp32_test_acc"]
-                base = qubo["baseline_uniform"]
+                base = find_baseline(model, ratio, args.out)
+                if base is None:
+                    continue
                 qubo_cold, qubo_warm = route_seconds(qubo)
                 rows.append((model, f"{ratio:g}x", "fp32", f"{100 * fp32:.2f}", "", "", "", "", ""))
                 rows.append(
@@ -90,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 for route, metrics in results.items():
                     compressed = metrics["compressed"]
                     cold, warm = route_seconds(metrics)
-                    label = "QUBO budget (sa)" if route == "qubo" else route
+                    damage = "" if args.sensitivity == "measured" else f", {args.sensitivity}"
+                    label = f"QUBO budget (sa{damage})" if route == "qubo" else route
                     rows.append(
                         (model, f"{ratio:g}x", label, f"{100 * compressed['test_acc']:.2f}",
                          f"{100 * (compressed['test_acc'] - fp32):+.2f}",

@@ -16,6 +16,9 @@ from qubocompress.analysis.importance import IMPORTANCE_METHODS, channel_contrib
 from qubocompress.analysis.interactions import PruneChoices, feeding_pairs, layer_pairs, measure_interactions
 from qubocompress.analysis.masking import masked_channels
 from qubocompress.analysis.sensitivity import (
+    fisher_damage,
+    fisher_diagonals,
+    fisher_prune_damage,
     hessian_traces,
     layer_damage,
     mean_loss,
@@ -275,6 +278,98 @@ def test_mse_damage_falls_with_bits_and_hessian_scales_it():
         layer_damage(model, graph, x, y, fake_quantize, method="psychic")
 
 
+def per_sample_squared_gradient_mean(model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor) -> dict:
+    """``(1/N) Σ_s (∂L_s/∂W)²`` by one plain backward pass per sample (the definition)."""
+    weights = [dict(model.named_modules())[name].weight for name in names]
+    totals = [torch.zeros_like(w, dtype=torch.float64) for w in weights]
+    for sample, label in zip(x, y):
+        loss = F.cross_entropy(model(sample[None]), label[None])
+        for total, grad in zip(totals, torch.autograd.grad(loss, weights)):
+            total += grad.double().square()
+    return {name: total / len(x) for name, total in zip(names, totals)}
+
+
+def test_fisher_diagonals_are_the_mean_squared_per_sample_gradient(monkeypatch):
+    model = dead_channel_net(seed=3)
+    graph = trace_model(model, (1, 8, 8))
+    names = [layer.name for layer in graph.layers]
+    x, y = data(n=20, seed=3)
+    expected = per_sample_squared_gradient_mean(model, names, x, y)
+    model.train()
+    before = state_copy(model)
+    # vectorised in chunks of 7 samples (an uneven last chunk), in eval mode whatever the model's mode
+    monkeypatch.setattr("qubocompress.analysis.sensitivity.PER_SAMPLE_GRADIENT_FLOATS", 7 * sum(
+        model.get_submodule(n).weight.numel() for n in names))
+    diagonals = fisher_diagonals(model, names, x, y)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert_same_state(model, before)
+    for name in names:
+        assert diagonals[name].shape == model.get_submodule(name).weight.shape
+        torch.testing.assert_close(diagonals[name], expected[name], rtol=1e-5, atol=1e-12)
+    # a TorchScript model (which torch.func cannot call) gives the same, one sample at a time
+    scripted = torch.jit.script(TinyMLP().eval())
+    reference = per_sample_squared_gradient_mean(scripted, ["fc1", "fc2"], x[:, 0, 0, :4], y)
+    looped = fisher_diagonals(scripted, ["fc1", "fc2"], x[:, 0, 0, :4], y)
+    for name in ("fc1", "fc2"):
+        torch.testing.assert_close(looped[name], reference[name], rtol=1e-6, atol=1e-12)
+    assert all(torch.all(d == 0) for d in fisher_diagonals(model, names, x[:0], y[:0]).values())
+
+
+def test_fisher_damage_weights_each_rounding_error_by_its_fisher_entry():
+    model = dead_channel_net(seed=4)
+    graph = trace_model(model, (1, 8, 8))
+    names = [layer.name for layer in graph.layers]
+    x, y = data(n=16, seed=4)
+    diagonals = fisher_diagonals(model, names, x, y)
+    damage = layer_damage(model, graph, x, y, fake_quantize, b_max=6, method="fisher")
+    np.testing.assert_array_equal(damage["head"], fisher_damage(model, names, x, y, fake_quantize, 6)["head"])
+    for name in names:
+        weight = model.get_submodule(name).weight.detach()
+        expected = [float((diagonals[name] * (fake_quantize(weight, b) - weight).double().square()).sum()) / 2 for b in range(1, 7)]
+        np.testing.assert_allclose(damage[name], expected, rtol=1e-12)
+        assert damage[name][0] > damage[name][3] > 0
+    exact = fisher_damage(model, names, x, y, lambda w, bits: w.clone(), 3)
+    assert all(np.all(row == 0) for row in exact.values())
+
+
+def test_fisher_prune_damage_is_the_second_order_term_of_removing_the_channels_together():
+    rng = np.random.default_rng(0)
+    contributions = rng.normal(size=(50, 4))
+    contributions[:, 2] = 0.0  # a channel that nothing depends on
+    importance = np.array([0.3, 0.1, 0.0, 0.2])  # prune order: 2, 1, 3, 0
+    damage = fisher_prune_damage(contributions, importance, [0, 1, 2, 3])
+    assert damage[0] == 0.0 and damage[1] == 0.0  # nothing pruned; then only the dead channel
+    for count, chosen in ((2, [2, 1]), (3, [2, 1, 3])):
+        # cross-channel terms count: the square of the summed contributions, not the sum of squares
+        assert damage[count] == pytest.approx(np.mean(contributions[:, chosen].sum(axis=1) ** 2) / 2)
+    assert damage[3] != pytest.approx(np.mean((contributions[:, [2, 1, 3]] ** 2).sum(axis=1)) / 2)
+
+
+def test_fisher_analysis_measures_no_loss(monkeypatch):
+    """The one-pass route: with ``fisher``, neither the layers' nor the prune options' damage is a
+    measured loss; the prune damages come from the same contributions as the importance."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a loss was measured")
+
+    monkeypatch.setattr("qubocompress.analysis.analyse.mean_loss", forbidden)
+    monkeypatch.setattr("qubocompress.analysis.analyse.prune_damage", forbidden)
+    monkeypatch.setattr("qubocompress.analysis.sensitivity.mean_loss", forbidden)
+    model = dead_channel_net(seed=5)
+    x, y = data(n=24, seed=5)
+    graph, spec = analyse_model(
+        model, (x, y), (1, 8, 8), fake_quantize, "toy", importance="taylor", layer_sensitivity="fisher",
+        b_max=4, bit_levels=2, prune_options=(0.0, 0.25, 0.5),
+    )
+    contributions = channel_contributions(model, graph, x, y)
+    for group, columns in zip(spec.groups, contributions):
+        np.testing.assert_allclose(
+            group.prune_damage, fisher_prune_damage(columns, group.importance, group.prune_options), rtol=1e-12
+        )
+        assert group.prune_damage[0] == 0 and np.all(group.prune_damage >= 0)
+    assert any(group.prune_damage[-1] > 0 for group in spec.groups)
+
+
 def test_weight_error_is_zero_for_an_exact_quantizer():
     model = dead_channel_net()
     errors = weight_error(model, ["stem", "head"], lambda w, bits: w.clone(), b_max=3)
@@ -494,7 +589,7 @@ def test_build_spec_carries_prune_options_damage_and_interactions():
 
 
 @pytest.mark.parametrize(
-    "importance, sensitivity", [("l1", "measured"), ("taylor", "mse"), ("fisher", "hessian")]
+    "importance, sensitivity", [("l1", "measured"), ("taylor", "mse"), ("fisher", "hessian"), ("l1", "fisher")]
 )
 def test_analyse_model_builds_a_valid_spec(importance, sensitivity):
     model = dead_channel_net()

@@ -8,12 +8,15 @@ import dimod
 import dimod.testing
 import numpy as np
 import pytest
+from dwave.samplers import SimulatedAnnealingSampler as DwaveSimulatedAnnealing
 from dwave.samplers import TreeDecompositionSolver
+from dwave.samplers.sa.sampler import default_beta_range
 
 from qubocompress.errors import SolverError
 from qubocompress.problem.paper import PaperFormulation
 from qubocompress.problem.synthetic import synthetic_spec
 from qubocompress.problem.target import calibrate_gamma
+from qubocompress.solvers.sa import ising_beta_range
 from qubocompress.solvers import (
     SOLVER_NAMES,
     ExactSampler,
@@ -98,6 +101,22 @@ def test_sa_defaults_and_overrides() -> None:
     assert len(sampler.sample(bqm, num_reads=3, num_sweeps=50, seed=0)) == 3
     custom = sampler.sample(bqm, beta_schedule=[0.1, 1.0, 10.0], seed=0)
     assert custom.info["beta_schedule_type"] == "custom"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sa_beta_range_is_dwaves_default_computed_faster(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    if seed % 2:  # integer biases: several spins share the smallest gap (the cold end counts them)
+        bqm = dimod.BQM({i: float(rng.integers(-2, 3)) for i in range(9)},
+                        {(i, i + 1): float(rng.integers(-1, 2)) for i in range(8)}, 0.0, "SPIN")
+    else:
+        bqm = dimod.generators.gnp_random_bqm(25, 0.4, "BINARY", random_state=seed)
+    np.testing.assert_allclose(ising_beta_range(bqm), default_beta_range(bqm), rtol=1e-12)
+    ours = SimulatedAnnealingSampler(num_reads=5, num_sweeps=50).sample(bqm, seed=seed)
+    theirs = DwaveSimulatedAnnealing().sample(bqm, num_reads=5, num_sweeps=50, beta_schedule_type="linear", seed=seed)
+    assert ours.info["parameters"]["beta_schedule_type"] == "linear"
+    np.testing.assert_array_equal(ours.record.sample, theirs.record.sample)
+    assert ising_beta_range(dimod.BQM("SPIN")) == (0.1, 1.0)
 
 
 def test_sa_finds_the_certified_optimum_of_a_small_problem() -> None:

@@ -101,7 +101,9 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
         default=defaults.sensitivity,
         choices=LAYER_SENSITIVITY_METHODS,
         help="layer quantization damage: loss increase measured on the calibration split, weight MSE (put in "
-        "nats by one measured pass), or Hessian trace x quantization error (Hutchinson)",
+        "nats by one measured pass), Hessian trace x quantization error (Hutchinson), or empirical-Fisher "
+        "diagonal x each weight's rounding error (also estimates the prune damage: one backward pass, no "
+        "measured losses)",
     )
     parser.add_argument(
         "--interactions",

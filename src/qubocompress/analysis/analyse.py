@@ -8,9 +8,16 @@ import torch
 from torch import nn
 
 from qubocompress.analysis.graph import ModelGraph, trace_model
-from qubocompress.analysis.importance import group_importance
+from qubocompress.analysis.importance import channel_contributions, group_importance
 from qubocompress.analysis.interactions import DEFAULT_BITS, DEFAULT_MAX_PASSES, PruneChoices, measure_interactions
-from qubocompress.analysis.sensitivity import HUTCHINSON_SAMPLES, Quantizer, layer_damage, mean_loss, prune_damage
+from qubocompress.analysis.sensitivity import (
+    HUTCHINSON_SAMPLES,
+    Quantizer,
+    fisher_prune_damage,
+    layer_damage,
+    mean_loss,
+    prune_damage,
+)
 from qubocompress.analysis.spec import build_spec, prune_option_counts
 from qubocompress.errors import ProblemError
 from qubocompress.problem.spec import CompressionSpec
@@ -44,11 +51,12 @@ def analyse_model(
         quantizer: ``quantizer(weight, bits)`` -> the fake-quantized weight (the artifact's).
         importance: channel score, one of ``analysis.importance.IMPORTANCE_METHODS``.
         layer_sensitivity: quantization damage, one of
-            ``analysis.sensitivity.LAYER_SENSITIVITY_METHODS``.
+            ``analysis.sensitivity.LAYER_SENSITIVITY_METHODS``; ``fisher`` estimates the prune
+            options' damage too (the others measure it).
         max_prune_fraction: at most this share of a group's channels may be pruned.
         prune_options: fractions of each group's channels on offer (e.g.
             ``analysis.spec.DEFAULT_PRUNE_FRACTIONS``); each becomes a count (rounded,
-            deduplicated, capped at the group's max_pruned) with its measured damage. None: none.
+            deduplicated, capped at the group's max_pruned) with its damage. None: none.
         interactions: also measure CLADO-style pairwise terms (bits × bits, and prune × prune
             between feeding groups when prune options are given) within ``interaction_passes``
             forward passes at ``interaction_bits`` (see ``analysis.interactions``).
@@ -61,16 +69,28 @@ def analyse_model(
         raise ProblemError("pairwise interactions are measured damage; they need measure_damage=True")
     x, y = calib
     graph = trace_model(model, input_shape)
-    scores = group_importance(model, graph, importance, data=(x, y))
+    options = damages = None
+    if prune_options is not None:
+        options = [prune_option_counts(group.channels, prune_options, max_prune_fraction) for group in graph.groups]
+    estimate_prune = options is not None and measure_damage and layer_sensitivity == "fisher"
+    # one pass of channel contributions serves both the data-driven importance and the Fisher prune damage
+    contributions = (
+        channel_contributions(model, graph, x, y)
+        if graph.groups and (estimate_prune or importance != "l1")
+        else None
+    )
+    scores = group_importance(model, graph, importance, data=(x, y), contributions=contributions)
     damage = (
         layer_damage(model, graph, x, y, quantizer, b_max, layer_sensitivity, seed=seed, hessian_samples=hessian_samples)
         if measure_damage
         else {}
     )
-    options = damages = None
-    if prune_options is not None:
-        options = [prune_option_counts(group.channels, prune_options, max_prune_fraction) for group in graph.groups]
-    if options is not None and measure_damage:
+    if estimate_prune:
+        damages = [
+            fisher_prune_damage(contributions[index], scores[index], counts)  # type: ignore[index]
+            for index, counts in enumerate(options)  # type: ignore[arg-type]
+        ]
+    elif options is not None and measure_damage:
         base = mean_loss(model, x, y)
         damages = [
             prune_damage(model, graph, index, counts, x, y, scores[index], base_loss=base)
@@ -88,7 +108,8 @@ def analyse_model(
             interaction_bits,
             interaction_passes,
             quant_singles=damage if layer_sensitivity == "measured" else None,
-            prune=PruneChoices(scores, options, damages) if options is not None else None,
+            # estimated prune singles are no base for a measured pair term: those get measured
+            prune=PruneChoices(scores, options, None if estimate_prune else damages) if options is not None else None,
         )
         if log is not None:
             log(

@@ -56,6 +56,7 @@ def group_importance(
     method: str = "l1",
     data: CalibrationData | None = None,
     batch_size: int = BATCH_SIZE,
+    contributions: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Importance of every channel of every group of ``graph``, in group order.
 
@@ -63,6 +64,7 @@ def group_importance(
         method: one of :data:`IMPORTANCE_METHODS` (see the module docstring).
         data: ``(x, y)`` calibration inputs and int64 labels; needed by ``taylor`` and ``fisher``.
         batch_size: samples per forward/backward pass.
+        contributions: :func:`channel_contributions` of ``data`` if already computed (saves the pass).
 
     Raises:
         ProblemError: an unknown method, or a data-driven method without data.
@@ -83,7 +85,8 @@ def group_importance(
     if data is None or len(data[0]) == 0:
         raise ProblemError(f"importance {method!r} needs calibration data (x, y); pass data= or use 'l1'")
     x, y = data
-    contributions = channel_contributions(model, graph, x, y, batch_size)
+    if contributions is None:
+        contributions = channel_contributions(model, graph, x, y, batch_size)
     if method == "taylor":
         return [np.abs(c.sum(axis=0)) / len(x) for c in contributions]
     return [np.square(c).sum(axis=0) / (2 * len(x)) for c in contributions]

@@ -20,9 +20,44 @@ from collections.abc import Mapping
 from typing import Any
 
 import dimod
+import numpy as np
 from dwave.samplers import SimulatedAnnealingSampler as DwaveSimulatedAnnealing
 
 from qubocompress.solvers.base import WrappedSampler, positive_int
+
+
+# dwave-samplers' default: at most a 1 % chance per sweep that the final temperature excites a spin
+FINAL_EXCITATION_RATE = 0.01
+
+
+def ising_beta_range(bqm: dimod.BinaryQuadraticModel) -> tuple[float, float]:
+    """(hot β, cold β) of dwave-samplers' default schedule (``default_beta_range``), vectorised.
+
+    On the Ising form (h, J) of ``bqm``: hot β = ln 2 / (2 max_i (|h_i| + Σ_j |J_ij|)), so that the
+    largest possible flip is accepted half the time; cold β = ln(m / 0.01) / (2 e_min), e_min the
+    smallest non-zero |h_i| or |J_ij| and m the number of spins whose smallest non-zero bias equals
+    it. dwave computes the same with a Python loop over the couplings: 0.9 s of a 1.2 s solve of
+    a 460,000-coupling budget QUBO (measured), ~0.01 s here.
+    """
+    ising = bqm if bqm.vartype is dimod.SPIN else bqm.change_vartype(dimod.SPIN, inplace=False)  # (.spin is a slow view)
+    h, (rows, cols, j), _ = ising.to_numpy_vectors()
+    n = len(h)
+    if n == 0:
+        return 0.1, 1.0
+    magnitudes = np.abs(np.asarray(j, dtype=np.float64))
+    both_ends = np.concatenate([rows, cols])
+    doubled = np.concatenate([magnitudes, magnitudes])
+    effective = np.abs(h) + np.bincount(both_ends, weights=doubled, minlength=n)
+    smallest = np.where(h != 0, np.abs(h), np.inf)
+    nonzero = doubled > 0
+    np.minimum.at(smallest, both_ends[nonzero], doubled[nonzero])
+    smallest = smallest[np.isfinite(smallest)]
+    if smallest.size == 0:  # every bias 0: dwave's arbitrary range (it warns)
+        return 0.1, 1.0
+    hot = float(np.log(2) / (2 * effective.max()))
+    minimum = float(smallest.min())
+    cold = float(np.log(np.count_nonzero(smallest == minimum) / FINAL_EXCITATION_RATE) / (2 * minimum))
+    return hot, cold
 
 
 class SimulatedAnnealingSampler(WrappedSampler):
@@ -42,6 +77,13 @@ class SimulatedAnnealingSampler(WrappedSampler):
         for key in ("num_reads", "num_sweeps"):
             if key in options:
                 positive_int(options[key], key, self.title)
+
+    def sample(self, bqm: dimod.BinaryQuadraticModel, **kwargs: Any) -> dimod.SampleSet:
+        """Sample ``bqm``; without a ``beta_range`` or custom schedule, dwave's default range is
+        computed here (:func:`ising_beta_range`), which is the same range, faster."""
+        if all(kwargs.get(key) is None and self.defaults.get(key) is None for key in ("beta_range", "beta_schedule")):
+            kwargs = {**kwargs, "beta_range": ising_beta_range(bqm)}
+        return super().sample(bqm, **kwargs)
 
     def _parameters(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         params = dict(self.defaults)
