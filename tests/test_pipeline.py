@@ -181,6 +181,17 @@ def test_budget_formulation_takes_weight_mse_in_nats(data_dir: Path, tmp_path: P
     assert 0 < sum(layer.quant_damage[3] for layer in spec.layers) < 10  # nats, not weight^2
 
 
+def test_the_fisher_route_estimates_every_damage_and_stays_in_budget(data_dir: Path, tmp_path: Path) -> None:
+    extra = ("--target-ratio", "10", "--formulation", "budget", "--sensitivity", "fisher", "--finetune-epochs", "0")
+    assert run(*compress_args(data_dir, tmp_path / "fisher", *extra), "--no-baseline") == 0
+    metrics = json.loads((tmp_path / "fisher" / "metrics.json").read_text())
+    spec = CompressionSpec.from_json((tmp_path / "fisher" / "spec.json").read_text())
+    assert metrics["config"]["sensitivity"] == "fisher" and metrics["qubo"]["exact_plan_matches"]
+    assert metrics["compressed"]["ratio"] >= 10.0 and metrics["qubo"]["feasible_rate"] == 1.0
+    assert all(layer.quant_damage[0] > layer.quant_damage[-1] >= 0 for layer in spec.layers)  # falls with the bits
+    assert all(group.prune_damage[0] == 0 and group.prune_damage[-1] > 0 for group in spec.groups)
+
+
 def test_ablation_runs_every_combination_at_the_same_budget(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
