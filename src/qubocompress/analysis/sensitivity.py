@@ -257,7 +257,7 @@ def _per_sample_squared_gradients(
     for start in range(0, len(x), chunk):
         grads = per_sample(chosen, x[start : start + chunk], y[start : start + chunk])
         for total, name in zip(sums, names, strict=True):
-            total += grads[name].double().square().sum(dim=0)
+            total += grads[name].square().sum(dim=0, dtype=torch.float64)
     return sums
 
 
