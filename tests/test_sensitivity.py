@@ -315,6 +315,26 @@ def test_fisher_diagonals_are_the_mean_squared_per_sample_gradient(monkeypatch):
     assert all(torch.all(d == 0) for d in fisher_diagonals(model, names, x[:0], y[:0]).values())
 
 
+class BranchingMLP(TinyMLP):
+    """TinyMLP whose forward branches on a value (torch.func's vmap cannot vectorise that)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.fc1(x))
+        if hidden.sum() > 0:
+            hidden = 2 * hidden
+        return self.fc2(hidden)
+
+
+def test_fisher_diagonals_of_a_model_vmap_cannot_vectorise_are_computed_per_sample():
+    torch.manual_seed(6)
+    model = BranchingMLP().eval()
+    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    expected = per_sample_squared_gradient_mean(model, ["fc1", "fc2"], x, y)
+    diagonals = fisher_diagonals(model, ["fc1", "fc2"], x, y)
+    for name in ("fc1", "fc2"):
+        torch.testing.assert_close(diagonals[name], expected[name], rtol=1e-6, atol=1e-12)
+
+
 def test_fisher_damage_weights_each_rounding_error_by_its_fisher_entry():
     model = dead_channel_net(seed=4)
     graph = trace_model(model, (1, 8, 8))

@@ -282,18 +282,23 @@ def fisher_diagonals(
     """The empirical Fisher's diagonal of every layer's weight: ``F_ii = (1/N) Σ_s (∂L_s/∂w_i)²``
     over the N samples of ``(x, y)``, ``L_s`` the cross-entropy (nats) of sample s in eval mode;
     float64 tensors shaped like the weights (units: nats per weight²). Cost: one forward and one
-    backward pass per sample, vectorised with ``torch.func`` (a TorchScript model: one sample at a
-    time). Parameters' ``.grad`` are left untouched."""
+    backward pass per sample, vectorised with ``torch.func`` (one sample at a time for a model it
+    cannot call or vectorise: TorchScript, shared weights, data-dependent control flow).
+    Parameters' ``.grad`` are left untouched."""
     weights = {name: layer_weight(model, name) for name in layer_names}
     if len(x) == 0:
         return {name: torch.zeros_like(weight, dtype=torch.float64) for name, weight in weights.items()}
     parameter_names = {id(parameter): name for name, parameter in model.named_parameters()}
     by_parameter = {parameter_names.get(id(weight), ""): weight for weight in weights.values()}
     with evaluating(model):
-        if isinstance(model, torch.jit.ScriptModule) or "" in by_parameter or len(by_parameter) < len(weights):
+        sums = None
+        if not isinstance(model, torch.jit.ScriptModule) and "" not in by_parameter and len(by_parameter) == len(weights):
+            try:
+                sums = _per_sample_squared_gradients(model, by_parameter, x, y)
+            except RuntimeError:  # torch.func cannot vectorise the forward (data-dependent control flow, .item())
+                sums = None
+        if sums is None:
             sums = _looped_squared_gradients(model, weights, x, y)
-        else:
-            sums = _per_sample_squared_gradients(model, by_parameter, x, y)
     return {layer: total / len(x) for layer, total in zip(weights, sums, strict=True)}
 
 
