@@ -265,7 +265,7 @@ def _looped_squared_gradients(
     model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
 ) -> list[torch.Tensor]:
     """The same sums as :func:`_per_sample_squared_gradients`, one backward pass per sample:
-    for models that ``torch.func`` cannot call (TorchScript)."""
+    for models that ``torch.func`` cannot call or vectorise."""
     tensors = list(weights.values())
     sums = [torch.zeros_like(tensor, dtype=torch.float64) for tensor in tensors]
     with _requiring_grad(tensors), torch.enable_grad():
@@ -290,13 +290,17 @@ def fisher_diagonals(
         return {name: torch.zeros_like(weight, dtype=torch.float64) for name, weight in weights.items()}
     parameter_names = {id(parameter): name for name, parameter in model.named_parameters()}
     by_parameter = {parameter_names.get(id(weight), ""): weight for weight in weights.values()}
+    # torch.func calls the model with its parameters by name: every weight must be one, once
+    vectorisable = (
+        not isinstance(model, torch.jit.ScriptModule) and "" not in by_parameter and len(by_parameter) == len(weights)
+    )
     with evaluating(model):
         sums = None
-        if not isinstance(model, torch.jit.ScriptModule) and "" not in by_parameter and len(by_parameter) == len(weights):
+        if vectorisable:
             try:
                 sums = _per_sample_squared_gradients(model, by_parameter, x, y)
             except RuntimeError:  # torch.func cannot vectorise the forward (data-dependent control flow, .item())
-                sums = None
+                pass
         if sums is None:
             sums = _looped_squared_gradients(model, weights, x, y)
     return {layer: total / len(x) for layer, total in zip(weights, sums, strict=True)}
