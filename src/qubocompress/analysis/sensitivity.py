@@ -146,17 +146,23 @@ def quant_damage(
 
 
 @torch.no_grad()
+def squared_rounding_errors(weight: torch.Tensor, quantizer: Quantizer, b_max: int) -> Iterator[torch.Tensor]:
+    """``(Q_b(W) - W)²`` weight by weight (float64, weight²) for b = 1..b_max, one tensor at a time."""
+    weight = weight.detach()
+    for bits in range(1, b_max + 1):
+        yield (quantizer(weight, bits) - weight).double().square()
+
+
 def weight_error(
     model: nn.Module, layer_names: Sequence[str], quantizer: Quantizer, b_max: int = 8
 ) -> dict[str, np.ndarray]:
     """``result[name][b-1] = Σ (Q_b(W) - W)²`` over the layer's weights (units: weight²)."""
-    errors = {}
-    for name in layer_names:
-        weight = layer_weight(model, name).detach()
-        errors[name] = np.array(
-            [float((quantizer(weight, bits) - weight).double().square().sum()) for bits in range(1, b_max + 1)]
+    return {
+        name: np.array(
+            [float(error.sum()) for error in squared_rounding_errors(layer_weight(model, name), quantizer, b_max)]
         )
-    return errors
+        for name in layer_names
+    }
 
 
 def mse_loss_scale(
@@ -345,17 +351,15 @@ def fisher_damage(
     """``result[name][b-1] = ½ Σ_i F_ii (Q_b(w_i) - w_i)²`` (nats) for b = 1..b_max, with ``F`` from
     :func:`fisher_diagonals` on ``(x, y)``."""
     diagonals = fisher_diagonals(model, layer_names, x, y)
-    damage = {}
-    with torch.no_grad():
-        for name in layer_names:
-            weight = layer_weight(model, name).detach()
-            damage[name] = np.array(
-                [
-                    float((diagonals[name] * (quantizer(weight, bits) - weight).double().square()).sum()) / 2
-                    for bits in range(1, b_max + 1)
-                ]
-            )
-    return damage
+    return {
+        name: np.array(
+            [
+                float((diagonals[name] * error).sum()) / 2
+                for error in squared_rounding_errors(layer_weight(model, name), quantizer, b_max)
+            ]
+        )
+        for name in layer_names
+    }
 
 
 def prune_order(importance: np.ndarray) -> np.ndarray:

@@ -42,8 +42,6 @@ def ising_beta_range(bqm: dimod.BinaryQuadraticModel) -> tuple[float, float]:
     ising = bqm if bqm.vartype is dimod.SPIN else bqm.change_vartype(dimod.SPIN, inplace=False)  # (.spin is a slow view)
     h, (rows, cols, j), _ = ising.to_numpy_vectors()
     n = len(h)
-    if n == 0:
-        return 0.1, 1.0
     magnitudes = np.abs(np.asarray(j, dtype=np.float64))
     both_ends = np.concatenate([rows, cols])
     doubled = np.concatenate([magnitudes, magnitudes])
