@@ -12,7 +12,8 @@ from torch import nn
 
 from qubocompress.analysis import analyse_model
 from qubocompress.analysis.graph import trace_model
-from qubocompress.analysis.importance import IMPORTANCE_METHODS, channel_contributions, group_importance
+from qubocompress.analysis.backward import backward_statistics
+from qubocompress.analysis.importance import IMPORTANCE_METHODS, group_importance
 from qubocompress.analysis.interactions import PruneChoices, feeding_pairs, layer_pairs, measure_interactions
 from qubocompress.analysis.masking import masked_channels
 from qubocompress.analysis.sensitivity import (
@@ -151,7 +152,7 @@ def test_contributions_are_the_derivative_of_each_samples_loss_under_a_channel_m
     graph = trace_model(model, (1, 8, 8))
     model.double()
     x, y = data(n=6, dtype=torch.float64)
-    contributions = channel_contributions(model, graph, x, y, batch_size=4)
+    contributions = backward_statistics(model, x, y, groups=graph.groups, batch_size=4).contributions
     eps = 1e-5
     for group_index, group in enumerate(graph.groups):
         for channel in (0, group.channels - 1):
@@ -297,16 +298,22 @@ def test_fisher_diagonals_are_the_mean_squared_per_sample_gradient(monkeypatch):
     expected = per_sample_squared_gradient_mean(model, names, x, y)
     model.train()
     before = state_copy(model)
-    # vectorised in chunks of 7 samples (an uneven last chunk), in eval mode whatever the model's mode
-    monkeypatch.setattr("qubocompress.analysis.sensitivity.PER_SAMPLE_GRADIENT_FLOATS", 7 * sum(
-        model.get_submodule(n).weight.numel() for n in names))
     diagonals = fisher_diagonals(model, names, x, y)
+    # in eval mode whatever the model's mode, parameters and their .grad untouched
     assert model.training and all(p.grad is None for p in model.parameters())
     assert_same_state(model, before)
     for name in names:
         assert diagonals[name].shape == model.get_submodule(name).weight.shape
         torch.testing.assert_close(diagonals[name], expected[name], rtol=1e-5, atol=1e-12)
-    # a TorchScript model (which torch.func cannot call) gives the same, one sample at a time
+    # batches of 8 (an uneven last one), per-sample gradients formed 3 samples at a time (uneven too)
+    monkeypatch.setattr(
+        "qubocompress.analysis.backward.PER_SAMPLE_GRADIENT_FLOATS", 3 * max(model.get_submodule(n).weight.numel() for n in names)
+    )
+    statistics = backward_statistics(model, x, y, groups=graph.groups, layers=names, batch_size=8)
+    assert statistics.samples == 20
+    for name, mean in statistics.mean_squared_gradients().items():
+        torch.testing.assert_close(mean, expected[name], rtol=1e-5, atol=1e-12)
+    # a TorchScript model (whose layers cannot be hooked) gives the same, one sample at a time
     scripted = torch.jit.script(TinyMLP().eval())
     reference = per_sample_squared_gradient_mean(scripted, ["fc1", "fc2"], x[:, 0, 0, :4], y)
     looped = fisher_diagonals(scripted, ["fc1", "fc2"], x[:, 0, 0, :4], y)
@@ -315,24 +322,65 @@ def test_fisher_diagonals_are_the_mean_squared_per_sample_gradient(monkeypatch):
     assert all(torch.all(d == 0) for d in fisher_diagonals(model, names, x[:0], y[:0]).values())
 
 
-class BranchingMLP(TinyMLP):
-    """TinyMLP whose forward branches on a value (torch.func's vmap cannot vectorise that)."""
+class ConvZoo(nn.Module):
+    """Every Conv2d/Linear geometry the per-sample gradients must get right, and the awkward uses:
+    a conv called twice, two convs sharing one weight, an in-place ReLU on a conv's output, a
+    Linear over a sequence axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.strided = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.dilated = nn.Conv2d(4, 4, 3, dilation=2, padding=2, bias=False)
+        self.grouped = nn.Conv2d(4, 6, 3, groups=2, padding="same", padding_mode="reflect")
+        self.depthwise = nn.Conv2d(6, 6, 3, groups=6, padding=1, padding_mode="circular")
+        self.even = nn.Conv2d(6, 4, (2, 3), padding="same")
+        self.twice = nn.Conv2d(4, 4, 1)
+        self.tied_a = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.tied_b = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.tied_b.weight = self.tied_a.weight
+        self.tokens = nn.Linear(4, 5)
+        self.head = nn.Linear(5, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(self.fc1(x))
-        if hidden.sum() > 0:
-            hidden = 2 * hidden
-        return self.fc2(hidden)
+        h = torch.tanh(self.strided(x))
+        h = nn.functional.relu(self.dilated(h), inplace=True)
+        h = torch.tanh(self.depthwise(self.grouped(h)))
+        h = torch.tanh(self.even(h))
+        h = torch.tanh(self.twice(torch.tanh(self.twice(h))))
+        h = torch.tanh(self.tied_b(torch.tanh(self.tied_a(h))))
+        sequence = h.flatten(2).transpose(1, 2)  # (N, positions, channels)
+        return self.head(torch.tanh(self.tokens(sequence)).mean(dim=1))
 
 
-def test_fisher_diagonals_of_a_model_vmap_cannot_vectorise_are_computed_per_sample():
+def test_fisher_diagonals_read_off_the_layers_match_the_definition_for_every_geometry():
+    torch.manual_seed(7)
+    model = ConvZoo().double().eval()
+    x, y = torch.randn(10, 2, 9, 9, dtype=torch.float64), torch.randint(0, 3, (10,))
+    names = ["strided", "dilated", "grouped", "depthwise", "even", "twice", "tied_a", "tied_b", "tokens", "head"]
+    expected = per_sample_squared_gradient_mean(model, names, x, y)
+    diagonals = backward_statistics(model, x, y, layers=names, batch_size=4).mean_squared_gradients()
+    for name in names:
+        torch.testing.assert_close(diagonals[name], expected[name], rtol=1e-9, atol=1e-15)
+    # one of the tied pair alone: the other's use would be missed, so it is computed sample by sample
+    alone = fisher_diagonals(model, ["tied_a", "head"], x, y)
+    torch.testing.assert_close(alone["tied_a"], expected["tied_a"], rtol=1e-9, atol=1e-15)
+
+
+class ScaledConv(nn.Conv2d):
+    """A Conv2d subclass whose forward changes what its weight does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, 2 * self.weight.square(), self.bias)
+
+
+def test_fisher_diagonals_of_a_layer_with_its_own_forward_are_computed_per_sample():
     torch.manual_seed(6)
-    model = BranchingMLP().eval()
-    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
-    expected = per_sample_squared_gradient_mean(model, ["fc1", "fc2"], x, y)
-    diagonals = fisher_diagonals(model, ["fc1", "fc2"], x, y)
-    for name in ("fc1", "fc2"):
-        torch.testing.assert_close(diagonals[name], expected[name], rtol=1e-6, atol=1e-12)
+    model = nn.Sequential(ScaledConv(1, 3, 3), nn.Flatten(), nn.Linear(3 * 6 * 6, 3)).double().eval()
+    x, y = torch.randn(7, 1, 8, 8, dtype=torch.float64), torch.randint(0, 3, (7,))
+    expected = per_sample_squared_gradient_mean(model, ["0", "2"], x, y)
+    diagonals = fisher_diagonals(model, ["0", "2"], x, y)
+    for name in ("0", "2"):
+        torch.testing.assert_close(diagonals[name], expected[name], rtol=1e-9, atol=1e-15)
 
 
 def test_fisher_damage_weights_each_rounding_error_by_its_fisher_entry():
@@ -342,13 +390,13 @@ def test_fisher_damage_weights_each_rounding_error_by_its_fisher_entry():
     x, y = data(n=16, seed=4)
     diagonals = fisher_diagonals(model, names, x, y)
     damage = layer_damage(model, graph, x, y, fake_quantize, b_max=6, method="fisher")
-    np.testing.assert_array_equal(damage["head"], fisher_damage(model, names, x, y, fake_quantize, 6)["head"])
+    np.testing.assert_array_equal(damage["head"], fisher_damage(model, diagonals, fake_quantize, 6)["head"])
     for name in names:
         weight = model.get_submodule(name).weight.detach()
         expected = [float((diagonals[name] * (fake_quantize(weight, b) - weight).double().square()).sum()) / 2 for b in range(1, 7)]
         np.testing.assert_allclose(damage[name], expected, rtol=1e-12)
         assert damage[name][0] > damage[name][3] > 0
-    exact = fisher_damage(model, names, x, y, lambda w, bits: w.clone(), 3)
+    exact = fisher_damage(model, diagonals, lambda w, bits: w.clone(), 3)
     assert all(np.all(row == 0) for row in exact.values())
 
 
@@ -381,7 +429,7 @@ def test_fisher_analysis_measures_no_loss(monkeypatch):
         model, (x, y), (1, 8, 8), fake_quantize, "toy", importance="taylor", layer_sensitivity="fisher",
         b_max=4, bit_levels=2, prune_options=(0.0, 0.25, 0.5),
     )
-    contributions = channel_contributions(model, graph, x, y)
+    contributions = backward_statistics(model, x, y, groups=graph.groups).contributions
     for group, columns in zip(spec.groups, contributions):
         np.testing.assert_allclose(
             group.prune_damage, fisher_prune_damage(columns, group.importance, group.prune_options), rtol=1e-12

@@ -8,11 +8,13 @@ import torch
 from torch import nn
 
 from qubocompress.analysis.graph import ModelGraph, trace_model
-from qubocompress.analysis.importance import channel_contributions, group_importance
+from qubocompress.analysis.backward import backward_statistics, layers_readable
+from qubocompress.analysis.importance import group_importance
 from qubocompress.analysis.interactions import DEFAULT_BITS, DEFAULT_MAX_PASSES, PruneChoices, measure_interactions
 from qubocompress.analysis.sensitivity import (
     HUTCHINSON_SAMPLES,
     Quantizer,
+    fisher_damage,
     fisher_prune_damage,
     layer_damage,
     mean_loss,
@@ -73,18 +75,26 @@ def analyse_model(
     if prune_options is not None:
         options = [prune_option_counts(group.channels, prune_options, max_prune_fraction) for group in graph.groups]
     estimate_prune = options is not None and measure_damage and layer_sensitivity == "fisher"
-    # one pass of channel contributions serves both the data-driven importance and the Fisher prune damage
-    contributions = (
-        channel_contributions(model, graph, x, y)
-        if graph.groups and (estimate_prune or importance != "l1")
+    names = [layer.name for layer in graph.layers]
+    # one backward pass serves the data-driven importance, the Fisher prune damage and, where the
+    # layers can be read, the Fisher diagonals
+    needs_contributions = bool(graph.groups) and (estimate_prune or importance != "l1")
+    fisher_layers = names if measure_damage and layer_sensitivity == "fisher" and layers_readable(model, names) else []
+    statistics = (
+        backward_statistics(model, x, y, groups=graph.groups if needs_contributions else (), layers=fisher_layers)
+        if needs_contributions or fisher_layers
         else None
     )
+    contributions = statistics.contributions if statistics is not None and needs_contributions else None
     scores = group_importance(model, graph, importance, data=(x, y), contributions=contributions)
-    damage = (
-        layer_damage(model, graph, x, y, quantizer, b_max, layer_sensitivity, seed=seed, hessian_samples=hessian_samples)
-        if measure_damage
-        else {}
-    )
+    if not measure_damage:
+        damage = {}
+    elif statistics is not None and fisher_layers:
+        damage = fisher_damage(model, statistics.mean_squared_gradients(), quantizer, b_max)
+    else:
+        damage = layer_damage(
+            model, graph, x, y, quantizer, b_max, layer_sensitivity, seed=seed, hessian_samples=hessian_samples
+        )
     if estimate_prune:
         damages = [
             fisher_prune_damage(contributions[index], scores[index], counts)  # type: ignore[index]

@@ -22,25 +22,22 @@ counted once per consumer, and the estimate is the Taylor expansion of exactly t
 the BN output, since ``Σ a·∂L/∂a`` is unchanged through positively homogeneous per-channel ops
 (ReLU, max/avg pooling, flatten; Euler's theorem).
 
-Per-sample gradients come from one backward pass of the summed batch loss: in eval mode (the
-model is switched to it, and back) no sample's output depends on another sample, so the gradient
-at sample n's activation is ``∂L_n/∂a_n``. Parameters' ``.grad`` are left untouched. The same
-call twice gives the same scores.
+The contributions come from one backward pass per batch (``analysis.backward``, which the
+Fisher sensitivity shares). Parameters' ``.grad`` are left untouched. The same call twice gives
+the same scores.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from qubocompress.analysis.backward import BATCH_SIZE, backward_statistics
 from qubocompress.analysis.graph import ModelGraph
 from qubocompress.errors import ProblemError
 
 IMPORTANCE_METHODS = ("l1", "taylor", "fisher")
-BATCH_SIZE = 256
 
 CalibrationData = tuple[torch.Tensor, torch.Tensor]
 
@@ -64,7 +61,8 @@ def group_importance(
         method: one of :data:`IMPORTANCE_METHODS` (see the module docstring).
         data: ``(x, y)`` calibration inputs and int64 labels; needed by ``taylor`` and ``fisher``.
         batch_size: samples per forward/backward pass.
-        contributions: :func:`channel_contributions` of ``data`` if already computed (saves the pass).
+        contributions: ``analysis.backward.backward_statistics(...).contributions`` of ``data``
+            if already computed (saves the pass).
 
     Raises:
         ProblemError: an unknown method, or a data-driven method without data.
@@ -86,56 +84,7 @@ def group_importance(
         raise ProblemError(f"importance {method!r} needs calibration data (x, y); pass data= or use 'l1'")
     x, y = data
     if contributions is None:
-        contributions = channel_contributions(model, graph, x, y, batch_size)
+        contributions = backward_statistics(model, x, y, groups=graph.groups, batch_size=batch_size).contributions
     if method == "taylor":
         return [np.abs(c.sum(axis=0)) / len(x) for c in contributions]
     return [np.square(c).sum(axis=0) / (2 * len(x)) for c in contributions]
-
-
-def channel_contributions(
-    model: nn.Module, graph: ModelGraph, x: torch.Tensor, y: torch.Tensor, batch_size: int = BATCH_SIZE
-) -> list[np.ndarray]:
-    """Per group, an (N, channels) array: ``Σ_sites a·∂L_n/∂a`` of every sample n and channel (nats).
-
-    This is ``-∂L_n/∂m`` for a mask m multiplying the channel at every consumer's input, i.e. the
-    first-order change of sample n's loss when the channel is removed, with the sign flipped.
-    """
-    modules = dict(model.named_modules())
-    totals = [np.zeros((len(x), group.channels)) for group in graph.groups]
-    captured: list[tuple[int, torch.Tensor]] = []
-
-    def capture(group_index: int) -> Callable[[nn.Module, tuple], tuple]:
-        def hook(_module: nn.Module, args: tuple) -> tuple:
-            value = args[0]
-            # a fresh node per consumer, so its gradient is the one flowing through this consumer only
-            site = value.view_as(value) if value.requires_grad else value.detach().requires_grad_()
-            captured.append((group_index, site))
-            return (site, *args[1:])
-
-        return hook
-
-    handles = [
-        modules[name].register_forward_pre_hook(capture(index))
-        for index, group in enumerate(graph.groups)
-        for name, _per_channel in group.consumers
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            for start in range(0, len(x), batch_size):
-                captured.clear()
-                logits = model(x[start : start + batch_size])
-                loss = nn.functional.cross_entropy(logits, y[start : start + batch_size], reduction="sum")
-                grads = torch.autograd.grad(loss, [site for _, site in captured], allow_unused=True)
-                for (index, site), grad in zip(captured, grads, strict=True):
-                    if grad is None:
-                        continue
-                    product = (site.detach() * grad).reshape(len(site), graph.groups[index].channels, -1)
-                    totals[index][start : start + len(site)] += product.sum(dim=2).double().cpu().numpy()
-    finally:
-        for handle in handles:
-            handle.remove()
-        captured.clear()
-        model.train(was_training)
-    return totals

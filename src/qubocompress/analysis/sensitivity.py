@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qubocompress.analysis.backward import backward_statistics, layers_readable
 from qubocompress.analysis.graph import ModelGraph
 from qubocompress.analysis.masking import masked_channels
 from qubocompress.errors import ProblemError
@@ -60,8 +61,6 @@ HUTCHINSON_SAMPLES = 32
 # activations of a smaller batch stay in cache).
 LOSS_BATCH_SIZE = 256
 HESSIAN_BATCH_SIZE = 256
-# Per-sample gradients are computed this many weights x samples at a time (float32: 256 MiB).
-PER_SAMPLE_GRADIENT_FLOATS = 1 << 26
 # Bits of the one measurement that puts weight-MSE in nats: with every layer at 4 bits the loss
 # rises measurably on the built-in models but is far from the saturation of 1-2 bits.
 MSE_CALIBRATION_BITS = 4
@@ -241,37 +240,11 @@ def hessian_traces(
     return {name: float(total / samples) for name, total in zip(layer_names, sums, strict=True)}
 
 
-def _per_sample_squared_gradients(
-    model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
-) -> list[torch.Tensor]:
-    """``Σ_s (∂L_s/∂w)²`` over the samples of ``(x, y)`` for each tensor of ``weights`` (in its
-    order), ``L_s`` the cross-entropy of sample s, by ``torch.func``: vectorised over chunks of
-    samples sized so that the per-sample gradients fit :data:`PER_SAMPLE_GRADIENT_FLOATS`."""
-    names = list(weights)
-    state = {name: tensor.detach() for name, tensor in model.named_parameters()}
-    buffers = dict(model.named_buffers())
-
-    def sample_loss(chosen: dict[str, torch.Tensor], sample: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        logits = torch.func.functional_call(model, ({**state, **chosen}, buffers), (sample[None],))
-        return nn.functional.cross_entropy(logits, label[None])
-
-    per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))
-    total_weights = sum(tensor.numel() for tensor in weights.values())
-    chunk = max(1, min(len(x), PER_SAMPLE_GRADIENT_FLOATS // max(total_weights, 1)))
-    chosen = {name: weights[name].detach() for name in names}
-    sums = [torch.zeros_like(weights[name], dtype=torch.float64) for name in names]
-    for start in range(0, len(x), chunk):
-        grads = per_sample(chosen, x[start : start + chunk], y[start : start + chunk])
-        for total, name in zip(sums, names, strict=True):
-            total += grads[name].square().sum(dim=0, dtype=torch.float64)
-    return sums
-
-
 def _looped_squared_gradients(
     model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
 ) -> list[torch.Tensor]:
-    """The same sums as :func:`_per_sample_squared_gradients`, one backward pass per sample:
-    for models that ``torch.func`` cannot call or vectorise."""
+    """``Σ_s (∂L_s/∂w)²`` over the samples of ``(x, y)`` for each tensor of ``weights`` (in its
+    order), one backward pass per sample: for models whose layers ``analysis.backward`` cannot read."""
     tensors = list(weights.values())
     sums = [torch.zeros_like(tensor, dtype=torch.float64) for tensor in tensors]
     with _requiring_grad(tensors), torch.enable_grad():
@@ -288,27 +261,16 @@ def fisher_diagonals(
     """The empirical Fisher's diagonal of every layer's weight: ``F_ii = (1/N) Σ_s (∂L_s/∂w_i)²``
     over the N samples of ``(x, y)``, ``L_s`` the cross-entropy (nats) of sample s in eval mode;
     float64 tensors shaped like the weights (units: nats per weight²). Cost: one forward and one
-    backward pass per sample, vectorised with ``torch.func`` (one sample at a time for a model it
-    cannot call or vectorise: TorchScript, shared weights, data-dependent control flow).
-    Parameters' ``.grad`` are left untouched."""
+    backward pass per batch (``analysis.backward``); one per sample where the per-sample gradients
+    cannot be read off the layers (TorchScript, a Conv2d/Linear subclass with its own forward, a
+    weight that another module uses too). Parameters' ``.grad`` are left untouched."""
     weights = {name: layer_weight(model, name) for name in layer_names}
     if len(x) == 0:
         return {name: torch.zeros_like(weight, dtype=torch.float64) for name, weight in weights.items()}
-    parameter_names = {id(parameter): name for name, parameter in model.named_parameters()}
-    by_parameter = {parameter_names.get(id(weight), ""): weight for weight in weights.values()}
-    # torch.func calls the model with its parameters by name: every weight must be one, once
-    vectorisable = (
-        not isinstance(model, torch.jit.ScriptModule) and "" not in by_parameter and len(by_parameter) == len(weights)
-    )
+    if layers_readable(model, layer_names):
+        return backward_statistics(model, x, y, layers=layer_names).mean_squared_gradients()
     with evaluating(model):
-        sums = None
-        if vectorisable:
-            try:
-                sums = _per_sample_squared_gradients(model, by_parameter, x, y)
-            except RuntimeError:  # torch.func cannot vectorise the forward (data-dependent control flow, .item())
-                pass
-        if sums is None:
-            sums = _looped_squared_gradients(model, weights, x, y)
+        sums = _looped_squared_gradients(model, weights, x, y)
     return {layer: total / len(x) for layer, total in zip(weights, sums, strict=True)}
 
 
@@ -336,7 +298,7 @@ def layer_damage(
     if method == "measured":
         return quant_damage(model, names, x, y, quantizer, b_max)
     if method == "fisher":
-        return fisher_damage(model, names, x, y, quantizer, b_max)
+        return fisher_damage(model, fisher_diagonals(model, names, x, y), quantizer, b_max)
     errors = weight_error(model, names, quantizer, b_max)
     if method == "mse":
         scale = mse_loss_scale(model, names, x, y, quantizer, errors, min(MSE_CALIBRATION_BITS, b_max))
@@ -346,19 +308,18 @@ def layer_damage(
 
 
 def fisher_damage(
-    model: nn.Module, layer_names: Sequence[str], x: torch.Tensor, y: torch.Tensor, quantizer: Quantizer, b_max: int = 8
+    model: nn.Module, diagonals: Mapping[str, torch.Tensor], quantizer: Quantizer, b_max: int = 8
 ) -> dict[str, np.ndarray]:
-    """``result[name][b-1] = ½ Σ_i F_ii (Q_b(w_i) - w_i)²`` (nats) for b = 1..b_max, with ``F`` from
-    :func:`fisher_diagonals` on ``(x, y)``."""
-    diagonals = fisher_diagonals(model, layer_names, x, y)
+    """``result[name][b-1] = ½ Σ_i F_ii (Q_b(w_i) - w_i)²`` (nats) for b = 1..b_max and every layer
+    of ``diagonals``, the Fisher diagonals of :func:`fisher_diagonals`."""
     return {
         name: np.array(
             [
-                float((diagonals[name] * error).sum()) / 2
+                float((diagonal * error).sum()) / 2
                 for error in squared_rounding_errors(layer_weight(model, name), quantizer, b_max)
             ]
         )
-        for name in layer_names
+        for name, diagonal in diagonals.items()
     }
 
 
@@ -406,7 +367,7 @@ def fisher_prune_damage(contributions: np.ndarray, importance: np.ndarray, optio
     term, which averages out near a trained minimum, is left out as for the layers).
 
     ``contributions``: the group's (N, channels) ``u_sc = Σ_sites a·∂L_s/∂a`` from
-    ``analysis.importance.channel_contributions``; channels are ordered by :func:`prune_order`.
+    ``analysis.backward.backward_statistics``; channels are ordered by :func:`prune_order`.
     """
     order = prune_order(importance)
     samples = max(len(contributions), 1)
