@@ -14,7 +14,7 @@ from qubocompress.apply.artifact import load_artifact
 from qubocompress.cli import main
 from qubocompress.data.datasets import load_dataset, synthetic_dataset
 from qubocompress.models.train import evaluate
-from qubocompress.pipeline import parse_budget
+from qubocompress.pipeline import CompressConfig, parse_budget
 from qubocompress.problem.choices import fp32_cost, plan_cost
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec
@@ -84,6 +84,7 @@ def test_paper_run_writes_every_result_and_reaches_the_certified_optimum(paper_r
     assert compressed["reloaded_test_acc"] == pytest.approx(compressed["test_acc"], abs=1e-9)
     base = metrics["baseline_uniform"]
     assert base["ratio"] >= 8.0 and base["bit_width"] in {c["bit_width"] for c in base["candidates"]}
+    assert metrics["config"]["sensitivity"] == "measured"  # the paper formulation's default damage
     summary = (paper_run / "summary.txt").read_text()
     assert "QUBO paper (sa)" in summary and "certified optimum" in summary and "uniform" in summary
 
@@ -109,7 +110,17 @@ def test_budget_run_is_within_the_hard_budget(budget_run: Path) -> None:
     assert metrics["compressed"]["ratio"] >= 10.0
     assert qubo["feasible_rate"] == 1.0  # polished reads are always repaired into the budget
     assert qubo["energy"] >= qubo["exact"]["energy"] - 1e-9 * abs(qubo["exact"]["energy"])
-    assert any(group.prune_options for group in spec.groups)  # the analysis measured prune options
+    # the budget formulation's default damage: fisher, every damage estimated in one backward pass
+    assert metrics["config"]["sensitivity"] == "fisher" and qubo["exact_plan_matches"]
+    assert all(layer.quant_damage[0] > layer.quant_damage[-1] >= 0 for layer in spec.layers)  # falls with the bits
+    assert all(group.prune_options and group.prune_damage[0] == 0 < group.prune_damage[-1] for group in spec.groups)
+
+
+def test_the_default_sensitivity_follows_the_formulation_and_an_explicit_one_wins() -> None:
+    assert CompressConfig(formulation="budget").layer_sensitivity() == "fisher"
+    assert CompressConfig(formulation="paper").layer_sensitivity() == "measured"
+    assert CompressConfig(formulation="budget", sensitivity="measured").layer_sensitivity() == "measured"
+    assert CompressConfig(formulation="paper", sensitivity="hessian").layer_sensitivity() == "hessian"
 
 
 @pytest.mark.parametrize("method", ["ga-acc", "rl-acc"])
@@ -179,17 +190,6 @@ def test_budget_formulation_takes_weight_mse_in_nats(data_dir: Path, tmp_path: P
     assert metrics["compressed"]["ratio"] >= 10.0 and metrics["qubo"]["feasible_rate"] == 1.0
     assert all(np.all(np.diff(layer.quant_damage) <= 0) for layer in spec.layers)  # falls with the bits
     assert 0 < sum(layer.quant_damage[3] for layer in spec.layers) < 10  # nats, not weight^2
-
-
-def test_the_fisher_route_estimates_every_damage_and_stays_in_budget(data_dir: Path, tmp_path: Path) -> None:
-    extra = ("--target-ratio", "10", "--formulation", "budget", "--sensitivity", "fisher", "--finetune-epochs", "0")
-    assert run(*compress_args(data_dir, tmp_path / "fisher", *extra), "--no-baseline") == 0
-    metrics = json.loads((tmp_path / "fisher" / "metrics.json").read_text())
-    spec = CompressionSpec.from_json((tmp_path / "fisher" / "spec.json").read_text())
-    assert metrics["config"]["sensitivity"] == "fisher" and metrics["qubo"]["exact_plan_matches"]
-    assert metrics["compressed"]["ratio"] >= 10.0 and metrics["qubo"]["feasible_rate"] == 1.0
-    assert all(layer.quant_damage[0] > layer.quant_damage[-1] >= 0 for layer in spec.layers)  # falls with the bits
-    assert all(group.prune_damage[0] == 0 and group.prune_damage[-1] > 0 for group in spec.groups)
 
 
 def test_ablation_runs_every_combination_at_the_same_budget(

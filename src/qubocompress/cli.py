@@ -51,7 +51,7 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
     from qubocompress.analysis.importance import IMPORTANCE_METHODS
     from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
     from qubocompress.models import MODELS
-    from qubocompress.pipeline import FORMULATIONS, METRICS, SEARCH_METHODS, CompressConfig
+    from qubocompress.pipeline import AUTO_SENSITIVITY, FORMULATIONS, METRICS, SEARCH_METHODS, CompressConfig
     from qubocompress.solvers.registry import SOLVER_NAMES
 
     defaults = CompressConfig()
@@ -99,11 +99,11 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
     parser.add_argument(
         "--sensitivity",
         default=defaults.sensitivity,
-        choices=LAYER_SENSITIVITY_METHODS,
+        choices=(AUTO_SENSITIVITY, *LAYER_SENSITIVITY_METHODS),
         help="layer quantization damage: loss increase measured on the calibration split, weight MSE (put in "
         "nats by one measured pass), Hessian trace x quantization error (Hutchinson), or empirical-Fisher "
         "diagonal x each weight's rounding error (also estimates the prune damage: one backward pass, no "
-        "measured losses)",
+        "measured losses); auto: fisher with --formulation budget, measured with paper",
     )
     parser.add_argument(
         "--interactions",

@@ -52,6 +52,10 @@ Log = Callable[[str], None]
 Formulation = PaperFormulation | BudgetFormulation
 
 FORMULATIONS = ("paper", "budget")
+# --sensitivity's default: fisher for the budget formulation (its damage of the prune options as
+# well, in one backward pass: same or better plans after fine-tuning on the built-in nets at
+# 1/5-1/35 of the analysis time, docs/benchmarks.md §3.2.2), measured for the paper's (§1 rests on it).
+AUTO_SENSITIVITY = "auto"
 SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
 # Validation images that score plans before fine-tuning (the uniform baseline's choice, ga-acc and
 # rl-acc): 2,000 tell apart plans that differ by more than ~1.5 points (2 standard errors at 90 %
@@ -101,7 +105,7 @@ class CompressConfig:
     formulation: str = "paper"
     metric: str = "bits"
     importance: str = "l1"
-    sensitivity: str = "measured"
+    sensitivity: str = AUTO_SENSITIVITY
     interactions: bool = False
     solver: str = "sa"
     search: str = "qubo"
@@ -119,13 +123,20 @@ class CompressConfig:
     exact_time_limit: float = 60.0
     analysis_cache: bool = True
 
+    def layer_sensitivity(self) -> str:
+        """The layer sensitivity the analysis uses: ``sensitivity``, with ``auto`` resolved
+        (``fisher`` for the budget formulation, ``measured`` for the paper's)."""
+        if self.sensitivity != AUTO_SENSITIVITY:
+            return self.sensitivity
+        return "fisher" if self.formulation == "budget" else "measured"
+
     def validate(self) -> None:
         """Reject impossible settings before any work starts."""
         for flag, value, valid in (
             ("--formulation", self.formulation, FORMULATIONS),
             ("--metric", self.metric, METRICS),
             ("--importance", self.importance, IMPORTANCE_METHODS),
-            ("--sensitivity", self.sensitivity, LAYER_SENSITIVITY_METHODS),
+            ("--sensitivity", self.sensitivity, (AUTO_SENSITIVITY, *LAYER_SENSITIVITY_METHODS)),
             ("--solver", self.solver, SOLVER_NAMES),
             ("--search", self.search, SEARCH_METHODS),
         ):
@@ -175,7 +186,7 @@ def analysis_options(config: CompressConfig, dataset: Dataset, model_name: str) 
         "model_name": model_name,
         "input_shape": list(dataset.input_shape),
         "importance": config.importance,
-        "layer_sensitivity": config.sensitivity,
+        "layer_sensitivity": config.layer_sensitivity(),
         "b_max": config.b_max,
         "bit_levels": config.bit_levels,
         "max_prune_fraction": config.max_prune_fraction,
@@ -185,7 +196,7 @@ def analysis_options(config: CompressConfig, dataset: Dataset, model_name: str) 
         "interactions": config.interactions,
         "measure_damage": config.search == "qubo",
         # only the Hutchinson probes are random
-        "seed": config.seed if config.sensitivity == "hessian" and config.search == "qubo" else None,
+        "seed": config.seed if config.layer_sensitivity() == "hessian" and config.search == "qubo" else None,
     }
 
 
@@ -446,6 +457,7 @@ def load_model(config: CompressConfig, dataset: Dataset, log: Log) -> tuple[nn.M
 def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
     """Run the whole job and write ``config.out``; returns the metrics."""
     config.validate()
+    config = replace(config, sensitivity=config.layer_sensitivity())
     out = prepare_output_dir(config.out)
     timer = Timer(log)
     torch.manual_seed(config.seed)

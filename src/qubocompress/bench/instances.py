@@ -273,7 +273,12 @@ def model_spec(
     net, info = load_or_train(model, dataset, seed=seed, progress=progress)
     # "budget" makes the analysis measure prune options too, so one spec serves both formulations.
     config = CompressConfig(
-        model=model, data=data, seed=seed, max_prune_fraction=max_prune_fraction, formulation="budget"
+        model=model,
+        data=data,
+        seed=seed,
+        max_prune_fraction=max_prune_fraction,
+        formulation="budget",
+        sensitivity="measured",
     )
     _, spec = analyse(net, dataset, config, model, progress or (lambda _: None))
     source = f"model:{model} ({dataset.name}, seed {seed})"
