@@ -230,13 +230,28 @@ class ChoiceModel:
             total += table[index[:, a], index[:, b]]
         return total
 
+    @cached_property
+    def _cost_lookup(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every cell's cost table flattened into one array, and per cell its offset there, its
+        axes (padded with a pseudo choice, always at option 0) and their C-order strides."""
+        width = max((len(cell.axes) for cell in self.cells), default=1)
+        pseudo = len(self.counts)
+        axes = np.full((len(self.cells), width), pseudo, dtype=np.int64)
+        strides = np.zeros((len(self.cells), width), dtype=np.int64)
+        for k, cell in enumerate(self.cells):
+            axes[k, : len(cell.axes)] = cell.axes
+            strides[k, : len(cell.axes)] = [int(np.prod(cell.size.shape[i + 1 :])) for i in range(len(cell.axes))]
+        flat = np.concatenate([cell.size.ravel() for cell in self.cells] + [np.zeros(0, dtype=np.int64)])
+        offsets = np.cumsum([0] + [cell.size.size for cell in self.cells[:-1]], dtype=np.int64)[: len(self.cells)]
+        return flat, offsets, axes, strides
+
     def costs(self, index: np.ndarray) -> np.ndarray:
         """True cost of each choice vector (rows of ``index``)."""
         index = np.atleast_2d(index)
-        total = np.full(index.shape[0], self.constant_cost, dtype=np.int64)
-        for cell in self.cells:
-            total += cell.size.ravel()[cell.state_of(index)]
-        return total
+        flat, offsets, axes, strides = self._cost_lookup
+        padded = np.concatenate([index, np.zeros((index.shape[0], 1), dtype=index.dtype)], axis=1)
+        states = (padded[:, axes] * strides).sum(axis=2)  # (rows, cells)
+        return self.constant_cost + flat[offsets + states].sum(axis=1, dtype=np.int64)
 
     def in_units(self, unit: int) -> ChoiceModel:
         """The same model with every cell cost (and the constant cost) rounded up to whole ``unit`` s.
@@ -244,6 +259,7 @@ class ChoiceModel:
         A plan within ``budget // unit`` of the rounded model is within ``budget`` of this one.
         """
         rounded = copy.copy(self)
+        rounded.__dict__.pop("_cost_lookup", None)  # the copy's tables differ
         rounded.cells = [replace(cell, size=-(-cell.size // unit)) for cell in self.cells]
         rounded.constant_cost = -(-self.constant_cost // unit)
         return rounded

@@ -46,6 +46,33 @@ class _CellSlices:
         return flat[np.where(self.valid, self.base + shift, flat.size - 1)]
 
 
+@dataclass(frozen=True)
+class _Scatter:
+    """Adds stacked blocks into a vector or matrix of moves at fixed places: the places depend on
+    the problem's structure only, so they are worked out once and each call is one bincount."""
+
+    index: np.ndarray  # flat target of each valid block entry (twice for a symmetric matrix)
+    valid: np.ndarray  # which block entries are real options
+    length: int  # size of the flat target
+    symmetric: bool
+
+    @classmethod
+    def of(cls, rows: np.ndarray, cols: np.ndarray | None, valid: np.ndarray, size: int) -> _Scatter:
+        """Entries go to ``rows`` (a vector of ``size``), or to ``(rows, cols)`` and ``(cols, rows)``
+        of a ``size × size`` matrix; ``rows``/``cols`` broadcast to ``valid``'s shape."""
+        row = np.broadcast_to(rows, valid.shape)[valid]
+        if cols is None:
+            return cls(row, valid, size, False)
+        col = np.broadcast_to(cols, valid.shape)[valid]
+        return cls(np.concatenate([row * size + col, col * size + row]), valid, size * size, True)
+
+    def add(self, blocks: np.ndarray) -> np.ndarray:
+        values = blocks[self.valid].astype(np.float64)
+        if self.symmetric:
+            values = np.concatenate([values, values])
+        return np.bincount(self.index, weights=values, minlength=self.length)
+
+
 class MoveTables:
     """Changes of damage and cost of every 1- and 2-move around a choice vector (vectorised).
 
@@ -80,6 +107,10 @@ class MoveTables:
             self._tables[n, : table.shape[0], : table.shape[1]] = table
         self._flat_cost = np.concatenate([cell.size.ravel() for cell in model.cells] + [np.zeros(1, dtype=np.int64)])
         self._lines, self._planes = self._cell_slices(model, width)
+        self._scatters()
+        # added to a pair of moves' damage: +inf for two options of one choice (the null pair aside)
+        self.blocked = np.where(self.move_choice[:, None] == self.move_choice[None, :], np.inf, 0.0)
+        np.fill_diagonal(self.blocked, 0.0)
         scale = sum(float(np.abs(u).max()) for u in model.unary)
         scale += sum(float(np.abs(t).max()) for t in model.pairs.values())
         self.tolerance = IMPROVEMENT_TOLERANCE * max(scale, 1.0)
@@ -127,6 +158,23 @@ class MoveTables:
         shape[axis] = -1
         return self._first[choice].reshape((-1,) + (1,) * (ndim - 1)) + np.arange(self._width).reshape(shape)
 
+    def _scatters(self) -> None:
+        """Where each entry of the interaction tables and cost lines/planes lands among the moves."""
+        size, width = self.size, self._width
+        option = np.arange(width)
+        a, b = self._pair_choices[:, 0], self._pair_choices[:, 1]
+        valid_a = option[None, :] < self._counts[a][:, None]
+        valid_b = option[None, :] < self._counts[b][:, None]
+        # single moves: a table's row (choice a moves) and column (choice b moves) through x
+        self._table_rows = _Scatter.of(self._moves(a, 2, 1), None, valid_a, size)
+        self._table_cols = _Scatter.of(self._moves(b, 2, 1), None, valid_b, size)
+        self._line_moves = _Scatter.of(self._moves(self._lines.choices[:, 0], 2, 1), None, self._lines.valid, size)
+        # pairs of moves: a table's whole block, a cost plane's whole block
+        valid = valid_a[:, :, None] & valid_b[:, None, :]
+        self._table_pairs = _Scatter.of(self._moves(a, 3, 1), self._moves(b, 3, 2), valid, size)
+        pa, pb = self._planes.choices[:, 0], self._planes.choices[:, 1]
+        self._plane_pairs = _Scatter.of(self._moves(pa, 3, 1), self._moves(pb, 3, 2), self._planes.valid, size)
+
     def single(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Damage and cost change of setting each (choice, option) alone."""
         x = np.append(x, 0)  # the pseudo choice
@@ -135,43 +183,27 @@ class MoveTables:
             n = np.arange(len(self._tables))
             a, b = self._pair_choices[:, 0], self._pair_choices[:, 1]
             centre = self._tables[n, x[a], x[b]][:, None]
-            for choice, values in ((a, self._tables[n, :, x[b]] - centre), (b, self._tables[n, x[a], :] - centre)):
-                moves = self._moves(choice, 2, 1)
-                valid = np.arange(values.shape[1])[None, :] < self._counts[choice][:, None]
-                np.add.at(damage, moves[valid], values[valid])
-        cost = np.zeros(self.size, dtype=np.int64)
+            damage += self._table_rows.add(self._tables[n, :, x[b]] - centre)
+            damage += self._table_cols.add(self._tables[n, x[a], :] - centre)
         lines = self._lines.gather(self._flat_cost, x)
-        choice = self._lines.choices[:, 0]
-        current = lines[np.arange(len(lines)), x[choice]][:, None]
-        valid = self._lines.valid
-        np.add.at(cost, self._moves(choice, 2, 1)[valid], (lines - current)[valid])
+        current = lines[np.arange(len(lines)), x[self._lines.choices[:, 0]]][:, None]
+        cost = np.rint(self._line_moves.add(lines - current)).astype(np.int64)
         return damage, cost
 
     def pair_corrections(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Corrections ``e``, ``f`` of 2-moves whose choices share a table or a cell (0 elsewhere)."""
         x = np.append(x, 0)
-        damage = np.zeros((self.size, self.size))
+        shape = (self.size, self.size)
+        damage = np.zeros(shape)
         if len(self._tables):
             a, b = self._pair_choices[:, 0], self._pair_choices[:, 1]
-            valid = (np.arange(self._tables.shape[1])[None, :, None] < self._counts[a][:, None, None]) & (
-                np.arange(self._tables.shape[2])[None, None, :] < self._counts[b][:, None, None]
-            )
-            self._scatter(damage, _double_centre(self._tables, x[a], x[b]), a, b, valid)
-        cost = np.zeros((self.size, self.size), dtype=np.int64)
+            damage = self._table_pairs.add(_double_centre(self._tables, x[a], x[b])).reshape(shape)
+        cost = np.zeros(shape, dtype=np.int64)
         if len(self._planes.base):
             a, b = self._planes.choices[:, 0], self._planes.choices[:, 1]
             planes = self._planes.gather(self._flat_cost, x)
-            self._scatter(cost, _double_centre(planes, x[a], x[b]), a, b, self._planes.valid)
+            cost = np.rint(self._plane_pairs.add(_double_centre(planes, x[a], x[b]))).astype(np.int64).reshape(shape)
         return damage, cost
-
-    def _scatter(
-        self, matrix: np.ndarray, blocks: np.ndarray, a: np.ndarray, b: np.ndarray, valid: np.ndarray
-    ) -> None:
-        """Add each block at (moves of a) × (moves of b) and its transpose at (moves of b) × (moves of a)."""
-        rows = np.broadcast_to(self._moves(a, 3, 1), blocks.shape)[valid]
-        cols = np.broadcast_to(self._moves(b, 3, 2), blocks.shape)[valid]
-        np.add.at(matrix, (rows, cols), blocks[valid])
-        np.add.at(matrix, (cols, rows), blocks[valid])
 
 
 def _combinations(count: int, r: int) -> list[tuple[int, ...]]:
@@ -215,24 +247,26 @@ def descend(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables |
     x = x.copy()
     if tables.size == 0:
         return x
-    cost = int(model.costs(x)[0])
-    same_choice = tables.move_choice[:, None] == tables.move_choice[None, :]
+    slack = budget - int(model.costs(x)[0])
+    diagonal = slice(None, None, tables.size + 1)  # of a flattened move × move matrix
     while True:
         d, k = tables.single(x)
         e, f = tables.pair_corrections(x)
-        damage = d[:, None] + d[None, :] + e
-        new_cost = cost + k[:, None] + k[None, :] + f
-        damage[same_choice] = np.inf  # two options of one choice: not a move ...
-        np.fill_diagonal(damage, d)  # ... except a move paired with itself: the single move
-        np.fill_diagonal(new_cost, cost + k)
-        damage[new_cost > budget] = np.inf
+        damage = d[:, None] + d[None, :]
+        damage += e
+        damage += tables.blocked  # two options of one choice: not a move ...
+        damage.reshape(-1)[diagonal] = d  # ... except a move paired with itself: the single move
+        added = k[:, None] + k[None, :]
+        added += f
+        added.reshape(-1)[diagonal] = k
+        damage[added > slack] = np.inf
         best = int(np.argmin(damage))
         if not damage.flat[best] < -tables.tolerance:
             return x
         m1, m2 = divmod(best, tables.size)
         x[tables.move_choice[m1]] = tables.move_option[m1]
         x[tables.move_choice[m2]] = tables.move_option[m2]
-        cost = int(new_cost.flat[best])
+        slack -= int(added.flat[best])
 
 
 def iterated_local_search(
