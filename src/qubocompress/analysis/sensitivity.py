@@ -26,12 +26,13 @@ bit-widths b = 1..b_max (entry ``b-1``):
   (∂L_s/∂w_i)²`` over the N calibration samples (:func:`fisher_diagonals`; the FIT metric of
   Zandonati et al. 2022 with each weight's own rounding error). It also estimates the prune
   damage of the ``budget`` formulation (:func:`fisher_prune_damage`), so the whole analysis is
-  one backward pass per sample and no loss is measured: the analysis took 10 s instead of
-  50-67 s on the VGG-style net and 17 s instead of ~10 minutes on ResNet-20 (2 cores). It
+  one backward pass per batch (``analysis.backward``) and no loss is measured: 3-4 s instead of
+  50-67 s on the VGG-style net and 11-12 s instead of ~10 minutes on ResNet-20 (2 cores). It
   mostly underestimates large damages (VGG-style net, measured over fisher: 1.2-15x at 1 bit,
-  0.7-6.9x at 2 bits, 1.6-12x with half a layer's channels pruned), and yet its plans were as good after fine-tuning on both built-in models
-  (the same certified plans as ``measured`` at 24x and 32x on the VGG-style net; docs/benchmarks.md
-  §3.2.2).
+  0.7-6.9x at 2 bits, 1.6-12x with half a layer's channels pruned), and yet its plans were as
+  good after fine-tuning on both built-in models (the same certified plans as ``measured`` at
+  24x and 32x on the VGG-style net; docs/benchmarks.md §3.2.2), so it is the budget
+  formulation's default.
 
 The quantizer is passed in (``apply.quantize.fake_quantize`` in the pipeline) so that this
 module never depends on the layer that applies the plan, and the damage measured is that of the
