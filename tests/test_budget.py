@@ -401,18 +401,19 @@ def test_polish_turns_any_reads_into_feasible_ones() -> None:
 def test_move_tables_predict_every_double_move(formulation: BudgetFormulation, seed: int) -> None:
     model = formulation.model
     tables = MoveTables(model)
-    x = np.array([np.random.default_rng(seed).integers(k) for k in model.counts])
-    d, k = tables.single(x)
-    e, f = tables.pair_corrections(x)
-    base_damage, base_cost = model.damages(x)[0], model.costs(x)[0]
-    for m1, m2 in itertools.product(range(tables.size), repeat=2):
-        c1, c2 = tables.move_choice[m1], tables.move_choice[m2]
-        if c1 == c2:
-            continue
-        y = x.copy()
-        y[c1], y[c2] = tables.move_option[m1], tables.move_option[m2]
-        assert model.damages(y)[0] == pytest.approx(base_damage + d[m1] + d[m2] + e[m1, m2], abs=1e-9)
-        assert model.costs(y)[0] == base_cost + k[m1] + k[m2] + f[m1, m2]
+    rng = np.random.default_rng(seed)
+    vectors = np.array([[rng.integers(k) for k in model.counts] for _ in range(2)])  # two rows at once
+    singles, pairs = tables.single(vectors), tables.pair_corrections(vectors)
+    for x, d, k, e, f in zip(vectors, *singles, *pairs):
+        base_damage, base_cost = model.damages(x)[0], model.costs(x)[0]
+        for m1, m2 in itertools.product(range(tables.size), repeat=2):
+            c1, c2 = tables.move_choice[m1], tables.move_choice[m2]
+            if c1 == c2:
+                continue
+            y = x.copy()
+            y[c1], y[c2] = tables.move_option[m1], tables.move_option[m2]
+            assert model.damages(y)[0] == pytest.approx(base_damage + d[m1] + d[m2] + e[m1, m2], abs=1e-9)
+            assert model.costs(y)[0] == base_cost + k[m1] + k[m2] + f[m1, m2]
 
 
 @pytest.mark.parametrize("interactions", [False, True])

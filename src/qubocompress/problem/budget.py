@@ -70,7 +70,14 @@ import numpy as np
 
 from qubocompress.errors import ProblemError
 from qubocompress.problem.choices import ChoiceModel, Metric, fp32_cost, plan_cost, prune_options
-from qubocompress.problem.local_search import MoveTables, descend, iterated_local_search, repair
+from qubocompress.problem.local_search import (
+    MoveTables,
+    descend_all,
+    iterated_local_search,
+    iterated_local_search_all,
+    repair,
+    repair_all,
+)
 from qubocompress.problem.milp import solve_budget_milp
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec
@@ -684,16 +691,16 @@ class BudgetFormulation:
             seed = zlib.crc32(np.ascontiguousarray(starts).tobytes())
         model, capacity = self.model.in_units(self.unit), self.budget // self.unit
         tables = MoveTables(model)
-        descended = np.array([descend(model, repair(model, row, capacity, tables), capacity, tables) for row in starts])
+        descended = descend_all(model, repair_all(model, starts, capacity, tables), capacity, tables)
         optima, optimum_of_start = np.unique(descended, axis=0, return_inverse=True)
         improved = optima.copy()
-        damages = model.damages(optima)
-        ranking = np.argsort(damages, kind="stable")
-        for chain, rng in enumerate(np.random.default_rng(seed).spawn(chains)):
-            k = int(ranking[chain % len(ranking)])
-            found = iterated_local_search(model, optima[k], capacity, chain_length, kick, rng, tables)
-            if model.damages(found)[0] < model.damages(improved[k])[0]:
-                improved[k] = found
+        ranking = np.argsort(model.damages(optima), kind="stable")
+        origin = ranking[np.arange(chains) % len(ranking)]  # the local optimum each chain grows from
+        rngs = np.random.default_rng(seed).spawn(chains)
+        found = iterated_local_search_all(model, optima[origin], capacity, chain_length, kick, rngs, tables)
+        for k, plan, damage in zip(origin, found, model.damages(found), strict=True):
+            if damage < model.damages(improved[k])[0]:
+                improved[k] = plan
         rows = self._encode_rows(improved[np.ravel(optimum_of_start)[np.ravel(start_of_read)]])
         seconds = time.perf_counter() - start
         info = dict(sampleset.info)

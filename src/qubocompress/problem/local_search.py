@@ -1,11 +1,13 @@
 """Feasibility-preserving local search on an option grid (the budget formulation's polish step).
 
 Moves change one choice, or two choices at once (what a budget needs: one layer gets more bits
-while another gives some up). :func:`repair` makes a plan fit the budget; :func:`descend` then
-takes the best improving move that stays within the budget until none is left (steepest descent
-over the 1- and 2-move neighbourhood, restricted to feasible plans); :func:`iterated_local_search`
-kicks a local optimum (a few random choices changed), repairs and descends again, keeping what is
-no worse.
+while another gives some up). :func:`repair_all` makes plans fit the budget; :func:`descend_all`
+then takes the best improving move that stays within the budget until none is left (steepest
+descent over the 1- and 2-move neighbourhood, restricted to feasible plans);
+:func:`iterated_local_search_all` kicks local optima (a few random choices changed), repairs and
+descends again, keeping what is no worse. Each works on many plans (rows) at once, in step, so
+that a polish of dozens of chains costs a few numpy calls per step rather than a few per chain
+and step; :func:`repair`, :func:`descend` and :func:`iterated_local_search` take one plan.
 
 Each descent step evaluates every 1- and 2-move at once: ``Δdamage[m1, m2] = d[m1] + d[m2] +
 e[m1, m2]`` and ``Δcost[m1, m2] = k[m1] + k[m2] + f[m1, m2]``, where ``d``/``k`` are the changes
@@ -24,6 +26,9 @@ from qubocompress.problem.choices import ChoiceModel
 
 # A move must lower the damage by more than this share of the model's damage scale.
 IMPROVEMENT_TOLERANCE = 1e-12
+# Descents run side by side in blocks of rows whose move × move matrices hold about this many
+# entries together (8 MiB per float64 matrix): vectorised across rows, and bounded in memory.
+PAIR_MATRIX_ENTRIES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,10 @@ class _CellSlices:
     valid: np.ndarray  # same shape as base
 
     def gather(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
-        shift = (self.stride * x[self.fixed]).sum(axis=1).reshape((-1,) + (1,) * (self.base.ndim - 1))
+        """The lines or planes at each choice vector (rows of ``x``, pseudo choice appended):
+        shape ``(rows, n, width[, width])``."""
+        shift = (self.stride * x[:, self.fixed]).sum(axis=2)
+        shift = shift.reshape(shift.shape + (1,) * (self.base.ndim - 1))
         return flat[np.where(self.valid, self.base + shift, flat.size - 1)]
 
 
@@ -67,10 +75,13 @@ class _Scatter:
         return cls(np.concatenate([row * size + col, col * size + row]), valid, size * size, True)
 
     def add(self, blocks: np.ndarray) -> np.ndarray:
-        values = blocks[self.valid].astype(np.float64)
+        """The sums for each row of ``blocks`` (shape ``(rows, *valid.shape)``): ``(rows, length)``."""
+        rows = blocks.shape[0]
+        values = blocks[:, self.valid].astype(np.float64)
         if self.symmetric:
-            values = np.concatenate([values, values])
-        return np.bincount(self.index, weights=values, minlength=self.length)
+            values = np.concatenate([values, values], axis=1)
+        index = (np.arange(rows)[:, None] * self.length + self.index[None, :]).ravel()
+        return np.bincount(index, weights=values.ravel(), minlength=rows * self.length).reshape(rows, self.length)
 
 
 class MoveTables:
@@ -114,6 +125,11 @@ class MoveTables:
         scale = sum(float(np.abs(u).max()) for u in model.unary)
         scale += sum(float(np.abs(t).max()) for t in model.pairs.values())
         self.tolerance = IMPROVEMENT_TOLERANCE * max(scale, 1.0)
+
+    @property
+    def has_interactions(self) -> bool:
+        """True when some pair of choices has an interaction table (else ``e`` is all zero)."""
+        return len(self._tables) > 0
 
     def _cell_slices(self, model: ChoiceModel, width: int) -> tuple[_CellSlices, _CellSlices]:
         """The lines (one per cell and axis) and planes (one per cell and pair of axes) of the costs."""
@@ -176,34 +192,44 @@ class MoveTables:
         self._plane_pairs = _Scatter.of(self._moves(pa, 3, 1), self._moves(pb, 3, 2), self._planes.valid, size)
 
     def single(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Damage and cost change of setting each (choice, option) alone."""
-        x = np.append(x, 0)  # the pseudo choice
-        damage = (self._unary - self._unary[np.arange(self._free.size), x[self._free]][:, None])[self._unary_valid]
+        """Damage and cost change of setting each (choice, option) alone, for each choice vector
+        (rows of ``x``): two ``(rows, moves)`` arrays."""
+        x = _with_pseudo(x)
+        current = self._unary[np.arange(self._free.size)[None, :], x[:, self._free]]
+        damage = (self._unary[None] - current[:, :, None])[:, self._unary_valid]
         if len(self._tables):
-            n = np.arange(len(self._tables))
-            a, b = self._pair_choices[:, 0], self._pair_choices[:, 1]
-            centre = self._tables[n, x[a], x[b]][:, None]
-            damage += self._table_rows.add(self._tables[n, :, x[b]] - centre)
-            damage += self._table_cols.add(self._tables[n, x[a], :] - centre)
+            n = np.arange(len(self._tables))[None, :]
+            xa, xb = x[:, self._pair_choices[:, 0]], x[:, self._pair_choices[:, 1]]
+            centre = self._tables[n, xa, xb][:, :, None]
+            damage += self._table_rows.add(self._tables[n, :, xb] - centre)
+            damage += self._table_cols.add(self._tables[n, xa, :] - centre)
         lines = self._lines.gather(self._flat_cost, x)
-        current = lines[np.arange(len(lines)), x[self._lines.choices[:, 0]]][:, None]
-        cost = np.rint(self._line_moves.add(lines - current)).astype(np.int64)
+        current_cost = np.take_along_axis(lines, x[:, self._lines.choices[:, 0]][:, :, None], axis=2)
+        cost = np.rint(self._line_moves.add(lines - current_cost)).astype(np.int64)
         return damage, cost
 
     def pair_corrections(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Corrections ``e``, ``f`` of 2-moves whose choices share a table or a cell (0 elsewhere)."""
-        x = np.append(x, 0)
-        shape = (self.size, self.size)
+        """Corrections ``e``, ``f`` of 2-moves whose choices share a table or a cell (0 elsewhere),
+        for each choice vector (rows of ``x``): two ``(rows, moves, moves)`` arrays."""
+        x = _with_pseudo(x)
+        shape = (len(x), self.size, self.size)
         damage = np.zeros(shape)
         if len(self._tables):
             a, b = self._pair_choices[:, 0], self._pair_choices[:, 1]
-            damage = self._table_pairs.add(_double_centre(self._tables, x[a], x[b])).reshape(shape)
+            tables = np.broadcast_to(self._tables, (len(x), *self._tables.shape))
+            damage = self._table_pairs.add(_double_centre(tables, x[:, a], x[:, b])).reshape(shape)
         cost = np.zeros(shape, dtype=np.int64)
         if len(self._planes.base):
             a, b = self._planes.choices[:, 0], self._planes.choices[:, 1]
             planes = self._planes.gather(self._flat_cost, x)
-            cost = np.rint(self._plane_pairs.add(_double_centre(planes, x[a], x[b]))).astype(np.int64).reshape(shape)
+            cost = np.rint(self._plane_pairs.add(_double_centre(planes, x[:, a], x[:, b]))).astype(np.int64).reshape(shape)
         return damage, cost
+
+
+def _with_pseudo(x: np.ndarray) -> np.ndarray:
+    """Rows of choice vectors with the pseudo choice (always option 0) appended."""
+    x = np.atleast_2d(x)
+    return np.concatenate([x, np.zeros((len(x), 1), dtype=x.dtype)], axis=1)
 
 
 def _combinations(count: int, r: int) -> list[tuple[int, ...]]:
@@ -211,62 +237,126 @@ def _combinations(count: int, r: int) -> list[tuple[int, ...]]:
 
 
 def _double_centre(blocks: np.ndarray, xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
-    """``B[i, j] − B[i, xb] − B[xa, j] + B[xa, xb]`` for a stack of blocks."""
-    n = np.arange(blocks.shape[0])
-    return blocks - blocks[n, :, xb][:, :, None] - blocks[n, xa, :][:, None, :] + blocks[n, xa, xb][:, None, None]
+    """``B[i, j] − B[i, xb] − B[xa, j] + B[xa, xb]`` for rows of stacked blocks ``(rows, n, w, w)``
+    at the options ``xa``, ``xb`` ``(rows, n)``."""
+    at_a, at_b = xa[:, :, None, None], xb[:, :, None, None]
+    column = np.take_along_axis(blocks, at_b, axis=3)
+    row = np.take_along_axis(blocks, at_a, axis=2)
+    return blocks - column - row + np.take_along_axis(column, at_a, axis=2)
 
 
-def repair(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
-    """``x`` made to fit the budget: repeatedly the single move that saves cost at the least damage
-    per unit of cost saved (a move that saves cost and damage both comes first).
+def repair_all(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
+    """Each choice vector (rows of ``x``) made to fit the budget: repeatedly the single move that
+    saves cost at the least damage per unit of cost saved (a move that saves cost and damage both
+    comes first).
 
     The budget must hold the model's cheapest plan (the move always exists until it is reached).
     """
     tables = tables or MoveTables(model)
-    x = x.copy()
-    cost = int(model.costs(x)[0])
-    while cost > budget:
-        damage_change, cost_change = tables.single(x)
+    x = np.array(x, copy=True)
+    cost = model.costs(x)
+    while True:
+        over = np.flatnonzero(cost > budget)
+        if over.size == 0:
+            return x
+        damage_change, cost_change = tables.single(x[over])
         saving = cost_change < 0
-        if not saving.any():
-            raise ProblemError(f"no plan on the grid fits the budget of {budget} (cheapest: {cost})")
+        if not saving.any(axis=1).all():
+            cheapest = int(cost[over][~saving.any(axis=1)].min())
+            raise ProblemError(f"no plan on the grid fits the budget of {budget} (cheapest: {cheapest})")
         rate = np.where(saving, damage_change / np.where(saving, -cost_change, 1), np.inf)
-        best = int(np.argmin(rate))
-        x[tables.move_choice[best]] = tables.move_option[best]
-        cost += int(cost_change[best])
+        best = np.argmin(rate, axis=1)
+        x[over, tables.move_choice[best]] = tables.move_option[best]
+        cost[over] += cost_change[np.arange(over.size), best]
+
+
+def descend_all(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
+    """Steepest descent of the damage over 1- and 2-moves that keep the cost within ``budget``,
+    for each choice vector (rows of ``x``) at once.
+
+    Every row must fit the budget; the results do, and no single or double change of one that
+    fits lowers its damage (by more than the tolerance).
+    """
+    tables = tables or MoveTables(model)
+    x = np.array(x, copy=True)
+    if tables.size == 0:
+        return x
+    block = max(1, PAIR_MATRIX_ENTRIES // tables.size**2)
+    for start in range(0, len(x), block):
+        x[start : start + block] = _descend_block(model, x[start : start + block], budget, tables)
     return x
 
 
-def descend(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
-    """Steepest descent of the damage over 1- and 2-moves that keep the cost within ``budget``.
+def _descend_block(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables) -> np.ndarray:
+    """:func:`descend_all` of a few rows, their move × move matrices side by side."""
+    slack = budget - model.costs(x)
+    active = np.arange(len(x))
+    diagonal = slice(None, None, tables.size + 1)  # of each flattened move × move matrix
+    while active.size:
+        d, k = tables.single(x[active])
+        e, f = tables.pair_corrections(x[active])
+        damage = d[:, :, None] + d[:, None, :]
+        if tables.has_interactions:
+            damage += e
+        damage += tables.blocked  # two options of one choice: not a move ...
+        damage.reshape(active.size, -1)[:, diagonal] = d  # ... except a move paired with itself: the single move
+        added = k[:, :, None] + k[:, None, :]
+        added += f
+        added.reshape(active.size, -1)[:, diagonal] = k
+        damage[added > slack[active, None, None]] = np.inf
+        flat = damage.reshape(active.size, -1)
+        best = np.argmin(flat, axis=1)
+        moving = flat[np.arange(active.size), best] < -tables.tolerance
+        best, rows = best[moving], active[moving]
+        m1, m2 = np.divmod(best, tables.size)
+        x[rows, tables.move_choice[m1]] = tables.move_option[m1]
+        x[rows, tables.move_choice[m2]] = tables.move_option[m2]
+        slack[rows] -= added.reshape(active.size, -1)[np.flatnonzero(moving), best]
+        active = rows
+    return x
 
-    ``x`` must fit the budget; the result does, and no single or double change of it that fits
-    lowers the damage (by more than the tolerance).
+
+def iterated_local_search_all(
+    model: ChoiceModel,
+    x: np.ndarray,
+    budget: int,
+    iterations: int,
+    kick: int,
+    rngs: list[np.random.Generator],
+    tables: MoveTables | None = None,
+) -> np.ndarray:
+    """Escape local optima, one chain per row of ``x`` (with its own generator in ``rngs``), all
+    chains in step: ``iterations`` times, set ``kick`` random free choices of each chain's best
+    plan so far to random options, :func:`repair_all` and :func:`descend_all`; keep it when no worse.
+
+    Every row must fit the budget; so do the results, each never worse than its own descent.
     """
     tables = tables or MoveTables(model)
-    x = x.copy()
-    if tables.size == 0:
-        return x
-    slack = budget - int(model.costs(x)[0])
-    diagonal = slice(None, None, tables.size + 1)  # of a flattened move × move matrix
-    while True:
-        d, k = tables.single(x)
-        e, f = tables.pair_corrections(x)
-        damage = d[:, None] + d[None, :]
-        damage += e
-        damage += tables.blocked  # two options of one choice: not a move ...
-        damage.reshape(-1)[diagonal] = d  # ... except a move paired with itself: the single move
-        added = k[:, None] + k[None, :]
-        added += f
-        added.reshape(-1)[diagonal] = k
-        damage[added > slack] = np.inf
-        best = int(np.argmin(damage))
-        if not damage.flat[best] < -tables.tolerance:
-            return x
-        m1, m2 = divmod(best, tables.size)
-        x[tables.move_choice[m1]] = tables.move_option[m1]
-        x[tables.move_choice[m2]] = tables.move_option[m2]
-        slack -= int(added.flat[best])
+    free = np.array(model.free, dtype=np.int64)
+    best = descend_all(model, x, budget, tables)
+    if free.size == 0:
+        return best
+    best_damage = model.damages(best)
+    for _ in range(iterations):
+        trial = best.copy()
+        for row, rng in zip(trial, rngs, strict=True):
+            for c in rng.choice(free, size=min(kick, free.size), replace=False):
+                row[c] = rng.integers(model.counts[c])
+        trial = descend_all(model, repair_all(model, trial, budget, tables), budget, tables)
+        damage = model.damages(trial)
+        keep = damage <= best_damage
+        best[keep], best_damage[keep] = trial[keep], damage[keep]
+    return best
+
+
+def repair(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
+    """:func:`repair_all` of one choice vector."""
+    return repair_all(model, np.asarray(x)[None, :], budget, tables)[0]
+
+
+def descend(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
+    """:func:`descend_all` of one choice vector."""
+    return descend_all(model, np.asarray(x)[None, :], budget, tables)[0]
 
 
 def iterated_local_search(
@@ -278,23 +368,5 @@ def iterated_local_search(
     rng: np.random.Generator,
     tables: MoveTables | None = None,
 ) -> np.ndarray:
-    """Escape local optima: ``iterations`` times, set ``kick`` random free choices of the best
-    plan so far to random options, :func:`repair` and :func:`descend`; keep it when no worse.
-
-    ``x`` must fit the budget; so does the result, which is never worse than ``descend(x)``.
-    """
-    tables = tables or MoveTables(model)
-    free = np.array(model.free, dtype=np.int64)
-    best = descend(model, x, budget, tables)
-    if free.size == 0:
-        return best
-    best_damage = float(model.damages(best)[0])
-    for _ in range(iterations):
-        trial = best.copy()
-        for c in rng.choice(free, size=min(kick, free.size), replace=False):
-            trial[c] = rng.integers(model.counts[c])
-        trial = descend(model, repair(model, trial, budget, tables), budget, tables)
-        damage = float(model.damages(trial)[0])
-        if damage <= best_damage:
-            best, best_damage = trial, damage
-    return best
+    """:func:`iterated_local_search_all` of one chain."""
+    return iterated_local_search_all(model, np.asarray(x)[None, :], budget, iterations, kick, [rng], tables)[0]
