@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import dimod
 import numpy as np
@@ -138,6 +139,22 @@ def test_encoded_plans_cost_damage_and_energy(formulation: BudgetFormulation, se
             assert energy == pytest.approx(formulation.objective(plan), abs=1e-7 * scale_of(formulation))
         else:  # over the BQM's budget: pays at least the penalty
             assert energy >= formulation.objective(plan) + formulation.penalty - 1e-7 * scale_of(formulation)
+
+
+def test_damages_too_small_to_scale_still_give_a_certified_plan_within_budget() -> None:
+    """Every damage near 1e-305 nats (found by hypothesis): the MILP's objective scale would
+    overflow; such damages count as zero and any plan within the budget is optimal."""
+    spec = synthetic_spec(prune_steps=2, seed=1)
+    tiny = replace(
+        spec,
+        layers=[replace(layer, quant_damage=layer.quant_damage * 1e-306) for layer in spec.layers],
+        groups=[replace(group, prune_damage=group.prune_damage * 1e-306) for group in spec.groups],
+        interactions=[replace(term, table=term.table * 1e-306) for term in spec.interactions],
+    )
+    formulation = BudgetFormulation(tiny, ratio=16.0)
+    plan, damage = formulation.exact()
+    assert formulation.feasible(plan) and formulation.exact_result().certified
+    assert 0.0 <= formulation.objective(plan) < 1e-300 and damage == pytest.approx(0.0, abs=1e-12)
 
 
 def test_energy_equals_damage_on_a_realistic_spec() -> None:

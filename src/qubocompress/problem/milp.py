@@ -112,6 +112,8 @@ def solve_budget_milp(model: ChoiceModel, budget: int, time_limit: float) -> Mil
         integrality[x_first[c] : x_first[c] + model.counts[c]] = 1
     largest = float(np.max(np.abs(objective), initial=0.0))
     scale = OBJECTIVE_SCALE / largest if largest > 0 else 1.0
+    if not math.isfinite(scale):  # every damage below ~1e-302: no finite scale lifts them, they count as 0
+        scale = 1.0
     if columns == 0:
         return MilpOutcome(np.zeros(len(model.choices), dtype=np.int64), model.constant, True)
     result = milp(
