@@ -27,8 +27,8 @@ from qubocompress.problem.choices import ChoiceModel
 # A move must lower the damage by more than this share of the model's damage scale.
 IMPROVEMENT_TOLERANCE = 1e-12
 # Descents run side by side in blocks of rows whose move × move matrices hold about this many
-# entries together (8 MiB per float64 matrix): vectorised across rows, and bounded in memory.
-PAIR_MATRIX_ENTRIES = 1 << 20
+# entries together (4 MiB per float64 matrix): vectorised across rows, and bounded in memory.
+PAIR_MATRIX_ENTRIES = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,8 @@ class MoveTables:
 
     def pair_corrections(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Corrections ``e``, ``f`` of 2-moves whose choices share a table or a cell (0 elsewhere),
-        for each choice vector (rows of ``x``): two ``(rows, moves, moves)`` arrays."""
+        for each choice vector (rows of ``x``): two ``(rows, moves, moves)`` float64 arrays (``f``
+        holds whole cost units, exact in float64, which spares a conversion of the largest array)."""
         x = _with_pseudo(x)
         shape = (len(x), self.size, self.size)
         damage = np.zeros(shape)
@@ -218,11 +219,11 @@ class MoveTables:
             a, b = self._pair_choices[:, 0], self._pair_choices[:, 1]
             tables = np.broadcast_to(self._tables, (len(x), *self._tables.shape))
             damage = self._table_pairs.add(_double_centre(tables, x[:, a], x[:, b])).reshape(shape)
-        cost = np.zeros(shape, dtype=np.int64)
+        cost = np.zeros(shape)
         if len(self._planes.base):
             a, b = self._planes.choices[:, 0], self._planes.choices[:, 1]
             planes = self._planes.gather(self._flat_cost, x)
-            cost = np.rint(self._plane_pairs.add(_double_centre(planes, x[:, a], x[:, b]))).astype(np.int64).reshape(shape)
+            cost = self._plane_pairs.add(_double_centre(planes, x[:, a], x[:, b])).reshape(shape)
         return damage, cost
 
 
@@ -289,7 +290,7 @@ def descend_all(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTabl
 
 def _descend_block(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables) -> np.ndarray:
     """:func:`descend_all` of a few rows, their move × move matrices side by side."""
-    slack = budget - model.costs(x)
+    slack = (budget - model.costs(x)).astype(np.float64)  # whole units, exact
     active = np.arange(len(x))
     diagonal = slice(None, None, tables.size + 1)  # of each flattened move × move matrix
     while active.size:
@@ -300,6 +301,7 @@ def _descend_block(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveT
             damage += e
         damage += tables.blocked  # two options of one choice: not a move ...
         damage.reshape(active.size, -1)[:, diagonal] = d  # ... except a move paired with itself: the single move
+        k = k.astype(np.float64)
         added = k[:, :, None] + k[:, None, :]
         added += f
         added.reshape(active.size, -1)[:, diagonal] = k
