@@ -366,6 +366,25 @@ def test_fisher_diagonals_read_off_the_layers_match_the_definition_for_every_geo
     torch.testing.assert_close(alone["tied_a"], expected["tied_a"], rtol=1e-9, atol=1e-15)
 
 
+class FrozenFirstLayer(TinyMLP):
+    """TinyMLP whose first layer runs without autograd (a frozen feature extractor)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            hidden = torch.tanh(self.fc1(x))
+        return self.fc2(hidden)
+
+
+def test_a_layer_run_without_autograd_gets_no_gradient_and_the_rest_theirs():
+    torch.manual_seed(8)
+    model = FrozenFirstLayer().double().eval()
+    x, y = torch.randn(9, 4, dtype=torch.float64), torch.randint(0, 3, (9,))
+    diagonals = backward_statistics(model, x, y, layers=["fc1", "fc2"], batch_size=4).mean_squared_gradients()
+    assert torch.all(diagonals["fc1"] == 0)
+    expected = per_sample_squared_gradient_mean(model, ["fc2"], x, y)
+    torch.testing.assert_close(diagonals["fc2"], expected["fc2"], rtol=1e-9, atol=1e-15)
+
+
 class ScaledConv(nn.Conv2d):
     """A Conv2d subclass whose forward changes what its weight does."""
 

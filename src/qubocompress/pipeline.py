@@ -53,8 +53,9 @@ Formulation = PaperFormulation | BudgetFormulation
 
 FORMULATIONS = ("paper", "budget")
 # --sensitivity's default: fisher for the budget formulation (its damage of the prune options as
-# well, in one backward pass: same or better plans after fine-tuning on the built-in nets at
-# 1/5-1/35 of the analysis time, docs/benchmarks.md §3.2.2), measured for the paper's (§1 rests on it).
+# well, in one backward pass: the same or better plans after fine-tuning on the built-in nets at a
+# fifteenth to a fiftieth of the measured analysis's time, docs/benchmarks.md §3.2.2-3.2.3),
+# measured for the paper's (§1 and the demo rest on it).
 AUTO_SENSITIVITY = "auto"
 SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
 # Validation images that score plans before fine-tuning (the uniform baseline's choice, ga-acc and

@@ -124,11 +124,12 @@ def per_sample_weight_gradients(module: nn.Module, inputs: torch.Tensor, grad_ou
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode within the block; its train/eval mode restored after."""
     was_training = model.training
     model.eval()
     try:
-        yield
+        yield model
     finally:
         model.train(was_training)
 
@@ -162,21 +163,21 @@ def backward_statistics(
 
         return hook
 
-    def after(name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            grad: list[torch.Tensor] = []
-            calls[id(module.weight)].append((module, args[0].detach(), grad))
-            output.register_hook(lambda g: grad.append(g.detach()))
-
-        return hook
+    def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        """Keep the call's input and, once the backward reaches it, its output gradient."""
+        if not output.requires_grad:  # computed without autograd: it passes no gradient on
+            return
+        grad: list[torch.Tensor] = []
+        calls[id(module.weight)].append((module, args[0].detach(), grad))
+        output.register_hook(lambda g: grad.append(g.detach()))
 
     watched = sorted(set(consumer_group) | set(layers))
     if not watched:
         return BackwardStatistics(contributions, {}, len(x))
     handles = [modules[name].register_forward_pre_hook(before(name)) for name in watched]
-    handles += [modules[name].register_forward_hook(after(name)) for name in layers]
+    handles += [modules[name].register_forward_hook(record) for name in layers]
     try:
-        with _eval_mode(model), torch.enable_grad():
+        with evaluating(model), torch.enable_grad():
             for start in range(0, len(x), batch_size):
                 sites.clear()
                 for recorded in calls.values():
@@ -188,7 +189,7 @@ def backward_statistics(
                 for (index, site), grad in zip(sites, grads, strict=True):
                     if index is not None and grad is not None:
                         product = (site.detach() * grad).reshape(len(site), groups[index].channels, -1)
-                        contributions[index][start : start + len(site)] += product.sum(dim=2).double().numpy()
+                        contributions[index][start : start + len(site)] += product.sum(dim=2).double().cpu().numpy()
                 for key, recorded in calls.items():
                     _add_squared_gradients(sums[key], [(m, a, g[0]) for m, a, g in recorded if g])
     finally:

@@ -24,8 +24,8 @@ Linear always has ``out_positions=1`` (exact for the usual 2-D classifier input)
 from __future__ import annotations
 
 import operator
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx
@@ -281,7 +281,7 @@ _UNTRACKED = _Channels(None)
 
 class _ShapeRecorder(torch.fx.Interpreter):
     """Runs a traced module and keeps the shape of every tensor a node produces. (torch's
-    ShapeProp does the same but imports sympy on its first node: 0.7-1 s of a cold run.)"""
+    ShapeProp does the same but imports sympy on its first node, ~0.7 s of a cold run here.)"""
 
     def __init__(self, gm: torch.fx.GraphModule) -> None:
         super().__init__(gm)

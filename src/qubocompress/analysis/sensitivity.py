@@ -27,7 +27,7 @@ bit-widths b = 1..b_max (entry ``b-1``):
   Zandonati et al. 2022 with each weight's own rounding error). It also estimates the prune
   damage of the ``budget`` formulation (:func:`fisher_prune_damage`), so the whole analysis is
   one backward pass per batch (``analysis.backward``) and no loss is measured: 3-4 s instead of
-  50-67 s on the VGG-style net and 11-12 s instead of ~10 minutes on ResNet-20 (2 cores). It
+  50-67 s on the VGG-style net and 10-11 s instead of ~10 minutes on ResNet-20 (2 cores). It
   mostly underestimates large damages (VGG-style net, measured over fisher: 1.2-15x at 1 bit,
   0.7-6.9x at 2 bits, 1.6-12x with half a layer's channels pruned), and yet its plans were as
   good after fine-tuning on both built-in models (the same certified plans as ``measured`` at
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qubocompress.analysis.backward import backward_statistics, layers_readable
+from qubocompress.analysis.backward import backward_statistics, evaluating, layers_readable
 from qubocompress.analysis.graph import ModelGraph
 from qubocompress.analysis.masking import masked_channels
 from qubocompress.errors import ProblemError
@@ -65,17 +65,6 @@ HESSIAN_BATCH_SIZE = 256
 # Bits of the one measurement that puts weight-MSE in nats: with every layer at 4 bits the loss
 # rises measurably on the built-in models but is far from the saturation of 1-2 bits.
 MSE_CALIBRATION_BITS = 4
-
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode within the block; its train/eval mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
