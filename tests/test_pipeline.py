@@ -161,6 +161,20 @@ def test_a_repeated_analysis_comes_from_the_cache_unless_refused(budget_run: Pat
     assert (tmp_path / "fresh" / "spec.json").read_text() == (budget_run / "spec.json").read_text()
 
 
+def test_fewer_calibration_samples_are_a_fixed_draw_and_a_separate_analysis(
+    budget_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    extra = ("--target-ratio", "10", "--formulation", "budget", "--finetune-epochs", "0", "--no-baseline")
+    for out in ("few", "few-again"):
+        assert run(*compress_args(data_dir, tmp_path / out, *extra, "--calibration-samples", "16")) == 0
+    few, again = (json.loads((tmp_path / out / "metrics.json").read_text())["qubo"] for out in ("few", "few-again"))
+    full = json.loads((budget_run / "metrics.json").read_text())["qubo"]
+    assert few["analysis"]["calibration_samples"] == 16 < full["analysis"]["calibration_samples"]
+    assert not few["analysis"]["cached"] and again["analysis"]["cached"]  # not the full split's analysis
+    assert (tmp_path / "few" / "spec.json").read_text() != (budget_run / "spec.json").read_text()
+    assert few["feasible_rate"] == 1.0 and few["exact_plan_matches"]
+
+
 def test_an_absolute_budget_is_the_hard_budget(data_dir: Path, tmp_path: Path) -> None:
     extra = ("--formulation", "budget", "--budget", "12KiB", "--finetune-epochs", "0")
     assert run(*compress_args(data_dir, tmp_path / "abs", *extra)) == 0
@@ -266,6 +280,7 @@ def test_corrupt_idx_file_is_a_one_line_error(
         (("--exact-time-limit", "0"), ("--exact-time-limit must be a positive number",)),
         (("--search", "ga-acc", "--search-evaluations", "0"), ("--search-evaluations must be >= 1",)),
         (("--num-reads", "0"), ("--num-reads must be >= 1",)),
+        (("--calibration-samples", "0"), ("--calibration-samples must be >= 1",)),
         (("--budget", "64"), ("--budget '64' with --metric bits", "64KiB")),
         (("--budget", "2 parsecs"), ("give a size",)),
         (("--budget", "1e400B"), ("--budget must be more than 0",)),

@@ -161,6 +161,14 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
         metavar="F",
         help="at most this fraction of each layer's filters may be pruned (the least important ones)",
     )
+    parser.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="analyse on N images drawn from the calibration split (default: all of it, up to 2,048): the "
+        "analysis takes about N/2048 of its time, its estimates get noisier",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the uniform bits + uniform pruning baseline")
     parser.add_argument("--out", type=Path, default=out_default, help="results folder")
 
@@ -273,6 +281,7 @@ def _compress_config(args: argparse.Namespace) -> Any:
         interactions=args.interactions,
         exact_time_limit=args.exact_time_limit,
         analysis_cache=args.analysis_cache,
+        calibration_samples=args.calibration_samples,
         solver=args.solver,
         search=args.search,
         search_evaluations=args.search_evaluations,

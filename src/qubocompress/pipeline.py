@@ -57,6 +57,8 @@ FORMULATIONS = ("paper", "budget")
 # fifteenth to a fiftieth of the measured analysis's time, docs/benchmarks.md §3.2.2-3.2.3),
 # measured for the paper's (§1 and the demo rest on it).
 AUTO_SENSITIVITY = "auto"
+# Seed of the one draw of --calibration-samples images from the calibration split.
+CALIBRATION_DRAW_SEED = 0
 SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
 # Validation images that score plans before fine-tuning (the uniform baseline's choice, ga-acc and
 # rl-acc): 2,000 tell apart plans that differ by more than ~1.5 points (2 standard errors at 90 %
@@ -123,6 +125,7 @@ class CompressConfig:
     solver_options: dict[str, Any] = field(default_factory=dict)
     exact_time_limit: float = 60.0
     analysis_cache: bool = True
+    calibration_samples: int | None = None
 
     def layer_sensitivity(self) -> str:
         """The layer sensitivity the analysis uses: ``sensitivity``, with ``auto`` resolved
@@ -161,6 +164,8 @@ class CompressConfig:
             raise ProblemError(f"--search-evaluations must be >= 1, got {self.search_evaluations}")
         if self.num_reads is not None and self.num_reads < 1:
             raise ProblemError(f"--num-reads must be >= 1, got {self.num_reads}")
+        if self.calibration_samples is not None and self.calibration_samples < 1:
+            raise ProblemError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
 
 
 class Timer:
@@ -201,6 +206,17 @@ def analysis_options(config: CompressConfig, dataset: Dataset, model_name: str) 
     }
 
 
+def calibration_subset(dataset: Dataset, samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of the calibration split, or of ``samples`` of its images drawn at random (a fixed
+    draw, the same for every run and seed) when that is fewer."""
+    x, y = dataset.calib.x, dataset.calib.y
+    if samples is None or samples >= len(x):
+        return x, y
+    chosen = torch.randperm(len(x), generator=torch.Generator().manual_seed(CALIBRATION_DRAW_SEED))[:samples]
+    chosen = chosen.sort().values
+    return x[chosen], y[chosen]
+
+
 def analyse(
     model: nn.Module, dataset: Dataset, config: CompressConfig, model_name: str, log: Log
 ) -> tuple[ModelGraph, CompressionSpec, dict[str, Any]]:
@@ -216,14 +232,14 @@ def analyse(
     """
     start = time.perf_counter()
     options = analysis_options(config, dataset, model_name)
-    calib = (dataset.calib.x, dataset.calib.y)
+    calib = calibration_subset(dataset, config.calibration_samples)
     key = analysis_key(model, calib, options) if config.analysis_cache else ""
     path = analysis_cache_path(default_cache_dir(), model_name, key) if key else None
     cached = load_cached(path, key) if path is not None else None
     if cached is not None:
         spec, seconds = cached
         log(f"  reused the analysis measured in {seconds:.1f} s ({path})")
-        info = {"cached": True, "measured_seconds": seconds, "cache_path": str(path)}
+        info = {"cached": True, "measured_seconds": seconds, "cache_path": str(path), "calibration_samples": len(calib[0])}
         return trace_model(model, dataset.input_shape), spec, info
     arguments = {**{k: v for k, v in options.items() if k != "input_shape"}, "seed": config.seed}
     graph, spec = analyse_model(model, calib, dataset.input_shape, fake_quantize, **arguments, log=log)
@@ -233,7 +249,13 @@ def analyse(
             store(path, key, spec, seconds)
         except (OSError, ArtifactError) as exc:
             log(f"  warning: could not cache the analysis ({exc}); the next run measures it again")
-    return graph, spec, {"cached": False, "measured_seconds": seconds, "cache_path": str(path) if path else None}
+    info = {
+        "cached": False,
+        "measured_seconds": seconds,
+        "cache_path": str(path) if path else None,
+        "calibration_samples": len(calib[0]),
+    }
+    return graph, spec, info
 
 
 def with_budget_as_ratio(config: CompressConfig, spec: CompressionSpec, log: Log) -> CompressConfig:
