@@ -155,3 +155,26 @@ def test_spec_counts_the_model_weights_and_pruning_shrinks_consumers() -> None:
     assert counted["classifier.1"] == 12 * 4 * 49
     with pytest.raises(ProblemError, match="max prune fraction"):
         build_spec(graph, group_importance(model, graph), damage, "seq", max_prune_fraction=1.0)
+
+
+def test_a_layer_whose_weight_is_parametrized_is_kept_as_it_is_and_listed():
+    """weight_norm computes the weight on every call: quantizing or reading per-sample gradients of
+    a stored tensor would be wrong, so the layer is left alone, said why, and the rest analysed."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from qubocompress.analysis import analyse_model
+    from qubocompress.apply.quantize import fake_quantize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), weight_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 8 * 8, 3),
+    ).eval()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    graph, spec = analyse_model(
+        model, (x, y), (1, 8, 8), fake_quantize, "toy", layer_sensitivity="fisher", b_max=4, bit_levels=2,
+        prune_options=(0.0, 0.5),
+    )
+    assert [layer.name for layer in spec.layers] == ["0", "5"]
+    assert "parametrization" in graph.frozen_reasons["2"]
+    assert all(row[0] > 0 for row in (layer.quant_damage for layer in spec.layers))

@@ -153,6 +153,8 @@ class ModelGraph:
 def _not_compressed_reason(module: nn.Module) -> str | None:
     """Why a module with weights of its own is left alone, or None (no weights, a norm, or compressible)."""
     kind = getattr(module, "original_name", None) or type(module).__name__
+    if isinstance(module, COMPRESSIBLE) and not is_compressible_module(module):
+        return f"{kind}'s weight is computed by a parametrization (weight_norm, spectral_norm, ...); kept as it is"
     if is_compressible_module(module) or kind in NORM_NAMES or next(module.parameters(recurse=False), None) is None:
         return None
     return f"{kind} is not compressible (only Conv2d and Linear are); kept as it is"
@@ -385,7 +387,7 @@ class _Tracer:
         if node.op == "call_module":
             name = str(node.target)
             module = self.modules[name]
-            if isinstance(module, COMPRESSIBLE):
+            if isinstance(module, COMPRESSIBLE) and is_compressible_module(module):
                 return self._layer(name, module, first, in_shape, shape)
             if isinstance(module, NORMS):
                 if first.group is not None:

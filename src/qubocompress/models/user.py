@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from qubocompress.errors import ModelError
 from qubocompress.models.train import is_state_dict, load_state
@@ -44,9 +45,10 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 
 
 def is_compressible_module(module: nn.Module) -> bool:
-    """True for a Conv2d or Linear, plain or compiled by TorchScript (by its original class name)."""
+    """True for a Conv2d or Linear, plain or compiled by TorchScript (by its original class name),
+    whose weight is a plain tensor (not computed by a parametrization such as weight_norm)."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
-        return True
+        return not parametrize.is_parametrized(module, "weight")
     return isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", None) in COMPRESSIBLE_NAMES
 
 
