@@ -227,8 +227,8 @@ def analyse(
     choose among the same options under the same budget). The searches score plans themselves,
     so no damage is measured for them. With ``config.analysis_cache`` a spec measured before for
     the same model, calibration data and options is reused (``analysis.cache``). Returns the
-    graph, the spec and ``{"cached", "measured_seconds", "cache_path"}``: ``measured_seconds`` is
-    what the measurement took when it ran (now or when cached).
+    graph, the spec and ``{"cached", "measured_seconds", "cache_path", "calibration_samples"}``:
+    ``measured_seconds`` is what the measurement took when it ran (now or when cached).
     """
     start = time.perf_counter()
     options = analysis_options(config, dataset, model_name)
@@ -236,11 +236,11 @@ def analyse(
     key = analysis_key(model, calib, options) if config.analysis_cache else ""
     path = analysis_cache_path(default_cache_dir(), model_name, key) if key else None
     cached = load_cached(path, key) if path is not None else None
+    where = {"cache_path": str(path) if path else None, "calibration_samples": len(calib[0])}
     if cached is not None:
         spec, seconds = cached
         log(f"  reused the analysis measured in {seconds:.1f} s ({path})")
-        info = {"cached": True, "measured_seconds": seconds, "cache_path": str(path), "calibration_samples": len(calib[0])}
-        return trace_model(model, dataset.input_shape), spec, info
+        return trace_model(model, dataset.input_shape), spec, {"cached": True, "measured_seconds": seconds, **where}
     arguments = {**{k: v for k, v in options.items() if k != "input_shape"}, "seed": config.seed}
     graph, spec = analyse_model(model, calib, dataset.input_shape, fake_quantize, **arguments, log=log)
     seconds = time.perf_counter() - start
@@ -249,13 +249,7 @@ def analyse(
             store(path, key, spec, seconds)
         except (OSError, ArtifactError) as exc:
             log(f"  warning: could not cache the analysis ({exc}); the next run measures it again")
-    info = {
-        "cached": False,
-        "measured_seconds": seconds,
-        "cache_path": str(path) if path else None,
-        "calibration_samples": len(calib[0]),
-    }
-    return graph, spec, info
+    return graph, spec, {"cached": False, "measured_seconds": seconds, **where}
 
 
 def with_budget_as_ratio(config: CompressConfig, spec: CompressionSpec, log: Log) -> CompressConfig:

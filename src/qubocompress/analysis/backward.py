@@ -13,16 +13,18 @@ In eval mode (the model is switched to it, and back) no sample's output depends 
 sample's, so one backward pass of the summed batch loss gives every sample's gradient at its own
 activations: ``∂L/∂a_n = ∂L_n/∂a_n``. A layer's per-sample weight gradient follows from its input
 ``a_n`` and output gradient ``g_n`` alone: ``g_nᵀ a_n`` for Linear, and for Conv2d the weight
-gradient of a convolution with the samples stacked as groups (``torch.nn.grad.conv2d_weight``,
-about 3x faster than an unfold and as exact). This is what per-sample-gradient libraries do
-(Opacus, BackPACK); it costs about one extra weight-gradient pass and, on the VGG-style net, ran
-2.5x faster than ``torch.func.vmap`` over the samples (measured, 2 cores; docs/benchmarks.md).
+gradient of a convolution with the samples stacked as groups (``torch.nn.grad.conv2d_weight``;
+it avoids materialising an unfold of the input). This is what per-sample-gradient libraries do
+(Opacus, BackPACK); it costs about one extra weight-gradient pass. With it the VGG-style net's
+whole analysis took 3.4-3.6 s instead of 10.3 s with ``torch.func.vmap`` and a second pass for
+the contributions (2 cores; docs/benchmarks.md §3.2.3).
 A weight that several calls or layers share gets the sum of their per-sample gradients before
 it is squared, as the definition wants. Parameters' ``.grad`` are left untouched.
 
-Only eager Conv2d/Linear layers running their own ``forward`` are read this way
-(:func:`readable`); ``analysis.sensitivity`` falls back to one backward pass per sample for the
-rest (TorchScript models, subclasses that change what the weight does).
+Only eager Conv2d/Linear layers running the stock ``forward`` are read this way
+(:func:`layers_readable`); ``analysis.sensitivity`` falls back to one backward pass per sample for
+the rest (TorchScript models, subclasses that change what the weight does, a weight another
+module also uses).
 """
 
 from __future__ import annotations
@@ -205,12 +207,11 @@ def _add_squared_gradients(total: torch.Tensor, recorded: list[tuple[nn.Module, 
     """Add ``Σ_n (Σ_calls ∂L_n/∂W)²`` of one batch to ``total``, a few samples at a time."""
     if not recorded:
         return
-    samples = len(recorded[0][1])
+    (first, inputs, grads), *others = recorded
     step = max(1, PER_SAMPLE_GRADIENT_FLOATS // max(total.numel(), 1))
-    for start in range(0, samples, step):
+    for start in range(0, len(inputs), step):
         rows = slice(start, start + step)
-        (module, a, g), *others = recorded
-        gradient = per_sample_weight_gradients(module, a[rows], g[rows])
+        gradient = per_sample_weight_gradients(first, inputs[rows], grads[rows])
         for module, a, g in others:
             gradient += per_sample_weight_gradients(module, a[rows], g[rows])
         total += gradient.square_().sum(dim=0).double()

@@ -70,14 +70,7 @@ import numpy as np
 
 from qubocompress.errors import ProblemError
 from qubocompress.problem.choices import ChoiceModel, Metric, fp32_cost, plan_cost, prune_options
-from qubocompress.problem.local_search import (
-    MoveTables,
-    descend_all,
-    iterated_local_search,
-    iterated_local_search_all,
-    repair,
-    repair_all,
-)
+from qubocompress.problem.local_search import MoveTables, descend_all, iterated_local_search_all, repair_all
 from qubocompress.problem.milp import solve_budget_milp
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec
@@ -349,9 +342,10 @@ class BudgetFormulation:
     def _searched_optimum(self) -> np.ndarray:
         """A good plan within the budget from local search alone (true costs, seed 0)."""
         tables = MoveTables(self.model)
-        start = repair(self.model, self.model.uncompressed(), self.budget, tables)
+        start = repair_all(self.model, self.model.uncompressed()[None, :], self.budget, tables)
         rounds = DEFAULT_CHAINS_PER_CHOICE * max(len(self.model.free), 1) * DEFAULT_CHAIN_LENGTH
-        return iterated_local_search(self.model, start, self.budget, rounds, DEFAULT_KICK, np.random.default_rng(0), tables)
+        rng = np.random.default_rng(0)
+        return iterated_local_search_all(self.model, start, self.budget, rounds, DEFAULT_KICK, [rng], tables)[0]
 
     # --- the BQM ----------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ descent over the 1- and 2-move neighbourhood, restricted to feasible plans);
 :func:`iterated_local_search_all` kicks local optima (a few random choices changed), repairs and
 descends again, keeping what is no worse. Each works on many plans (rows) at once, in step, so
 that a polish of dozens of chains costs a few numpy calls per step rather than a few per chain
-and step; :func:`repair`, :func:`descend` and :func:`iterated_local_search` take one plan.
+and step (one plan is a single row).
 
 Each descent step evaluates every 1- and 2-move at once: ``Δdamage[m1, m2] = d[m1] + d[m2] +
 e[m1, m2]`` and ``Δcost[m1, m2] = k[m1] + k[m2] + f[m1, m2]``, where ``d``/``k`` are the changes
@@ -349,26 +349,3 @@ def iterated_local_search_all(
         keep = damage <= best_damage
         best[keep], best_damage[keep] = trial[keep], damage[keep]
     return best
-
-
-def repair(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
-    """:func:`repair_all` of one choice vector."""
-    return repair_all(model, np.asarray(x)[None, :], budget, tables)[0]
-
-
-def descend(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
-    """:func:`descend_all` of one choice vector."""
-    return descend_all(model, np.asarray(x)[None, :], budget, tables)[0]
-
-
-def iterated_local_search(
-    model: ChoiceModel,
-    x: np.ndarray,
-    budget: int,
-    iterations: int,
-    kick: int,
-    rng: np.random.Generator,
-    tables: MoveTables | None = None,
-) -> np.ndarray:
-    """:func:`iterated_local_search_all` of one chain."""
-    return iterated_local_search_all(model, np.asarray(x)[None, :], budget, iterations, kick, [rng], tables)[0]
