@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from qubocompress.errors import ProblemError
 from qubocompress.problem.budget import BudgetFormulation, default_bit_options, smallest_plan
-from qubocompress.problem.local_search import MoveTables
+from qubocompress.problem.local_search import MoveTables, descend_all, repair_all
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import ChannelGroup, CompressionSpec, Interaction, LayerSpec
 from qubocompress.problem.synthetic import synthetic_resnet_spec, synthetic_spec, with_synthetic_measurements
@@ -420,17 +420,41 @@ def test_move_tables_predict_every_double_move(formulation: BudgetFormulation, s
     tables = MoveTables(model)
     rng = np.random.default_rng(seed)
     vectors = np.array([[rng.integers(k) for k in model.counts] for _ in range(2)])  # two rows at once
-    singles, pairs = tables.single(vectors), tables.pair_corrections(vectors)
-    for x, d, k, e, f in zip(vectors, *singles, *pairs):
+    singles, corrections = tables.single(vectors), tables.related_corrections(vectors)
+    related = {tuple(pair): u for u, pair in enumerate(tables.related.tolist())}
+    for x, d, k, e, f in zip(vectors, *singles, *corrections):
         base_damage, base_cost = model.damages(x)[0], model.costs(x)[0]
         for m1, m2 in itertools.product(range(tables.size), repeat=2):
             c1, c2 = tables.move_choice[m1], tables.move_choice[m2]
-            if c1 == c2:
+            if c1 >= c2:
                 continue
             y = x.copy()
-            y[c1], y[c2] = tables.move_option[m1], tables.move_option[m2]
-            assert model.damages(y)[0] == pytest.approx(base_damage + d[m1] + d[m2] + e[m1, m2], abs=1e-9)
-            assert model.costs(y)[0] == base_cost + k[m1] + k[m2] + f[m1, m2]
+            y[c1], y[c2] = o1, o2 = tables.move_option[m1], tables.move_option[m2]
+            u = related.get((c1, c2))
+            extra_damage, extra_cost = (0.0, 0) if u is None else (e[u, o1, o2], f[u, o1, o2])  # unrelated: additive
+            assert model.damages(y)[0] == pytest.approx(base_damage + d[m1] + d[m2] + extra_damage, abs=1e-9)
+            assert model.costs(y)[0] == base_cost + k[m1] + k[m2] + extra_cost
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(formulations(), st.integers(0, 2**32 - 1))
+def test_descent_ends_where_no_single_or_double_change_helps(formulation: BudgetFormulation, seed: int) -> None:
+    model = formulation.model.in_units(formulation.unit)
+    capacity = formulation.budget // formulation.unit
+    tables = MoveTables(model)
+    rng = np.random.default_rng(seed)
+    starts = np.array([[rng.integers(k) for k in model.counts] for _ in range(3)])
+    ends = descend_all(model, repair_all(model, starts, capacity, tables), capacity, tables)
+    for x in ends:
+        assert model.costs(x)[0] <= capacity
+        damage = model.damages(x)[0]
+        for c1, c2 in itertools.combinations_with_replacement(model.free, 2):
+            for o1, o2 in itertools.product(range(model.counts[c1]), range(model.counts[c2])):
+                y = x.copy()
+                y[c1], y[c2] = o1, o2
+                if c1 == c2 and o1 != o2 or model.costs(y)[0] > capacity:
+                    continue
+                assert model.damages(y)[0] >= damage - 2 * tables.tolerance
 
 
 @pytest.mark.parametrize("interactions", [False, True])

@@ -9,10 +9,14 @@ descends again, keeping what is no worse. Each works on many plans (rows) at onc
 that a polish of dozens of chains costs a few numpy calls per step rather than a few per chain
 and step (one plan is a single row).
 
-Each descent step evaluates every 1- and 2-move at once: ``Δdamage[m1, m2] = d[m1] + d[m2] +
-e[m1, m2]`` and ``Δcost[m1, m2] = k[m1] + k[m2] + f[m1, m2]``, where ``d``/``k`` are the changes
-of single moves and ``e``/``f`` the corrections where the two choices share an interaction table
-or a cell (:class:`MoveTables`).
+Each descent step finds the best 1- or 2-move exactly, without enumerating all pairs of moves.
+Two choices are *related* when they share an interaction table or a cell (their joint change is
+not the sum of their single changes); there are few such pairs, each evaluated over its whole
+block of options: ``Δdamage = d[m1] + d[m2] + e[m1, m2]``, ``Δcost = k[m1] + k[m2] + f[m1, m2]``
+(:class:`MoveTables`). For an unrelated pair the changes simply add up, so with the moves sorted
+by cost change the best partner of a move ``m1`` is, among the allowed choices, the least damage
+change in the prefix of moves with ``k ≤ slack − k[m1]``: a running minimum per choice, O(moves ×
+choices) per step instead of O(moves²).
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from qubocompress.problem.choices import ChoiceModel
 
 # A move must lower the damage by more than this share of the model's damage scale.
 IMPROVEMENT_TOLERANCE = 1e-12
-# Descents run side by side in blocks of rows whose move × move matrices hold about this many
-# entries together (4 MiB per float64 matrix): vectorised across rows, and bounded in memory.
-PAIR_MATRIX_ENTRIES = 1 << 19
+# Descents run side by side in blocks of rows whose per-step work arrays (moves × choices and
+# the related pairs' blocks) hold about this many entries together (8 MiB of float64).
+BLOCK_ENTRIES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -85,11 +89,13 @@ class _Scatter:
 
 
 class MoveTables:
-    """Changes of damage and cost of every 1- and 2-move around a choice vector (vectorised).
+    """Changes of damage and cost of every 1- and 2-move around a choice vector (vectorised), and
+    the best move within a cost slack.
 
     Moves are numbered choice by choice: every option of every free choice, the current one
     included (the null move). Interaction tables and cell cost tables are stacked and padded to
-    the largest option count, so a step is a handful of numpy gathers.
+    the largest option count, so a step is a handful of numpy gathers. :attr:`related` lists the
+    pairs of free choices whose joint change is not additive (they share a table or a cell).
     """
 
     def __init__(self, model: ChoiceModel) -> None:
@@ -118,18 +124,23 @@ class MoveTables:
             self._tables[n, : table.shape[0], : table.shape[1]] = table
         self._flat_cost = np.concatenate([cell.size.ravel() for cell in model.cells] + [np.zeros(1, dtype=np.int64)])
         self._lines, self._planes = self._cell_slices(model, width)
+        self.related = np.array(
+            sorted({tuple(sorted(p)) for p in self._pair_choices.tolist() + self._planes.choices.tolist()}),
+            dtype=np.int64,
+        ).reshape(-1, 2)
         self._scatters()
-        # added to a pair of moves' damage: +inf for two options of one choice (the null pair aside)
-        self.blocked = np.where(self.move_choice[:, None] == self.move_choice[None, :], np.inf, 0.0)
-        np.fill_diagonal(self.blocked, 0.0)
+        position = np.full(len(counts) + 1, -1, dtype=np.int64)
+        position[free] = np.arange(free.size)
+        self._move_free = position[self.move_choice]  # each move's choice among the free ones
+        # partners[i, j]: may free choices i and j change together as an unrelated pair?
+        self._partners = ~np.eye(free.size, dtype=bool)
+        self._partners[position[self.related[:, 0]], position[self.related[:, 1]]] = False
+        self._partners[position[self.related[:, 1]], position[self.related[:, 0]]] = False
+        # (free, width): the move of each option of each free choice, padding at its last option
+        self._option_moves = self._first[free][:, None] + np.minimum(option, counts[free][:, None] - 1)
         scale = sum(float(np.abs(u).max()) for u in model.unary)
         scale += sum(float(np.abs(t).max()) for t in model.pairs.values())
         self.tolerance = IMPROVEMENT_TOLERANCE * max(scale, 1.0)
-
-    @property
-    def has_interactions(self) -> bool:
-        """True when some pair of choices has an interaction table (else ``e`` is all zero)."""
-        return len(self._tables) > 0
 
     def _cell_slices(self, model: ChoiceModel, width: int) -> tuple[_CellSlices, _CellSlices]:
         """The lines (one per cell and axis) and planes (one per cell and pair of axes) of the costs."""
@@ -175,7 +186,8 @@ class MoveTables:
         return self._first[choice].reshape((-1,) + (1,) * (ndim - 1)) + np.arange(self._width).reshape(shape)
 
     def _scatters(self) -> None:
-        """Where each entry of the interaction tables and cost lines/planes lands among the moves."""
+        """Where each entry of the interaction tables and cost lines/planes lands: among the
+        single moves, or in the block of its related pair."""
         size, width = self.size, self._width
         option = np.arange(width)
         a, b = self._pair_choices[:, 0], self._pair_choices[:, 1]
@@ -185,11 +197,28 @@ class MoveTables:
         self._table_rows = _Scatter.of(self._moves(a, 2, 1), None, valid_a, size)
         self._table_cols = _Scatter.of(self._moves(b, 2, 1), None, valid_b, size)
         self._line_moves = _Scatter.of(self._moves(self._lines.choices[:, 0], 2, 1), None, self._lines.valid, size)
-        # pairs of moves: a table's whole block, a cost plane's whole block
+        # pairs of moves: a table's or a cost plane's whole block, into its related pair's block
         valid = valid_a[:, :, None] & valid_b[:, None, :]
-        self._table_pairs = _Scatter.of(self._moves(a, 3, 1), self._moves(b, 3, 2), valid, size)
-        pa, pb = self._planes.choices[:, 0], self._planes.choices[:, 1]
-        self._plane_pairs = _Scatter.of(self._moves(pa, 3, 1), self._moves(pb, 3, 2), self._planes.valid, size)
+        self._table_blocks = _Scatter.of(self._block_places(self._pair_choices), None, valid, len(self.related) * width**2)
+        self._plane_blocks = _Scatter.of(
+            self._block_places(self._planes.choices), None, self._planes.valid, len(self.related) * width**2
+        )
+        ends = self.related.T
+        self._related_valid = (option[None, :, None] < self._counts[ends[0]][:, None, None]) & (
+            option[None, None, :] < self._counts[ends[1]][:, None, None]
+        )
+        # the moves of each option of either end (padding points at the choice's last option)
+        self._related_moves = [self._first[end][:, None] + np.minimum(option, self._counts[end][:, None] - 1) for end in ends]
+
+    def _block_places(self, choices: np.ndarray) -> np.ndarray:
+        """Flat places in the stacked related blocks of each entry of blocks over the choice pairs
+        ``choices`` ``(n, 2)``: ``(n, width, width)``, transposed where a pair is stored reversed."""
+        width = self._width
+        index = {pair: u for u, pair in enumerate(map(tuple, self.related.tolist()))}
+        u = np.array([index[tuple(sorted(pair))] for pair in choices.tolist()], dtype=np.int64).reshape(-1, 1, 1)
+        i, j = np.arange(width)[:, None], np.arange(width)[None, :]
+        swapped = (choices[:, 0] > choices[:, 1]).reshape(-1, 1, 1)
+        return u * width**2 + np.where(swapped, j * width + i, i * width + j)
 
     def single(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Damage and cost change of setting each (choice, option) alone, for each choice vector
@@ -208,23 +237,93 @@ class MoveTables:
         cost = np.rint(self._line_moves.add(lines - current_cost)).astype(np.int64)
         return damage, cost
 
-    def pair_corrections(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Corrections ``e``, ``f`` of 2-moves whose choices share a table or a cell (0 elsewhere),
-        for each choice vector (rows of ``x``): two ``(rows, moves, moves)`` float64 arrays (``f``
-        holds whole cost units, exact in float64, which spares a conversion of the largest array)."""
+    def related_corrections(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Corrections ``e``, ``f`` of changing both choices of each related pair, for each choice
+        vector (rows of ``x``): two ``(rows, related, width, width)`` float64 arrays, entry
+        ``[r, u, i, j]`` for options ``i``, ``j`` of ``related[u]``'s choices (``f`` holds whole
+        cost units, exact in float64). Unrelated pairs have none: their changes add up."""
         x = _with_pseudo(x)
-        shape = (len(x), self.size, self.size)
+        shape = (len(x), len(self.related), self._width, self._width)
         damage = np.zeros(shape)
         if len(self._tables):
             a, b = self._pair_choices[:, 0], self._pair_choices[:, 1]
             tables = np.broadcast_to(self._tables, (len(x), *self._tables.shape))
-            damage = self._table_pairs.add(_double_centre(tables, x[:, a], x[:, b])).reshape(shape)
+            damage = self._table_blocks.add(_double_centre(tables, x[:, a], x[:, b])).reshape(shape)
         cost = np.zeros(shape)
         if len(self._planes.base):
             a, b = self._planes.choices[:, 0], self._planes.choices[:, 1]
             planes = self._planes.gather(self._flat_cost, x)
-            cost = self._plane_pairs.add(_double_centre(planes, x[:, a], x[:, b])).reshape(shape)
+            cost = self._plane_blocks.add(_double_centre(planes, x[:, a], x[:, b])).reshape(shape)
         return damage, cost
+
+    @property
+    def row_entries(self) -> int:
+        """Entries of the per-row work arrays of :meth:`best_moves` (to size blocks of rows)."""
+        return self.size * max(len(self._free), 1) + len(self.related) * self._width**2
+
+    def best_moves(self, x: np.ndarray, slack: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The 1- or 2-move of least damage change whose cost change is at most ``slack``, for each
+        choice vector (rows of ``x``; ``slack`` one whole number of cost units per row).
+
+        Returns ``(first, second, damage, cost)``: the two moves (equal for a 1-move) and the
+        changes; a row with no improving move gets a null move and a damage change of 0.
+        """
+        rows = np.arange(len(x))
+        slack = np.asarray(slack, dtype=np.int64)
+        d, k = self.single(x)
+        # 1-moves (the null moves among them: damage change 0 at cost change 0)
+        alone = np.where(k <= slack[:, None], d, np.inf)
+        first = np.argmin(alone, axis=1)
+        best = alone[rows, first]
+        second = first.copy()
+        cost = k[rows, first]
+        # 2-moves of unrelated choices: the partner's cost change is at most slack − k[m1]
+        order = np.argsort(k, axis=1, kind="stable")
+        sorted_k = np.take_along_axis(k, order, axis=1)
+        running = np.full((len(x), self.size + 1, len(self._free)), np.inf)
+        running[rows[:, None], np.arange(1, self.size + 1)[None, :], self._move_free[order]] = np.take_along_axis(
+            d, order, axis=1
+        )
+        np.minimum.accumulate(running, axis=1, out=running)  # [r, p, c]: least d of choice c among the p cheapest
+        reach = _count_at_most(sorted_k, slack[:, None] - k)  # (rows, moves): how many partners fit
+        partner = np.where(self._partners[self._move_free], running[rows[:, None], reach], np.inf)
+        partner_choice = np.argmin(partner, axis=2)
+        paired = d + np.take_along_axis(partner, partner_choice[:, :, None], axis=2)[:, :, 0]
+        m1 = np.argmin(paired, axis=1)
+        better = paired[rows, m1] < best
+        if better.any():
+            r, m1 = rows[better], m1[better]
+            options = self._option_moves[partner_choice[r, m1]]  # (n, width)
+            fits = self._unary_valid[partner_choice[r, m1]] & (k[r[:, None], options] <= (slack[r] - k[r, m1])[:, None])
+            m2 = options[np.arange(r.size), np.argmin(np.where(fits, d[r[:, None], options], np.inf), axis=1)]
+            first[r], second[r], best[r], cost[r] = m1, m2, paired[r, m1], k[r, m1] + k[r, m2]
+        # 2-moves of related choices: their whole blocks, corrections included
+        if len(self.related):
+            e, f = self.related_corrections(x)
+            ma, mb = self._related_moves
+            damage = d[:, ma][:, :, :, None] + d[:, mb][:, :, None, :] + e
+            added = k[:, ma][:, :, :, None] + k[:, mb][:, :, None, :] + f
+            damage[~(self._related_valid & (added <= slack[:, None, None, None]))] = np.inf
+            flat = np.argmin(damage.reshape(len(x), -1), axis=1)
+            value = damage.reshape(len(x), -1)[rows, flat]
+            better = value < best
+            u, i, j = np.unravel_index(flat[better], damage.shape[1:])
+            first[better], second[better] = ma[u, i], mb[u, j]
+            best[better] = value[better]
+            cost[better] = np.rint(added.reshape(len(x), -1)[rows[better], flat[better]]).astype(np.int64)
+        return first, second, best, cost
+
+
+def _count_at_most(sorted_values: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """For each row, how many of its ascending integer ``sorted_values`` are ``<=`` each of its
+    ``limits`` (a searchsorted per row, done as one search over rows laid end to end)."""
+    low, high = sorted_values[:, :1], sorted_values[:, -1:]
+    span = high - low + 2
+    offset = np.cumsum(np.concatenate([[0], span[:-1, 0]]))[:, None]
+    keys = (sorted_values - low + offset).ravel()
+    queries = np.clip(limits, low - 1, high) - low + offset
+    found = np.searchsorted(keys, queries.ravel(), side="right").reshape(limits.shape)
+    return found - np.arange(len(sorted_values))[:, None] * sorted_values.shape[1]
 
 
 def _with_pseudo(x: np.ndarray) -> np.ndarray:
@@ -282,38 +381,23 @@ def descend_all(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTabl
     x = np.array(x, copy=True)
     if tables.size == 0:
         return x
-    block = max(1, PAIR_MATRIX_ENTRIES // tables.size**2)
+    block = max(1, BLOCK_ENTRIES // tables.row_entries)
     for start in range(0, len(x), block):
         x[start : start + block] = _descend_block(model, x[start : start + block], budget, tables)
     return x
 
 
 def _descend_block(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables) -> np.ndarray:
-    """:func:`descend_all` of a few rows, their move × move matrices side by side."""
-    slack = (budget - model.costs(x)).astype(np.float64)  # whole units, exact
+    """:func:`descend_all` of a few rows, side by side."""
+    slack = budget - model.costs(x)
     active = np.arange(len(x))
-    diagonal = slice(None, None, tables.size + 1)  # of each flattened move × move matrix
     while active.size:
-        d, k = tables.single(x[active])
-        e, f = tables.pair_corrections(x[active])
-        damage = d[:, :, None] + d[:, None, :]
-        if tables.has_interactions:
-            damage += e
-        damage += tables.blocked  # two options of one choice: not a move ...
-        damage.reshape(active.size, -1)[:, diagonal] = d  # ... except a move paired with itself: the single move
-        k = k.astype(np.float64)
-        added = k[:, :, None] + k[:, None, :]
-        added += f
-        added.reshape(active.size, -1)[:, diagonal] = k
-        damage[added > slack[active, None, None]] = np.inf
-        flat = damage.reshape(active.size, -1)
-        best = np.argmin(flat, axis=1)
-        moving = flat[np.arange(active.size), best] < -tables.tolerance
-        best, rows = best[moving], active[moving]
-        m1, m2 = np.divmod(best, tables.size)
-        x[rows, tables.move_choice[m1]] = tables.move_option[m1]
-        x[rows, tables.move_choice[m2]] = tables.move_option[m2]
-        slack[rows] -= added.reshape(active.size, -1)[np.flatnonzero(moving), best]
+        first, second, damage, cost = tables.best_moves(x[active], slack[active])
+        moving = damage < -tables.tolerance
+        rows, first, second = active[moving], first[moving], second[moving]
+        x[rows, tables.move_choice[first]] = tables.move_option[first]
+        x[rows, tables.move_choice[second]] = tables.move_option[second]
+        slack[rows] -= cost[moving]
         active = rows
     return x
 
