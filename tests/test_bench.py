@@ -18,6 +18,7 @@ from qubocompress.bench import instances as bench_instances
 from qubocompress.bench import runner
 from qubocompress.bench.instances import (
     Instance,
+    instance_from_formulation,
     instance_from_spec,
     load_instance,
     save_instance,
@@ -27,8 +28,9 @@ from qubocompress.bench.metrics import residual_gap, residual_gaps, success_mask
 from qubocompress.bench.plots import write_plots
 from qubocompress.bench.runner import Budget, SweepConfig, run_sweep, summarize, tts_ratio_lines
 from qubocompress.bench.store import ResultStore, RunKey, RunRecord
-from qubocompress.cli import main
+from qubocompress.cli import build_parser, main
 from qubocompress.errors import DataError, ProblemError, SolverError
+from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.synthetic import synthetic_spec
 from qubocompress.solvers import registry
 from qubocompress.solvers.base import timed_sampleset
@@ -501,3 +503,68 @@ def test_offline_sweeps_leave_out_the_cloud_solvers() -> None:
     offline = runner.offline_solvers()
     assert "qpu" not in offline and "hybrid" not in offline
     assert set(offline) == set(registry.SOLVER_NAMES) - {"qpu", "hybrid"}
+
+
+# --------------------------------------------------------------------------- budget instances
+
+
+def tiny_budget_instance(ratio: float = 12.0) -> Instance:
+    spec = synthetic_spec(channels=(4, 8, 8), prune_steps=2, seed=3)
+    return instance_from_formulation("tiny-budget", BudgetFormulation(spec, ratio=ratio), "synthetic (test)", ratio)
+
+
+def test_budget_instance_round_trip(tmp_path: Path) -> None:
+    instance = tiny_budget_instance()
+    assert instance.certified and instance.e_star == pytest.approx(instance.formulation.exact_result().objective, rel=1e-8)
+    loaded = load_instance(save_instance(instance, tmp_path))
+    assert isinstance(loaded.formulation, BudgetFormulation) and loaded.bqm == instance.bqm
+    assert loaded.formulation.bqm is loaded.bqm and loaded.formulation.budget == instance.formulation.budget
+    assert loaded.e_star == pytest.approx(instance.e_star, abs=1e-12) and loaded.certified
+    fresh = loaded.fresh_formulation()
+    assert isinstance(fresh, BudgetFormulation) and fresh is not loaded.formulation and fresh.bqm == loaded.bqm
+    sidecar = json.loads((tmp_path / "tiny-budget.json").read_text())
+    assert sidecar["formulation"]["name"] == "budget" and sidecar["formulation"]["ratio"] == 12.0
+
+
+def test_budget_sweep_reports_feasibility_and_the_polished_route_reaches_the_optimum(tmp_path: Path) -> None:
+    instance = tiny_budget_instance()
+    rows = {}
+    for polish in (False, True):
+        config = SweepConfig(solvers=["sa", "exact"], seeds=(0, 1), polish=polish)
+        with ResultStore(tmp_path / f"r{polish}.sqlite") as store:
+            run_sweep([instance], config, store, progress=False)
+            rows[polish] = {row["solver"]: row for row in summarize(store, [instance], config)}
+            infos = [run.info["solver_info"] for run in store.runs(solver="sa")]
+    raw, polished = rows[False]["sa"], rows[True]["sa"]
+    assert raw["reads"] == 2 * 20  # the formulation's recommended schedule: 20 reads × 100 sweeps
+    assert 0.0 <= raw["feasible_rate"] <= 1.0
+    assert polished["feasible_rate"] == 1.0 and polished["p_s_run"] == 1.0
+    assert polished["gap_best"] == 0.0 and polished["e_best"] == pytest.approx(instance.e_star)
+    assert rows[True]["exact"]["p_s_read"] == 1.0 and rows[True]["exact"]["feasible_rate"] == 1.0
+    assert all("polish" in info for info in infos)  # the last store's runs were polished
+
+
+def test_rl_refuses_the_budget_formulation() -> None:
+    with pytest.raises(SolverError, match="budget formulation's option grid cannot encode"):
+        registry.make_sampler("rl", tiny_budget_instance().formulation)
+
+
+def test_cli_bench_budget_on_a_builtin_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    argv = ["bench", "--formulation", "budget", "--instances", "vgg", "--target-ratio", "24", "--solvers", "sa,exact",
+            "--seeds", "1", "--polish", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "vgg-budget-24x" in printed and "feasible" in printed
+    rows = {r["solver"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["exact"]["e_star_certified"] and rows["sa"]["feasible_rate"] == 1.0
+    assert rows["sa"]["p_s_run"] == 1.0  # the route's sa + polish on the shipped VGG spec
+    assert "feasible_rate" in (out / "results.csv").read_text().splitlines()[0]
+    loaded = load_instance(out / "instances" / "vgg-budget-24x.bqm")
+    assert isinstance(loaded.formulation, BudgetFormulation) and loaded.formulation.ratio == 24.0
+
+
+def test_several_ratios_name_the_paper_instances_by_ratio(tiny_quick: None) -> None:
+    args = build_parser().parse_args(["bench", "--instances", "lenet5-synthetic", "--target-ratio", "8,16"])
+    names = [instance.name for instance in bench_cli.build_instances(args, log=lambda _: None)]
+    assert names == ["lenet5-synthetic-8x", "lenet5-synthetic-16x"]

@@ -359,9 +359,9 @@ def test_hybrid_reports_its_timing_in_seconds() -> None:
 
 
 def test_registry_order_and_unknown_solver() -> None:
-    assert SOLVER_NAMES == ("sa", "tabu", "greedy", "sqa", "sb", "qpu", "hybrid", "exact", "ga", "rl")
+    assert SOLVER_NAMES == ("sa", "tabu", "greedy", "sqa", "sb", "qpu", "hybrid", "exact", "random", "ga", "rl")
     with pytest.raises(
-        SolverError, match="unknown solver 'annealer'; choose one of: sa, tabu, greedy, sqa, sb, qpu, hybrid, exact, ga, rl$"
+        SolverError, match="unknown solver 'annealer'; choose one of: sa, tabu, greedy, sqa, sb, qpu, hybrid, exact, random, ga, rl$"
     ):
         make_sampler("annealer")
 

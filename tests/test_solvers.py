@@ -51,6 +51,16 @@ class TestBoundExactConformance(unittest.TestCase):
     """A formulation-bound exact sampler still solves other BQMs (generic path)."""
 
 
+def test_random_states_are_seeded_and_uniform() -> None:
+    bqm = dimod.BinaryQuadraticModel({f"v{i}": 0.0 for i in range(40)}, {}, 0.0, "BINARY")
+    sampler = make_sampler("random", num_reads=50)
+    first, again, other = (sampler.sample(bqm, seed=seed) for seed in (1, 1, 2))
+    assert np.array_equal(first.record.sample, again.record.sample)
+    assert not np.array_equal(first.record.sample, other.record.sample)
+    assert 0.4 < first.record.sample.mean() < 0.6  # 2,000 fair bits
+    assert "seed" in sampler.parameters and first.info["parameters"] == {"num_reads": 50, "seed": 1}
+
+
 @pytest.mark.parametrize("sampler", [quick_sa(), ExactSampler(), ExactSampler(small_formulation())])
 def test_sampler_api(sampler: dimod.Sampler) -> None:
     dimod.testing.assert_sampler_api(sampler)
@@ -65,6 +75,7 @@ QUICK_OPTIONS: dict[str, dict[str, object]] = {
     "sqa": {"num_reads": 2, "num_sweeps": 50},
     "sb": {"agents": 4, "max_steps": 100, "device": "cpu"},
     "exact": {},
+    "random": {"num_reads": 4},
     "ga": {"population": 10, "generations": 5},
     "rl": {"total_timesteps": 256, "rollouts": 1},
 }
@@ -228,7 +239,7 @@ def test_registry_builds_each_solver() -> None:
 
 
 def test_registry_rejects_unknown_names_and_options() -> None:
-    with pytest.raises(SolverError, match="unknown solver 'annealer'; choose one of: sa, tabu, .*, exact, ga, rl"):
+    with pytest.raises(SolverError, match="unknown solver 'annealer'; choose one of: sa, tabu, .*, exact, random, ga, rl"):
         make_sampler("annealer")
     with pytest.raises(SolverError, match="solver 'exact' does not accept these options \\(num_reads\\)"):
         make_sampler("exact", num_reads=4)

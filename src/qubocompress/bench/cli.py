@@ -7,7 +7,9 @@ Full sweep (hours on 2 cores; the documented command)::
 = the built-in models (lenet5, vgg, resnet20: measured specs when packaged, else synthetic
 stand-ins) and the synthetic size series 100, 300, 1000, 3000, 10000 variables, every offline
 solver, 5 seeds. ``--quick`` runs a few small instances with few seeds (minutes). Interrupt and
-rerun the same command to resume; ``--fresh`` starts over.
+rerun the same command to resume; ``--fresh`` starts over. ``--formulation budget`` benchmarks the
+built-in models' budget QUBOs instead (``<model>-budget-<ratio>x`` at 16×, 24×, 32× by default;
+``E*`` from the MILP), every solver's reads scored against it, with their feasibility rate.
 
 Output folder: ``results.sqlite`` (every run and read), ``results.csv`` / ``results.json`` (one
 row per instance × solver), ``plots/*.png``, ``instances/<name>.bqm`` + ``.json``.
@@ -23,15 +25,19 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from qubocompress.bench.instances import (
+    BUDGET_TARGET_RATIOS,
     BUILTIN_MODELS,
     DEFAULT_TARGET_RATIO,
     MIN_SERIES_SIZE,
     SIZE_SERIES,
     Instance,
+    budget_instance_name,
+    builtin_budget_instance,
     builtin_instance,
     load_instance,
     load_instances,
@@ -82,6 +88,7 @@ CSV_COLUMNS = (
     "gap_median",
     "p_s_read",
     "p_s_run",
+    "feasible_rate",
     "t_read",
     "t_run_mean",
     "t_run_median",
@@ -176,7 +183,18 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--device", default=None, help="device of the sb solver: cpu or cuda (default: cuda when available)"
     )
     bench.add_argument(
-        "--target-ratio", type=float, default=DEFAULT_TARGET_RATIO, help="compression target γ is calibrated to"
+        "--formulation",
+        choices=("paper", "budget"),
+        default="paper",
+        help="paper: the paper's energy, γ calibrated to the target; budget: minimum damage under a hard "
+        "weight-bit budget (built-in models only; E* from the MILP)",
+    )
+    bench.add_argument(
+        "--target-ratio",
+        default=None,
+        metavar="R[,R...]",
+        help=f"compression target(s) vs fp32: γ is calibrated to it (paper; default {DEFAULT_TARGET_RATIO:g}) or "
+        f"the budget is fp32 / R (budget; default {','.join(f'{r:g}' for r in BUDGET_TARGET_RATIOS)})",
     )
     bench.add_argument(
         "--exact-time-limit",
@@ -248,43 +266,79 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     return config
 
 
-def _instance_builder(name: str, target_ratio: float) -> Callable[[], Instance]:
-    """How to build the instance called ``name`` (checked now, built later)."""
-    if name in BUILTIN_MODELS:
-        return lambda: builtin_instance(name, target_ratio)
+def _parse_ratios(text: str | None, formulation: str) -> list[float]:
+    """The target ratios of ``--target-ratio`` (each a number > 1), or the formulation's default."""
+    if text is None:
+        return list(BUDGET_TARGET_RATIOS) if formulation == "budget" else [DEFAULT_TARGET_RATIO]
+    ratios = []
+    for item in _parse_list(text, "--target-ratio"):
+        try:
+            ratio = float(item)
+        except ValueError:
+            raise DataError(f"--target-ratio takes numbers > 1 such as 16 or 16,24,32; got {item!r}") from None
+        if not (math.isfinite(ratio) and ratio > 1):
+            raise DataError(f"--target-ratio must be a number > 1, got {item}")
+        ratios.append(ratio)
+    return ratios
+
+
+def _instance_builders(name: str, ratios: list[float], formulation: str) -> list[tuple[str, Callable[[], Instance]]]:
+    """How to build the instances called ``name``, one per ratio: (label, builder), checked now,
+    built later. With several ratios a paper instance's name gets ``-<ratio>x``."""
+    if formulation == "budget":
+        if name not in BUILTIN_MODELS:
+            raise DataError(
+                f"budget instances come from the built-in models' measured specs ({', '.join(BUILTIN_MODELS)}); "
+                f"got {name!r}"
+            )
+        return [(budget_instance_name(name, r), lambda r=r: builtin_budget_instance(name, r)) for r in ratios]
     model = name.removesuffix("-synthetic")
-    if name.endswith("-synthetic") and model in BUILTIN_MODELS:
-        return lambda: stand_in_instance(model, target_ratio=target_ratio)
     digits = name.removeprefix("synthetic-").removeprefix("n")
-    if digits.isdigit():
-        return lambda: size_series_instance(int(digits), target_ratio=target_ratio)
-    raise DataError(
-        f"unknown instance {name!r}: give a folder or .bqm file, or names among "
-        f"{', '.join(BUILTIN_MODELS)}, <model>-synthetic, n<variables>"
-    )
+    if name in BUILTIN_MODELS:
+        build: Callable[..., Instance] = partial(builtin_instance, name)
+    elif name.endswith("-synthetic") and model in BUILTIN_MODELS:
+        build = partial(stand_in_instance, model)
+    elif digits.isdigit():
+        build = partial(size_series_instance, int(digits))
+    else:
+        raise DataError(
+            f"unknown instance {name!r}: give a folder or .bqm file, or names among "
+            f"{', '.join(BUILTIN_MODELS)}, <model>-synthetic, n<variables>"
+        )
+    if len(ratios) == 1:
+        return [(name, partial(build, target_ratio=ratios[0]))]
+    return [(f"{name} at {r:g}x", lambda r=r: _renamed(build(target_ratio=r), r)) for r in ratios]
+
+
+def _renamed(instance: Instance, ratio: float) -> Instance:
+    """``instance`` named ``<its name>-<ratio>x`` (one of several ratios of a paper instance)."""
+    instance.name = f"{instance.name}-{ratio:g}x"
+    return instance
 
 
 def build_instances(args: argparse.Namespace, log: Callable[[str], None] = _log) -> list[Instance]:
     """The instances the command line asks for (generated, or loaded and verified).
 
-    Every name and size is checked before any instance is built.
+    Every name, size and ratio is checked before any instance is built.
     """
-    if not (math.isfinite(args.target_ratio) and args.target_ratio > 1):
-        raise DataError(f"--target-ratio must be a number > 1, got {args.target_ratio}")
+    ratios = _parse_ratios(args.target_ratio, args.formulation)
+    budget = args.formulation == "budget"
     if args.sizes is not None:
+        if budget:
+            raise DataError("--sizes: the synthetic size series is a paper-formulation benchmark; drop it with --formulation budget")
         sizes = _parse_sizes(args.sizes)
-    elif args.instances is not None:
+    elif args.instances is not None or budget:
         sizes = []
     else:
         sizes = list(QUICK_SIZES if args.quick else SIZE_SERIES)
     path = None if args.instances is None else Path(args.instances)
     builders: list[tuple[str, Callable[[], Instance]]] = []
     if path is None:
-        builders = [(model, _instance_builder(model, args.target_ratio)) for model in BUILTIN_MODELS]
+        builders = [b for model in BUILTIN_MODELS for b in _instance_builders(model, ratios, args.formulation)]
     elif not (path.is_dir() or path.suffix in (".bqm", ".json")):
         names = _parse_list(args.instances, "--instances")
-        builders = [(name, _instance_builder(name, args.target_ratio)) for name in names]
-    builders += [(f"n{size}", _instance_builder(f"n{size}", args.target_ratio)) for size in sizes]
+        builders = [b for name in names for b in _instance_builders(name, ratios, args.formulation)]
+    builders += [b for size in sizes for b in _instance_builders(f"n{size}", ratios, args.formulation)]
     instances: list[Instance] = []
     if path is not None and path.is_dir():
         instances += load_instances(path, args.exact_time_limit)
@@ -340,14 +394,16 @@ def results_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def results_table(rows: list[dict[str, Any]]) -> Any:
-    """A rich Table of the summary rows (an "embed s" column appears when any solver embeds)."""
+    """A rich Table of the summary rows (an "embed s" column appears when any solver embeds, a
+    "feasible" one when any instance is constrained)."""
     from rich.markup import escape
     from rich.table import Table
 
     with_embed = any((row.get("embed_seconds_mean") or 0) > 0 for row in rows)
+    with_feasible = any(row.get("feasible_rate") is not None for row in rows)
     table = Table(title="solver benchmark (E*: ✓ certified, ≈ best known; times are wall seconds)")
     headers = ["instance", "vars", "build s", "solver", "reads", "E*", "gap best", "gap med", "p_s read", "p_s run"]
-    headers += ["embed s"] * with_embed + ["t/run s", "TTS99 s", "×sa", "evals", "stop / budget"]
+    headers += ["feasible"] * with_feasible + ["embed s"] * with_embed + ["t/run s", "TTS99 s", "×sa", "evals", "stop / budget"]
     for header in headers:
         table.add_column(header, justify="left" if header in ("instance", "solver", "stop / budget") else "right")
     previous = None
@@ -378,6 +434,7 @@ def results_table(rows: list[dict[str, Any]]) -> Any:
             _cell(row["p_s_read"]),
             _cell(row["p_s_run"]),
         ]
+        cells += [_cell(row.get("feasible_rate"))] * with_feasible
         cells += [_cell(row["embed_seconds_mean"])] * with_embed
         cells += [
             _cell(row["t_run_mean"]),

@@ -1,12 +1,13 @@
-"""Benchmark instances: QUBOs of the paper formulation, saved so that anyone can rerun them.
+"""Benchmark instances: QUBOs of the paper or the budget formulation, saved so that anyone can rerun them.
 
 An instance on disk is two files in one folder:
 
 * ``<name>.bqm``: the BQM in dimod's own serialisation (``bqm.to_file()``;
   ``dimod.BinaryQuadraticModel.from_file`` reads it back), usable without this package;
 * ``<name>.json``: the sidecar: where the instance comes from, the compression spec and the
-  formulation's parameters (β, γ, target ratio) so the formulation — its certified optimum,
-  its decoder, the RL solver's layer walk — can be rebuilt, ``E*`` and whether it is certified,
+  formulation's parameters (paper: β, γ, target ratio; budget: ratio or absolute budget, metric,
+  bit-widths, penalty, MILP time limit) so the formulation — its certified optimum, its decoder,
+  its polish, the RL solver's layer walk — can be rebuilt, ``E*`` and whether it is certified,
   and the sha256 of the ``.bqm`` bytes.
 
 Loading checks the hash and that the rebuilt formulation's BQM equals the file's; any mismatch
@@ -19,7 +20,9 @@ realistic statistics from :func:`~qubocompress.problem.synthetic.synthetic_spec`
 a 16× target), and the built-in models (:func:`builtin_instance`: the packaged spec measured on
 the trained model when ``bench/data/<model>.spec.json`` exists, else a synthetic stand-in of the
 same shape, named ``<model>-synthetic`` and labelled so; :func:`model_instance` trains or loads
-the model and analyses it, which needs torch and the pipeline).
+the model and analyses it, which needs torch and the pipeline), and the built-in models' budget
+QUBOs (:func:`builtin_budget_instance`, ``<model>-budget-<ratio>x``: the same measured specs under a
+hard weight-bit budget, ``E*`` from the MILP, certified or marked best known).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import numpy as np
 
 from qubocompress.errors import DataError, ProblemError, QubocompressError
 from qubocompress.io import write_bytes_atomic, write_json_atomic
+from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.paper import PaperFormulation
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.problem.synthetic import synthetic_resnet_spec, synthetic_spec
@@ -63,6 +67,8 @@ STAND_INS: dict[str, Callable[[int], CompressionSpec]] = {
 }
 SIZE_SERIES = (100, 300, 1000, 3000, 10_000)
 MIN_SERIES_SIZE = 30
+# Target ratios of the built-in models' budget instances (issue 4's 16×, 24× and 32×).
+BUDGET_TARGET_RATIOS = (16.0, 24.0, 32.0)
 # Base convs of synthetic_spec's default net: (16, 16, 32, 32, 64, 64) channels.
 _BASE_CHANNELS = 224
 _BASE_CONVS = 6
@@ -81,7 +87,8 @@ class Instance:
             None when nothing is known yet.
         certified: whether ``e_star`` is proven optimal.
         spec: the compression spec (None for a bare BQM file).
-        formulation: the paper formulation of ``spec`` whose ``bqm`` is ``bqm`` (None for a bare BQM).
+        formulation: the paper or budget formulation of ``spec`` whose ``bqm`` is ``bqm`` (None
+            for a bare BQM).
         target_ratio: the compression ratio γ was calibrated to (None if not calibrated).
         build_seconds: wall time to build the BQM from the spec and parameters (0 for a bare file).
     """
@@ -92,7 +99,7 @@ class Instance:
     e_star: float | None
     certified: bool
     spec: CompressionSpec | None = None
-    formulation: PaperFormulation | None = None
+    formulation: Formulation | None = None
     target_ratio: float | None = None
     build_seconds: float = 0.0
     _sha256: str | None = field(default=None, repr=False)
@@ -114,22 +121,17 @@ class Instance:
             self._sha256 = hashlib.sha256(bqm_bytes(self.bqm)).hexdigest()
         return self._sha256
 
-    def fresh_formulation(self) -> PaperFormulation | None:
+    def fresh_formulation(self) -> Formulation | None:
         """A new formulation object with the same parameters (nothing cached: for timing the exact solver)."""
         if self.formulation is None:
             return None
-        return PaperFormulation(self.formulation.spec, beta=self.formulation.beta, gamma=self.formulation.gamma)
+        return formulation_from_parameters(self.formulation.spec, formulation_parameters(self.formulation))
 
     def sidecar(self) -> dict[str, Any]:
         """The JSON sidecar written next to the ``.bqm``."""
         formulation = None
         if self.formulation is not None:
-            formulation = {
-                "name": "paper",
-                "beta": self.formulation.beta,
-                "gamma": self.formulation.gamma,
-                "target_ratio": self.target_ratio,
-            }
+            formulation = {**formulation_parameters(self.formulation), "target_ratio": self.target_ratio}
         return {
             "format": INSTANCE_FORMAT,
             "version": FORMAT_VERSION,
@@ -146,6 +148,50 @@ class Instance:
         }
 
 
+Formulation = PaperFormulation | BudgetFormulation
+
+
+def formulation_parameters(formulation: Formulation) -> dict[str, Any]:
+    """What rebuilds ``formulation`` from its spec (JSON-safe; the budget's resolved penalty
+    included, so the rebuilt BQM does not depend on the MILP's bounds)."""
+    if isinstance(formulation, PaperFormulation):
+        return {"name": "paper", "beta": formulation.beta, "gamma": formulation.gamma}
+    return {
+        "name": "budget",
+        "ratio": formulation.ratio,
+        "absolute": formulation.absolute,
+        "metric": formulation.metric,
+        "bit_options": list(formulation.bit_options),
+        "penalty": formulation.penalty,
+        "time_limit": formulation.time_limit,
+    }
+
+
+def formulation_from_parameters(spec: CompressionSpec, params: dict[str, Any]) -> Formulation:
+    """The formulation of ``spec`` that :func:`formulation_parameters` describes."""
+    if params.get("name") == "paper":
+        return PaperFormulation(spec, beta=float(params["beta"]), gamma=float(params["gamma"]))
+    if params.get("name") == "budget":
+        return BudgetFormulation(
+            spec,
+            ratio=None if params["ratio"] is None else float(params["ratio"]),
+            absolute=None if params["absolute"] is None else float(params["absolute"]),
+            metric=params["metric"],
+            bit_options=[int(b) for b in params["bit_options"]],
+            penalty=float(params["penalty"]),
+            time_limit=float(params["time_limit"]),
+        )
+    raise ValueError(f"unknown formulation {params.get('name')!r}")
+
+
+def _reference(formulation: Formulation) -> tuple[float, bool]:
+    """(``E*``, certified): the paper form's enumeration, or the budget MILP's best plan and
+    whether HiGHS proved it (else it is the best known)."""
+    _, energy = formulation.exact()
+    certified = formulation.exact_result().certified if isinstance(formulation, BudgetFormulation) else True
+    return float(energy), certified
+
+
 def bqm_bytes(bqm: dimod.BinaryQuadraticModel) -> bytes:
     """The BQM in dimod's file format."""
     with bqm.to_file() as handle:
@@ -153,22 +199,22 @@ def bqm_bytes(bqm: dimod.BinaryQuadraticModel) -> bytes:
 
 
 def instance_from_formulation(
-    name: str, formulation: PaperFormulation, source: str, target_ratio: float | None
+    name: str, formulation: Formulation, source: str, target_ratio: float | None
 ) -> Instance:
-    """An instance of a paper formulation, with its certified optimum as ``E*``.
+    """An instance of a formulation, with its reference optimum as ``E*``.
 
     ``build_seconds`` times the BQM construction (if the formulation has not built it yet).
     """
     start = time.perf_counter()
     bqm = formulation.bqm
     build_seconds = time.perf_counter() - start
-    _, e_star = formulation.exact()
+    e_star, certified = _reference(formulation)
     return Instance(
         name=name,
         bqm=bqm,
         source=source,
-        e_star=float(e_star),
-        certified=True,
+        e_star=e_star,
+        certified=certified,
         spec=formulation.spec,
         formulation=formulation,
         target_ratio=target_ratio,
@@ -249,6 +295,22 @@ def builtin_instance(model: str, target_ratio: float = DEFAULT_TARGET_RATIO) -> 
         spec, source = read_model_spec(path)
         return instance_from_spec(model, spec, source, target_ratio)
     return stand_in_instance(model, target_ratio=target_ratio)
+
+
+def budget_instance_name(model: str, target_ratio: float) -> str:
+    """``<model>-budget-<ratio>x``, e.g. ``vgg-budget-24x``."""
+    return f"{model}-budget-{target_ratio:g}x"
+
+
+def builtin_budget_instance(model: str, target_ratio: float) -> Instance:
+    """The budget QUBO of built-in ``model`` at ``target_ratio``× fewer weight bits than fp32,
+    from its packaged measured spec (measured quantization and prune damage, L1 importance)."""
+    path = packaged_spec_path(model)
+    if not path.is_file():
+        raise DataError(f"no packaged measured spec for {model!r}: budget instances need one ({path})")
+    spec, source = read_model_spec(path)
+    formulation = BudgetFormulation(spec, ratio=target_ratio)
+    return instance_from_formulation(budget_instance_name(model, target_ratio), formulation, source, target_ratio)
 
 
 def model_spec(
@@ -376,25 +438,23 @@ def _instance_from_sidecar(sidecar: dict[str, Any], bqm: dimod.BinaryQuadraticMo
     params = sidecar.get("formulation")
     if params is None:
         return Instance(name, bqm, str(sidecar["source"]), e_star, certified, _sha256=digest)
-    if params.get("name") != "paper":
-        raise ValueError(f"unknown formulation {params.get('name')!r}")
     spec = CompressionSpec.from_dict(sidecar["spec"])
-    formulation = PaperFormulation(spec, beta=float(params["beta"]), gamma=float(params["gamma"]))
+    formulation = formulation_from_parameters(spec, params)
     start = time.perf_counter()
     rebuilt = formulation.bqm
     build_seconds = time.perf_counter() - start
     if not _same_bqm(rebuilt, bqm):
         raise ValueError("the BQM rebuilt from its spec and parameters differs from the .bqm file")
-    _, exact_energy = formulation.exact()
-    if certified and e_star is not None and not math.isclose(e_star, exact_energy, rel_tol=1e-9, abs_tol=1e-12):
-        raise ValueError(f"its E* {e_star!r} differs from the certified optimum {exact_energy!r}")
+    reference, proven = _reference(formulation)
+    if certified and proven and e_star is not None and not math.isclose(e_star, reference, rel_tol=1e-9, abs_tol=1e-12):
+        raise ValueError(f"its E* {e_star!r} differs from the certified optimum {reference!r}")
     target = params.get("target_ratio")
     return Instance(
         name=name,
         bqm=rebuilt,
         source=str(sidecar["source"]),
-        e_star=float(exact_energy),
-        certified=True,
+        e_star=reference if proven or e_star is None else min(reference, e_star),
+        certified=proven,
         spec=spec,
         formulation=formulation,
         target_ratio=None if target is None else float(target),

@@ -44,6 +44,7 @@ from qubocompress.bench.instances import BUILTIN_MODELS, Instance
 from qubocompress.bench.metrics import residual_gap, success_mask, tts99
 from qubocompress.bench.store import ResultStore, RunKey, RunRecord, options_hash
 from qubocompress.errors import QubocompressError, SolverError
+from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
 
 DEFAULT_SOLVER = "sa"
@@ -64,8 +65,9 @@ def offline_solvers() -> tuple[str, ...]:
 
 
 def is_builtin_model_instance(name: str) -> bool:
-    """Whether ``name`` is a built-in model's instance (measured or its synthetic stand-in)."""
-    return any(name in (model, f"{model}-synthetic") for model in BUILTIN_MODELS)
+    """Whether ``name`` is a built-in model's instance (measured, its synthetic stand-in, or a
+    budget instance ``<model>-budget-<ratio>x``)."""
+    return any(name in (model, f"{model}-synthetic") or name.startswith(f"{model}-budget-") for model in BUILTIN_MODELS)
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,13 @@ class SweepOutcome:
 def _sampler_for(
     name: str, instance: Instance, config: SweepConfig
 ) -> tuple[dimod.Sampler, dimod.BinaryQuadraticModel, float]:
-    """(sampler, the BQM it solves, extra build seconds) for one run."""
-    options = dict(config.solver_options.get(name, {}))
+    """(sampler, the BQM it solves, extra build seconds) for one run.
+
+    A formulation's recommended options for the solver (the budget form's ``sa`` schedule, as
+    ``compress`` uses it) come first; the sweep's own options override them.
+    """
+    recommended = getattr(instance.formulation, "recommended_sampler_options", lambda _: {})(name)
+    options = {**recommended, **config.solver_options.get(name, {})}
     if name == EXACT_SOLVER:
         fresh = instance.fresh_formulation()
         options.setdefault("time_limit", config.exact_time_limit)
@@ -296,6 +303,8 @@ def _run_once(
     kept = {k: v for k, v in sampleset.info.items() if k not in ("timing", "evaluations", "stopped_by")}
     info.update({"wall_seconds": wall, "timing": _jsonable(timing), "solver_info": _jsonable(kept)})
     info["independent_reads"] = _independent_reads(record)
+    if isinstance(instance.formulation, BudgetFormulation) and energies.size:
+        info["feasible_rate"] = float(occurrences[instance.formulation.feasible_reads(sampleset)].sum() / occurrences.sum())
     if "time_limit" in kwargs:
         info["time_limit"] = kwargs["time_limit"]
     evaluations = sampleset.info.get("evaluations")
@@ -539,6 +548,7 @@ def _summary_row(
     gaps = [residual_gap(r.e_best, e_star) for r in ok] if e_star is not None else []
     evaluations = [r.evaluations for r in ok if r.evaluations is not None]
     budgets = sorted({str(r.info["budget"]) for r in ok if "budget" in r.info})
+    feasible = [(r.info["feasible_rate"], r.reads) for r in ok if "feasible_rate" in r.info]
     return {
         **row,
         "status": "ok",
@@ -559,6 +569,9 @@ def _summary_row(
         "evaluations_mean": statistics.fmean(evaluations) if evaluations else None,
         "stopped_by": ", ".join(sorted({r.stopped_by for r in ok if r.stopped_by})) or None,
         "budget": "; ".join(budgets) or None,
+        "feasible_rate": sum(rate * reads for rate, reads in feasible) / sum(reads for _, reads in feasible)
+        if feasible
+        else None,
     }
 
 

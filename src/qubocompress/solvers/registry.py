@@ -25,6 +25,7 @@ from qubocompress.solvers.sa import SimulatedAnnealingSampler
 from qubocompress.solvers.sb import SimulatedBifurcationSampler
 from qubocompress.solvers.sqa import SimulatedQuantumAnnealingSampler
 from qubocompress.solvers.tabu import TabuSearchSampler
+from qubocompress.solvers.uniform import UniformRandomSampler
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ SOLVERS: dict[str, SolverEntry] = {
     "exact": SolverEntry(
         lambda formulation, **options: ExactSampler(formulation, **options),
         "certified optimum: the formulation's own enumeration, else components by enumeration / MILP",
+    ),
+    "random": SolverEntry(
+        lambda formulation, **options: UniformRandomSampler(**options),
+        "uniformly random states (dimod), 20 reads: the control; with the polish, what the polish alone finds",
     ),
     "ga": SolverEntry(
         lambda formulation, **options: GeneticAlgorithmSampler(**options),

@@ -48,6 +48,7 @@ import dimod
 import numpy as np
 
 from qubocompress.errors import SolverError
+from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.target import most_compressed_plan
 from qubocompress.solvers.base import (
@@ -247,6 +248,11 @@ class ReinforcementLearningSampler(dimod.Sampler):
     def __init__(self, formulation: Any | None, **defaults: Any) -> None:
         if formulation is None or not all(hasattr(formulation, key) for key in ("spec", "encode", "bqm")):
             raise SolverError(NEEDS_FORMULATION)
+        if isinstance(formulation, BudgetFormulation):
+            raise SolverError(
+                "solver 'rl' walks the paper formulation's free prune counts and bit-widths, which the budget "
+                "formulation's option grid cannot encode; for a budget use rl-acc (compress --search rl-acc)"
+            )
         require("gymnasium", "rl", "rl", "gymnasium")
         require("stable_baselines3", "rl", "rl", "stable-baselines3")
         self.formulation = formulation
