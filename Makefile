@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-quick data clean
+.PHONY: demo test test-slow bench bench-quick bench-budget data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/qubocompress bench --out runs/bench
+
+# The budget QUBOs at 16/24/32x: the default route (sa + polish) against random + polish and the MILP.
+bench-budget: $(STAMP)
+	$(BIN)/qubocompress bench --formulation budget --polish --solvers sa,random,exact --seeds 10 --out runs/bench-budget-route
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

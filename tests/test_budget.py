@@ -457,6 +457,41 @@ def test_descent_ends_where_no_single_or_double_change_helps(formulation: Budget
                 assert model.damages(y)[0] >= damage - 2 * tables.tolerance
 
 
+def test_repair_restarts_a_row_that_no_single_move_makes_cheaper() -> None:
+    # found by hypothesis: with BOPs rounded up to 4 coarse units, some plans over the budget
+    # cannot get cheaper by changing one choice (each change saves less than a unit)
+    layer = {"kind": "conv", "kernel_area": 9, "in_features_per_channel": 1, "quant_damage": [0.0, 0.0, 0.0, 0.0, 0.0]}
+    spec = CompressionSpec.from_dict({
+        "model": "random", "b_max": 5, "bit_levels": 2, "activation_bits": 32, "interactions": [],
+        "groups": [
+            {"name": "g0", "importance": [0.0] * 5, "max_pruned": 1, "members": [], "prune_options": [0, 1],
+             "prune_damage": [0.0, 0.0]},
+            {"name": "g1", "importance": [0.0] * 2, "max_pruned": 1, "members": [], "prune_options": [],
+             "prune_damage": []},
+        ],
+        "layers": [
+            {**layer, "name": "l0", "out_channels": 2, "in_channels": 1, "groups": 1, "out_positions": 1,
+             "out_group": 1, "in_group": None},
+            {**layer, "name": "l1", "out_channels": 5, "in_channels": 5, "groups": 5, "out_positions": 1,
+             "out_group": 0, "in_group": 0},
+            {**layer, "name": "l2", "out_channels": 5, "in_channels": 5, "groups": 5, "out_positions": 1,
+             "out_group": 0, "in_group": 0},
+            {**layer, "name": "l3", "out_channels": 5, "in_channels": 1, "groups": 1, "out_positions": 16,
+             "out_group": 0, "in_group": None, "quant_damage": [0.0, 0.0, 1.0, 0.0, 1.0]},
+        ],
+    })
+    formulation = BudgetFormulation(spec, ratio=5.0, metric="bops", bit_options=(2, 3, 4, 5))
+    model, capacity = formulation.model.in_units(formulation.unit), formulation.budget // formulation.unit
+    tables = MoveTables(model)
+    grid = np.array(list(itertools.product(*(range(k) for k in model.counts))))
+    over = grid[model.costs(grid) > capacity]
+    stuck = over[~(tables.single(over)[1] < 0).any(axis=1)]
+    assert len(stuck) > 0  # the case this test is about
+    repaired = repair_all(model, stuck, capacity, tables)
+    assert np.all(model.costs(repaired) <= capacity)
+    assert np.all(model.costs(descend_all(model, repaired, capacity, tables)) <= capacity)
+
+
 @pytest.mark.parametrize("interactions", [False, True])
 def test_sa_with_polish_reaches_the_optimum_on_a_vgg_like_spec(interactions: bool) -> None:
     spec = synthetic_spec(channels=(4, 8, 8, 16), hidden=16, prune_steps=2, interactions=interactions, seed=4)

@@ -348,26 +348,32 @@ def _double_centre(blocks: np.ndarray, xa: np.ndarray, xb: np.ndarray) -> np.nda
 def repair_all(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
     """Each choice vector (rows of ``x``) made to fit the budget: repeatedly the single move that
     saves cost at the least damage per unit of cost saved (a move that saves cost and damage both
-    comes first).
+    comes first). A row that no single move makes cheaper (costs rounded up to whole units can
+    need two choices to change at once) starts again from the model's smallest plan.
 
-    The budget must hold the model's cheapest plan (the move always exists until it is reached).
+    The budget must hold the model's smallest plan.
     """
     tables = tables or MoveTables(model)
     x = np.array(x, copy=True)
     cost = model.costs(x)
+    smallest = model.smallest()
     while True:
         over = np.flatnonzero(cost > budget)
         if over.size == 0:
             return x
         damage_change, cost_change = tables.single(x[over])
         saving = cost_change < 0
-        if not saving.any(axis=1).all():
-            cheapest = int(cost[over][~saving.any(axis=1)].min())
-            raise ProblemError(f"no plan on the grid fits the budget of {budget} (cheapest: {cheapest})")
+        stuck = ~saving.any(axis=1)
+        if stuck.any():
+            least = int(model.costs(smallest)[0])
+            if least > budget:
+                raise ProblemError(f"no plan on the grid fits the budget of {budget} (cheapest: {least})")
+            x[over[stuck]], cost[over[stuck]] = smallest, least
         rate = np.where(saving, damage_change / np.where(saving, -cost_change, 1), np.inf)
-        best = np.argmin(rate, axis=1)
-        x[over, tables.move_choice[best]] = tables.move_option[best]
-        cost[over] += cost_change[np.arange(over.size), best]
+        best = np.argmin(rate[~stuck], axis=1)
+        moved = over[~stuck]
+        x[moved, tables.move_choice[best]] = tables.move_option[best]
+        cost[moved] += cost_change[~stuck][np.arange(moved.size), best]
 
 
 def descend_all(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTables | None = None) -> np.ndarray:
