@@ -462,6 +462,9 @@ def test_cli_bench_quick(tiny_quick: None, tmp_path: Path, capsys: pytest.Captur
         (["--sizes", "100,big"], "--sizes takes variable counts"),
         (["--sizes", "10"], "need at least 30 variables, got 10"),
         (["--target-ratio", "1"], "--target-ratio must be a number > 1"),
+        (["--target-ratio", "16,x"], "--target-ratio takes numbers > 1"),
+        (["--formulation", "budget", "--instances", "n100"], "budget instances come from the built-in models"),
+        (["--formulation", "budget", "--sizes", "100"], "paper-formulation benchmark"),
     ],
 )
 def test_cli_bench_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
@@ -515,7 +518,8 @@ def tiny_budget_instance(ratio: float = 12.0) -> Instance:
 
 def test_budget_instance_round_trip(tmp_path: Path) -> None:
     instance = tiny_budget_instance()
-    assert instance.certified and instance.e_star == pytest.approx(instance.formulation.exact_result().objective, rel=1e-8)
+    assert instance.certified
+    assert instance.e_star == pytest.approx(instance.formulation.exact_result().objective, rel=1e-8)
     loaded = load_instance(save_instance(instance, tmp_path))
     assert isinstance(loaded.formulation, BudgetFormulation) and loaded.bqm == instance.bqm
     assert loaded.formulation.bqm is loaded.bqm and loaded.formulation.budget == instance.formulation.budget

@@ -325,7 +325,9 @@ def build_instances(args: argparse.Namespace, log: Callable[[str], None] = _log)
     budget = args.formulation == "budget"
     if args.sizes is not None:
         if budget:
-            raise DataError("--sizes: the synthetic size series is a paper-formulation benchmark; drop it with --formulation budget")
+            raise DataError(
+                "--sizes: the synthetic size series is a paper-formulation benchmark; drop it with --formulation budget"
+            )
         sizes = _parse_sizes(args.sizes)
     elif args.instances is not None or budget:
         sizes = []
@@ -403,7 +405,8 @@ def results_table(rows: list[dict[str, Any]]) -> Any:
     with_feasible = any(row.get("feasible_rate") is not None for row in rows)
     table = Table(title="solver benchmark (E*: ✓ certified, ≈ best known; times are wall seconds)")
     headers = ["instance", "vars", "build s", "solver", "reads", "E*", "gap best", "gap med", "p_s read", "p_s run"]
-    headers += ["feasible"] * with_feasible + ["embed s"] * with_embed + ["t/run s", "TTS99 s", "×sa", "evals", "stop / budget"]
+    headers += ["feasible"] * with_feasible + ["embed s"] * with_embed
+    headers += ["t/run s", "TTS99 s", "×sa", "evals", "stop / budget"]
     for header in headers:
         table.add_column(header, justify="left" if header in ("instance", "solver", "stop / budget") else "right")
     previous = None

@@ -304,7 +304,8 @@ def _run_once(
     info.update({"wall_seconds": wall, "timing": _jsonable(timing), "solver_info": _jsonable(kept)})
     info["independent_reads"] = _independent_reads(record)
     if isinstance(instance.formulation, BudgetFormulation) and energies.size:
-        info["feasible_rate"] = float(occurrences[instance.formulation.feasible_reads(sampleset)].sum() / occurrences.sum())
+        feasible = instance.formulation.feasible_reads(sampleset)
+        info["feasible_rate"] = float(occurrences[feasible].sum() / occurrences.sum())
     if "time_limit" in kwargs:
         info["time_limit"] = kwargs["time_limit"]
     evaluations = sampleset.info.get("evaluations")

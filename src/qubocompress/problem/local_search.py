@@ -199,16 +199,17 @@ class MoveTables:
         self._line_moves = _Scatter.of(self._moves(self._lines.choices[:, 0], 2, 1), None, self._lines.valid, size)
         # pairs of moves: a table's or a cost plane's whole block, into its related pair's block
         valid = valid_a[:, :, None] & valid_b[:, None, :]
-        self._table_blocks = _Scatter.of(self._block_places(self._pair_choices), None, valid, len(self.related) * width**2)
-        self._plane_blocks = _Scatter.of(
-            self._block_places(self._planes.choices), None, self._planes.valid, len(self.related) * width**2
-        )
+        blocks = len(self.related) * width**2
+        self._table_blocks = _Scatter.of(self._block_places(self._pair_choices), None, valid, blocks)
+        self._plane_blocks = _Scatter.of(self._block_places(self._planes.choices), None, self._planes.valid, blocks)
         ends = self.related.T
         self._related_valid = (option[None, :, None] < self._counts[ends[0]][:, None, None]) & (
             option[None, None, :] < self._counts[ends[1]][:, None, None]
         )
         # the moves of each option of either end (padding points at the choice's last option)
-        self._related_moves = [self._first[end][:, None] + np.minimum(option, self._counts[end][:, None] - 1) for end in ends]
+        self._related_moves = [
+            self._first[end][:, None] + np.minimum(option, self._counts[end][:, None] - 1) for end in ends
+        ]
 
     def _block_places(self, choices: np.ndarray) -> np.ndarray:
         """Flat places in the stacked related blocks of each entry of blocks over the choice pairs
