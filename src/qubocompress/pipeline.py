@@ -150,6 +150,11 @@ class CompressConfig:
             raise ProblemError("--metric bops and --interactions need --formulation budget (the paper's energy has neither)")
         if self.formulation == "budget" and self.beta is not None:
             raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
+        if self.formulation == "budget" and self.solver == "rl" and self.search == "qubo":
+            raise ProblemError(
+                "--solver rl walks the paper formulation's free prune counts and bit-widths, which the budget "
+                "formulation's option grid cannot encode; use another --solver, or --search rl-acc"
+            )
         if self.checkpoint is not None and self.weights is not None:
             raise ProblemError("give either --checkpoint or --weights, not both")
         if not (math.isfinite(self.exact_time_limit) and self.exact_time_limit > 0):
