@@ -277,7 +277,7 @@ def test_corrupt_idx_file_is_a_one_line_error(
         (("--target-ratio", "0.5"), ("--target-ratio must be a number > 1",)),
         (("--metric", "bops"), ("--formulation budget",)),
         (("--formulation", "budget", "--beta", "2"), ("no beta",)),
-        (("--formulation", "budget", "--solver", "rl"), ("--solver rl walks the paper formulation's",)),
+        (("--formulation", "budget", "--solver", "rl"), ("solver 'rl' walks the paper formulation's", "option grid cannot encode")),
         (("--checkpoint", "a.pt", "--weights", "b.pt"), ("either --checkpoint or --weights",)),
         (("--exact-time-limit", "0"), ("--exact-time-limit must be a positive number",)),
         (("--search", "ga-acc", "--search-evaluations", "0"), ("--search-evaluations must be >= 1",)),

@@ -47,6 +47,7 @@ from qubocompress.problem.spec import CompressionSpec
 from qubocompress.search import SEARCHES
 from qubocompress.solvers.base import solve
 from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
+from qubocompress.solvers.rl import BUDGET_GRID_REFUSAL
 
 Log = Callable[[str], None]
 Formulation = PaperFormulation | BudgetFormulation
@@ -151,10 +152,7 @@ class CompressConfig:
         if self.formulation == "budget" and self.beta is not None:
             raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
         if self.formulation == "budget" and self.solver == "rl" and self.search == "qubo":
-            raise ProblemError(
-                "--solver rl walks the paper formulation's free prune counts and bit-widths, which the budget "
-                "formulation's option grid cannot encode; use another --solver, or --search rl-acc"
-            )
+            raise ProblemError(BUDGET_GRID_REFUSAL)  # before the analysis, not when the sampler is built
         if self.checkpoint is not None and self.weights is not None:
             raise ProblemError("give either --checkpoint or --weights, not both")
         if not (math.isfinite(self.exact_time_limit) and self.exact_time_limit > 0):

@@ -182,7 +182,11 @@ def _sampler_for(
     A formulation's recommended options for the solver (the budget form's ``sa`` schedule, as
     ``compress`` uses it) come first; the sweep's own options override them.
     """
-    recommended = getattr(instance.formulation, "recommended_sampler_options", lambda _: {})(name)
+    recommended = (
+        instance.formulation.recommended_sampler_options(name)
+        if isinstance(instance.formulation, BudgetFormulation)
+        else {}
+    )
     options = {**recommended, **config.solver_options.get(name, {})}
     if name == EXACT_SOLVER:
         fresh = instance.fresh_formulation()

@@ -60,30 +60,23 @@ class _CellSlices:
 
 @dataclass(frozen=True)
 class _Scatter:
-    """Adds stacked blocks into a vector or matrix of moves at fixed places: the places depend on
-    the problem's structure only, so they are worked out once and each call is one bincount."""
+    """Adds stacked blocks into a flat vector at fixed places: the places depend on the problem's
+    structure only, so they are worked out once and each call is one bincount."""
 
-    index: np.ndarray  # flat target of each valid block entry (twice for a symmetric matrix)
+    index: np.ndarray  # flat target of each valid block entry
     valid: np.ndarray  # which block entries are real options
     length: int  # size of the flat target
-    symmetric: bool
 
     @classmethod
-    def of(cls, rows: np.ndarray, cols: np.ndarray | None, valid: np.ndarray, size: int) -> _Scatter:
-        """Entries go to ``rows`` (a vector of ``size``), or to ``(rows, cols)`` and ``(cols, rows)``
-        of a ``size × size`` matrix; ``rows``/``cols`` broadcast to ``valid``'s shape."""
-        row = np.broadcast_to(rows, valid.shape)[valid]
-        if cols is None:
-            return cls(row, valid, size, False)
-        col = np.broadcast_to(cols, valid.shape)[valid]
-        return cls(np.concatenate([row * size + col, col * size + row]), valid, size * size, True)
+    def of(cls, places: np.ndarray, valid: np.ndarray, length: int) -> _Scatter:
+        """Entry ``i`` of a block goes to ``places[i]`` of a vector of ``length`` (``places``
+        broadcasts to ``valid``'s shape)."""
+        return cls(np.broadcast_to(places, valid.shape)[valid], valid, length)
 
     def add(self, blocks: np.ndarray) -> np.ndarray:
         """The sums for each row of ``blocks`` (shape ``(rows, *valid.shape)``): ``(rows, length)``."""
         rows = blocks.shape[0]
         values = blocks[:, self.valid].astype(np.float64)
-        if self.symmetric:
-            values = np.concatenate([values, values], axis=1)
         index = (np.arange(rows)[:, None] * self.length + self.index[None, :]).ravel()
         return np.bincount(index, weights=values.ravel(), minlength=rows * self.length).reshape(rows, self.length)
 
@@ -104,7 +97,6 @@ class MoveTables:
         free = np.array(model.free, dtype=np.int64)
         width = int(counts[free].max()) if free.size else 1
         self._width = width
-        option = np.arange(width)
         self._first = np.zeros(len(counts) + 1, dtype=np.int64)  # first move of each choice
         self._first[free] = np.cumsum(np.concatenate([[0], counts[free]]))[:-1]
         self.move_choice = np.repeat(free, counts[free])
@@ -115,7 +107,7 @@ class MoveTables:
         self._unary = np.zeros((free.size, width))
         for i, c in enumerate(free):
             self._unary[i, : counts[c]] = model.unary[c]
-        self._unary_valid = option[None, :] < counts[free][:, None]
+        self._unary_valid = self._valid(free)
         pairs = list(model.pairs)
         self._pair_choices = np.array(pairs, dtype=np.int64).reshape(-1, 2)
         self._tables = np.zeros((len(pairs), width, width))
@@ -136,8 +128,7 @@ class MoveTables:
         self._partners = ~np.eye(free.size, dtype=bool)
         self._partners[position[self.related[:, 0]], position[self.related[:, 1]]] = False
         self._partners[position[self.related[:, 1]], position[self.related[:, 0]]] = False
-        # (free, width): the move of each option of each free choice, padding at its last option
-        self._option_moves = self._first[free][:, None] + np.minimum(option, counts[free][:, None] - 1)
+        self._option_moves = self._moves(free)
         scale = sum(float(np.abs(u).max()) for u in model.unary)
         scale += sum(float(np.abs(t).max()) for t in model.pairs.values())
         self.tolerance = IMPROVEMENT_TOLERANCE * max(scale, 1.0)
@@ -179,37 +170,33 @@ class MoveTables:
             )
         return slices[0], slices[1]
 
-    def _moves(self, choice: np.ndarray, ndim: int, axis: int) -> np.ndarray:
-        """Move numbers of each option of ``choice`` (stacked), shaped to broadcast along ``axis``."""
-        shape = [1] * ndim
-        shape[axis] = -1
-        return self._first[choice].reshape((-1,) + (1,) * (ndim - 1)) + np.arange(self._width).reshape(shape)
+    def _moves(self, choice: np.ndarray) -> np.ndarray:
+        """``(n, width)``: the move of each option of each of the ``n`` choices (padding, beyond a
+        choice's option count, at its last option)."""
+        return self._first[choice][:, None] + np.minimum(np.arange(self._width), self._counts[choice][:, None] - 1)
+
+    def _valid(self, choice: np.ndarray) -> np.ndarray:
+        """``(n, width)``: which padded options each of the ``n`` choices really has."""
+        return np.arange(self._width)[None, :] < self._counts[choice][:, None]
 
     def _scatters(self) -> None:
         """Where each entry of the interaction tables and cost lines/planes lands: among the
         single moves, or in the block of its related pair."""
-        size, width = self.size, self._width
-        option = np.arange(width)
+        size = self.size
         a, b = self._pair_choices[:, 0], self._pair_choices[:, 1]
-        valid_a = option[None, :] < self._counts[a][:, None]
-        valid_b = option[None, :] < self._counts[b][:, None]
+        valid_a, valid_b = self._valid(a), self._valid(b)
         # single moves: a table's row (choice a moves) and column (choice b moves) through x
-        self._table_rows = _Scatter.of(self._moves(a, 2, 1), None, valid_a, size)
-        self._table_cols = _Scatter.of(self._moves(b, 2, 1), None, valid_b, size)
-        self._line_moves = _Scatter.of(self._moves(self._lines.choices[:, 0], 2, 1), None, self._lines.valid, size)
+        self._table_rows = _Scatter.of(self._moves(a), valid_a, size)
+        self._table_cols = _Scatter.of(self._moves(b), valid_b, size)
+        self._line_moves = _Scatter.of(self._moves(self._lines.choices[:, 0]), self._lines.valid, size)
         # pairs of moves: a table's or a cost plane's whole block, into its related pair's block
-        valid = valid_a[:, :, None] & valid_b[:, None, :]
-        blocks = len(self.related) * width**2
-        self._table_blocks = _Scatter.of(self._block_places(self._pair_choices), None, valid, blocks)
-        self._plane_blocks = _Scatter.of(self._block_places(self._planes.choices), None, self._planes.valid, blocks)
-        ends = self.related.T
-        self._related_valid = (option[None, :, None] < self._counts[ends[0]][:, None, None]) & (
-            option[None, None, :] < self._counts[ends[1]][:, None, None]
-        )
-        # the moves of each option of either end (padding points at the choice's last option)
-        self._related_moves = [
-            self._first[end][:, None] + np.minimum(option, self._counts[end][:, None] - 1) for end in ends
-        ]
+        blocks = len(self.related) * self._width**2
+        pair_valid = valid_a[:, :, None] & valid_b[:, None, :]
+        self._table_blocks = _Scatter.of(self._block_places(self._pair_choices), pair_valid, blocks)
+        self._plane_blocks = _Scatter.of(self._block_places(self._planes.choices), self._planes.valid, blocks)
+        first, second = self.related[:, 0], self.related[:, 1]
+        self._related_valid = self._valid(first)[:, :, None] & self._valid(second)[:, None, :]
+        self._related_moves = [self._moves(first), self._moves(second)]
 
     def _block_places(self, choices: np.ndarray) -> np.ndarray:
         """Flat places in the stacked related blocks of each entry of blocks over the choice pairs

@@ -63,6 +63,10 @@ from qubocompress.solvers.base import (
 )
 
 NEEDS_FORMULATION = "solver 'rl' needs the formulation (layers and groups), not a bare BQM"
+BUDGET_GRID_REFUSAL = (
+    "solver 'rl' walks the paper formulation's free prune counts and bit-widths, which the budget formulation's "
+    "option grid cannot encode; for a budget use another solver, or compress --search rl-acc"
+)
 NUM_FEATURES = 14
 
 
@@ -249,10 +253,7 @@ class ReinforcementLearningSampler(dimod.Sampler):
         if formulation is None or not all(hasattr(formulation, key) for key in ("spec", "encode", "bqm")):
             raise SolverError(NEEDS_FORMULATION)
         if isinstance(formulation, BudgetFormulation):
-            raise SolverError(
-                "solver 'rl' walks the paper formulation's free prune counts and bit-widths, which the budget "
-                "formulation's option grid cannot encode; for a budget use rl-acc (compress --search rl-acc)"
-            )
+            raise SolverError(BUDGET_GRID_REFUSAL)
         require("gymnasium", "rl", "rl", "gymnasium")
         require("stable_baselines3", "rl", "rl", "stable-baselines3")
         self.formulation = formulation
