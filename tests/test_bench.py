@@ -548,9 +548,14 @@ def test_budget_sweep_reports_feasibility_and_the_polished_route_reaches_the_opt
     assert all("polish" in info for info in infos)  # the last store's runs were polished
 
 
-def test_rl_refuses_the_budget_formulation() -> None:
+def test_rl_refuses_the_budget_formulation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SolverError, match="budget formulation's option grid cannot encode"):
         registry.make_sampler("rl", tiny_budget_instance().formulation)
+    argv = ["bench", "--formulation", "budget", "--instances", "lenet5", "--target-ratio", "16", "--solvers", "rl",
+            "--out", str(tmp_path / "o")]
+    assert main(argv) == 2  # named explicitly: an error, not a skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("qubocompress: error: solver 'rl' walks") and "Traceback" not in "\n".join(err)
 
 
 def test_cli_bench_budget_on_a_builtin_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
