@@ -14,7 +14,7 @@ from qubocompress.apply.artifact import load_artifact
 from qubocompress.cli import main
 from qubocompress.data.datasets import load_dataset, synthetic_dataset
 from qubocompress.models.train import evaluate
-from qubocompress.pipeline import CompressConfig, parse_budget
+from qubocompress.pipeline import CompressConfig, model_source, parse_budget
 from qubocompress.problem.choices import fp32_cost, plan_cost
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec
@@ -114,6 +114,14 @@ def test_budget_run_is_within_the_hard_budget(budget_run: Path) -> None:
     assert metrics["config"]["sensitivity"] == "fisher" and qubo["exact_plan_matches"]
     assert all(layer.quant_damage[0] > layer.quant_damage[-1] >= 0 for layer in spec.layers)  # falls with the bits
     assert all(group.prune_options and group.prune_damage[0] == 0 < group.prune_damage[-1] for group in spec.groups)
+
+
+def test_the_progress_line_names_where_the_model_comes_from() -> None:
+    # a checkpoint fixes the architecture: the line must not name the default --model
+    assert model_source(CompressConfig(checkpoint="r20.pt")) == "loading the checkpoint r20.pt"
+    assert model_source(CompressConfig(model="resnet20")) == "loading or training resnet20"
+    assert model_source(CompressConfig(model="pkg.nets:make", weights="w.pt")) == "loading pkg.nets:make with w.pt"
+    assert model_source(CompressConfig(model="net.pt")) == "loading net.pt"
 
 
 def test_the_default_sensitivity_follows_the_formulation_and_an_explicit_one_wins() -> None:

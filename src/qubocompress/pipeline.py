@@ -457,6 +457,15 @@ def state_dict_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+def model_source(config: CompressConfig) -> str:
+    """What :func:`load_model` will do, for the progress line."""
+    if config.checkpoint is not None:
+        return f"loading the checkpoint {config.checkpoint}"
+    if config.model in MODELS and config.weights is None:
+        return f"loading or training {config.model}"
+    return f"loading {config.model}" + (f" with {config.weights}" if config.weights is not None else "")
+
+
 def load_model(config: CompressConfig, dataset: Dataset, log: Log) -> tuple[nn.Module, dict[str, Any]]:
     """The model to compress and its info (``arch``, ``test_acc``, ``cached``).
 
@@ -486,7 +495,7 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
         dataset = load_dataset(config.data)
         if dataset.note:
             log(dataset.note)
-    with timer.stage("model", f"loading or training {config.model}"):
+    with timer.stage("model", model_source(config)):
         model, model_info = load_model(config, dataset, log)
         model.eval()
     arch = model_info.get("arch") or {"name": config.model, "kwargs": {}}
