@@ -13,6 +13,7 @@ from dwave.samplers import TreeDecompositionSolver
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from qubocompress.bench.instances import builtin_budget_instance
 from qubocompress.errors import ProblemError
 from qubocompress.problem.budget import BudgetFormulation, default_bit_options, smallest_plan
 from qubocompress.problem.local_search import MoveTables, descend_all, repair_all
@@ -521,6 +522,31 @@ def test_polish_is_deterministic_and_never_worse_than_descent() -> None:
     assert np.all(once.record.energy <= no_search.record.energy + 1e-12)
     with pytest.raises(ProblemError, match="polish needs chains >= 1, chain_length >= 0 and kick >= 1"):
         formulation.polish(reads, kick=0)
+
+
+def test_polish_kicks_a_quarter_of_the_free_choices_and_at_least_five() -> None:
+    few = BudgetFormulation(synthetic_spec(prune_steps=4, seed=6), ratio=24.0)
+    many = builtin_budget_instance("resnet20", 32).formulation
+    assert len(few.model.free) < 4 * 5 and few.default_kick == 5
+    assert (len(many.model.free), many.default_kick) == (34, 8)
+    rng = np.random.default_rng(1)
+    index = np.stack([rng.integers(k, size=4) for k in few.model.counts], axis=1)
+    reads = dimod.SampleSet.from_samples_bqm((few._encode_rows(index), list(few.variables)), few.bqm)
+    assert few.polish(reads, chains=2, chain_length=1).info["polish"]["kick"] == 5
+
+
+@pytest.mark.slow
+def test_sa_and_polish_reach_the_optimum_in_99_percent_of_reads_on_the_hardest_builtin_instance() -> None:
+    # the figure docs/benchmarks.md §2.2 reports (bench --formulation budget: seeds 0-9, 20 reads each)
+    formulation = builtin_budget_instance("resnet20", 32).formulation
+    _, e_star = formulation.exact()
+    sampler = make_sampler("sa")
+    options = formulation.recommended_sampler_options("sa")
+    records = [formulation.polish(sampler.sample(formulation.bqm, seed=seed, **options)).record for seed in range(10)]
+    reads = np.concatenate([record.num_occurrences for record in records])
+    optimal = np.concatenate([record.energy <= e_star + 1e-9 * abs(e_star) for record in records])
+    assert reads.sum() == 200
+    assert reads[optimal].sum() >= 0.99 * 200
 
 
 def test_recommended_options_are_for_simulated_annealing_only() -> None:

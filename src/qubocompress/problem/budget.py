@@ -81,11 +81,14 @@ DEFAULT_TIME_LIMIT = 60.0
 PENALTY_MARGIN = 0.05
 # Rounds of "tighten the budget by what slipped over and solve again" against HiGHS's tolerance.
 MAX_MILP_ROUNDS = 4
-# Iterated local search of :meth:`BudgetFormulation.polish`: chains per free choice, rounds per
-# chain, choices changed per kick (measured on the synthetic VGG/ResNet budget instances).
+# Iterated local search of :meth:`BudgetFormulation.polish`: chains per free choice and rounds per
+# chain (measured on the synthetic VGG/ResNet budget instances); a kick changes this share of the
+# free choices, at least MIN_KICK of them (measured on the built-in models' budget instances:
+# docs/benchmarks.md §2.2).
 DEFAULT_CHAINS_PER_CHOICE = 2
 DEFAULT_CHAIN_LENGTH = 40
-DEFAULT_KICK = 5
+KICK_SHARE = 0.25
+MIN_KICK = 5
 # Simulated annealing options for this formulation (see recommended_sampler_options).
 SA_OPTIONS = {"num_reads": 20, "num_sweeps": 100}
 
@@ -345,7 +348,7 @@ class BudgetFormulation:
         start = repair_all(self.model, self.model.uncompressed()[None, :], self.budget, tables)
         rounds = DEFAULT_CHAINS_PER_CHOICE * max(len(self.model.free), 1) * DEFAULT_CHAIN_LENGTH
         rng = np.random.default_rng(0)
-        return iterated_local_search_all(self.model, start, self.budget, rounds, DEFAULT_KICK, [rng], tables)[0]
+        return iterated_local_search_all(self.model, start, self.budget, rounds, self.default_kick, [rng], tables)[0]
 
     # --- the BQM ----------------------------------------------------------------------------------
 
@@ -644,20 +647,26 @@ class BudgetFormulation:
         plan = self.model.plan_of(index[int(np.argmin(self.model.damages(index)))])
         return plan, self.objective(plan), rate
 
+    @property
+    def default_kick(self) -> int:
+        """Choices a kick of the polish changes by default: a quarter of the free ones, at least
+        :data:`MIN_KICK` (5 on the built-in LeNet-5 and VGG, 8 on ResNet-20's 34)."""
+        return max(MIN_KICK, int(KICK_SHARE * len(self.model.free)))
+
     def polish(
         self,
         sampleset: dimod.SampleSet,
         chains: int | None = None,
         chain_length: int = DEFAULT_CHAIN_LENGTH,
-        kick: int = DEFAULT_KICK,
+        kick: int | None = None,
         seed: int | None = None,
     ) -> dimod.SampleSet:
         """The reads made feasible and locally optimal, the best ones improved further.
 
         Every read is decoded, repaired into the budget and improved by feasible steepest descent
         (:func:`~qubocompress.problem.local_search.descend`). Then ``chains`` (default: two per
-        free choice) iterated local searches of ``chain_length`` rounds each (``kick`` random
-        choices changed, repair, descent, kept if no worse) start from the distinct local optima,
+        free choice) iterated local searches of ``chain_length`` rounds each (``kick``, default
+        :attr:`default_kick`, random choices changed, repair, descent, kept if no worse) start from the distinct local optima,
         best first, cycling through them when there are fewer; each read takes the best result
         grown from its own local optimum. The search runs on the BQM's rounded costs
         (:attr:`unit`), so every polished read is within the BQM's budget — its energy is its
@@ -670,6 +679,8 @@ class BudgetFormulation:
         """
         if chains is None:
             chains = DEFAULT_CHAINS_PER_CHOICE * max(len(self.model.free), 1)
+        if kick is None:
+            kick = self.default_kick
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (chains, chain_length, kick)) or not (
             chains >= 1 and chain_length >= 0 and kick >= 1
         ):
