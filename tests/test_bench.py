@@ -451,6 +451,20 @@ def test_cli_bench_quick(tiny_quick: None, tmp_path: Path, capsys: pytest.Captur
     assert "0 runs now, 6 from earlier" in capsys.readouterr().out
 
 
+def test_cli_bench_first_seed_runs_other_seeds_and_a_later_sweep_reuses_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = save_instance(tiny_instance(), tmp_path / "inst")
+    out = tmp_path / "o"
+    common = ["bench", "--instances", str(path), "--solvers", "sa", "--num-reads", "5", "--out", str(out)]
+    assert main([*common, "--seeds", "2", "--first-seed", "3"]) == 0
+    assert "2 runs now, 0 from earlier" in capsys.readouterr().out
+    assert main([*common, "--seeds", "5"]) == 0  # seeds 0-4: 3 and 4 are stored
+    assert "3 runs now, 2 from earlier" in capsys.readouterr().out
+    with ResultStore(out / "results.sqlite") as store:
+        assert sorted(run.key.seed for run in store.runs()) == [0, 1, 2, 3, 4]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -458,6 +472,8 @@ def test_cli_bench_quick(tiny_quick: None, tmp_path: Path, capsys: pytest.Captur
         (["--time-limit", "0"], "--time-limit must be a number of seconds > 0"),
         (["--time-limit", "-3"], "--time-limit must be a number of seconds > 0"),
         (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--first-seed", "-1"], "--first-seed must be >= 0"),
+        (["--first-seed", str(2**31 - 2), "--seeds", "3"], "--first-seed + --seeds must stay within"),
         (["--instances", "vgg,unknown-model"], "unknown instance 'unknown-model'"),
         (["--sizes", "100,big"], "--sizes takes variable counts"),
         (["--sizes", "10"], "need at least 30 variables, got 10"),

@@ -107,6 +107,10 @@ CSV_COLUMNS = (
 )
 
 
+# seeds run from 0 to 2^31 - 1 (dwave-samplers' limit)
+MAX_SEED = 2**31
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -140,6 +144,14 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help=f"seeds 0..N-1 per solver (default {FULL_SEEDS}, quick {QUICK_SEEDS})",
+    )
+    bench.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="start the seeds at S: S..S+N-1 (other seeds than an earlier sweep's; the results of "
+        "every seed stored in --out are summarised together)",
     )
     bench.add_argument(
         "--instances",
@@ -240,6 +252,8 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
         raise SolverError("--time-limit and --converge exclude each other: pick one budget for ga and rl")
     if args.seeds is not None and args.seeds < 1:
         raise SolverError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.first_seed < 0:
+        raise SolverError(f"--first-seed must be >= 0, got {args.first_seed}")
     explicit = args.solvers is not None
     solvers = _parse_list(args.solvers, "--solvers") if explicit else list(offline_solvers())
     if args.time_limit is not None:
@@ -252,9 +266,11 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     if args.device is not None:
         solver_options.setdefault("sb", {})["device"] = args.device
     seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
+    if args.first_seed + seeds > MAX_SEED:
+        raise SolverError(f"--first-seed + --seeds must stay within {MAX_SEED:,} (the samplers' 31-bit seeds)")
     config = SweepConfig(
         solvers=solvers,
-        seeds=tuple(range(seeds)),
+        seeds=tuple(range(args.first_seed, args.first_seed + seeds)),
         solver_options=solver_options,
         num_reads=args.num_reads,
         budget=budget,

@@ -1,0 +1,46 @@
+"""The benchmark scripts under scripts/ (small runs; their figures are in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_polish_settings_prints_one_row_per_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    script = load_script("polish_settings")
+    assert script.main(["--model", "lenet5", "--ratio", "16", "--settings", "2:5:auto,1:0:3", "--seeds", "0-1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "lenet5-budget-16x, 9 free choices, seeds 0-1"
+    rows = [line.split(" | ") for line in lines[3:]]
+    assert [(row[0].strip("| "), row[1]) for row in rows] == [("2:5:auto", "5"), ("1:0:3", "3")]
+    for row in rows:
+        at_optimum, total = (int(v) for v in row[2].split(" / "))
+        assert total == 40 and 0 <= at_optimum <= total and float(row[3]) == pytest.approx(at_optimum / total, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--settings", "2:40"], "a setting is chains:rounds:kick"),
+        (["--settings", "2:x:5"], "a setting is chains:rounds:kick"),
+        (["--seeds", "5-2"], "--seeds takes A-B with 0 <= A <= B"),
+        (["--model", "nope"], "no packaged measured spec for 'nope'"),
+    ],
+)
+def test_polish_settings_bad_input_is_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    assert load_script("polish_settings").main(["--model", "lenet5", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
