@@ -83,8 +83,8 @@ PENALTY_MARGIN = 0.05
 MAX_MILP_ROUNDS = 4
 # Iterated local search of :meth:`BudgetFormulation.polish`: chains per free choice and rounds per
 # chain (measured on the synthetic VGG/ResNet budget instances); a kick changes this share of the
-# free choices, at least MIN_KICK of them (measured on the built-in models' budget instances:
-# docs/benchmarks.md §2.2).
+# free choices, at least MIN_KICK of them (measured on the built-in ResNet-20's hardest budget
+# instance: docs/benchmarks.md §3.2.6).
 DEFAULT_CHAINS_PER_CHOICE = 2
 DEFAULT_CHAIN_LENGTH = 40
 KICK_SHARE = 0.25
@@ -664,13 +664,13 @@ class BudgetFormulation:
         """The reads made feasible and locally optimal, the best ones improved further.
 
         Every read is decoded, repaired into the budget and improved by feasible steepest descent
-        (:func:`~qubocompress.problem.local_search.descend`). Then ``chains`` (default: two per
-        free choice) iterated local searches of ``chain_length`` rounds each (``kick``, default
-        :attr:`default_kick`, random choices changed, repair, descent, kept if no worse) start from the distinct local optima,
-        best first, cycling through them when there are fewer; each read takes the best result
-        grown from its own local optimum. The search runs on the BQM's rounded costs
-        (:attr:`unit`), so every polished read is within the BQM's budget — its energy is its
-        damage — and truly within the budget.
+        (:func:`~qubocompress.problem.local_search.descend_all`). Then ``chains`` (default: two per
+        free choice) iterated local searches of ``chain_length`` rounds each (``kick`` random
+        choices changed, default :attr:`default_kick`; repair, descent, kept if no worse) start
+        from the distinct local optima, best first, cycling through them when there are fewer;
+        each read takes the best result grown from its own local optimum. The search runs on the
+        BQM's rounded costs (:attr:`unit`), so every polished read is within the BQM's budget — its
+        energy is its damage — and truly within the budget.
 
         Returns a SampleSet over the same BQM and reads (energies from the BQM), with
         ``info["timing"]["polish_seconds"]`` and ``info["polish"]`` (feasibility rate before,
