@@ -24,6 +24,7 @@ from pathlib import Path
 from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
 from qubocompress.errors import QubocompressError
 from qubocompress.pipeline import CompressConfig, compress
+from qubocompress.report import markdown_table
 
 ROUTES = ("qubo", "ga-acc", "rl-acc")
 
@@ -131,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "model", "target", "route", "top-1 %", "vs fp32", "vs uniform", "ratio", "search time",
         "search time, analysis cached",
     )
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(markdown_table(header, rows))
     return 0
 
 

@@ -16,6 +16,7 @@ import time
 
 from qubocompress.bench.instances import builtin_budget_instance
 from qubocompress.errors import ProblemError, QubocompressError
+from qubocompress.report import markdown_table
 from qubocompress.solvers.registry import make_sampler
 
 
@@ -83,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"polish_settings: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(f"{args.model}-budget-{args.ratio:g}x, {free} free choices, seeds {seeds[0]}-{seeds[-1]}")
-    header = ("setting", "kick", "reads at E*", "p_s read", "runs at E*", "polish s per run")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(markdown_table(("setting", "kick", "reads at E*", "p_s read", "runs at E*", "polish s per run"), rows))
     return 0
 
 

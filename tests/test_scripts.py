@@ -8,6 +8,8 @@ from types import ModuleType
 
 import pytest
 
+from qubocompress.report import markdown_table
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -44,3 +46,12 @@ def test_polish_settings_bad_input_is_one_line(capsys: pytest.CaptureFixture[str
     assert load_script("polish_settings").main(["--model", "lenet5", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_markdown_table_has_a_header_a_rule_and_one_line_per_row() -> None:
+    assert markdown_table(("a", "b"), [("1", "2"), ("3", "4")]).splitlines() == [
+        "| a | b |",
+        "|---|---|",
+        "| 1 | 2 |",
+        "| 3 | 4 |",
+    ]

@@ -38,6 +38,7 @@ from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train
 from qubocompress.models.user import arch_label, load_user_model
 from qubocompress.models.zoo import MODELS
+from qubocompress.problem import Formulation
 from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.choices import fp32_cost, plan_cost
 from qubocompress.problem.paper import PaperFormulation
@@ -50,7 +51,6 @@ from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
 from qubocompress.solvers.rl import BUDGET_GRID_REFUSAL
 
 Log = Callable[[str], None]
-Formulation = PaperFormulation | BudgetFormulation
 
 FORMULATIONS = ("paper", "budget")
 # --sensitivity's default: fisher for the budget formulation (its damage of the prune options as

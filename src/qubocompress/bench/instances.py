@@ -43,6 +43,7 @@ import numpy as np
 
 from qubocompress.errors import DataError, ProblemError, QubocompressError
 from qubocompress.io import write_bytes_atomic, write_json_atomic
+from qubocompress.problem import Formulation
 from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.paper import PaperFormulation
 from qubocompress.problem.spec import CompressionSpec
@@ -146,9 +147,6 @@ class Instance:
             "formulation": formulation,
             "spec": None if self.spec is None else self.spec.to_dict(),
         }
-
-
-Formulation = PaperFormulation | BudgetFormulation
 
 
 def formulation_parameters(formulation: Formulation) -> dict[str, Any]:

@@ -7,11 +7,15 @@ from qubocompress.problem.spec import ChannelGroup, CompressionSpec, Interaction
 from qubocompress.problem.synthetic import synthetic_resnet_spec, synthetic_spec, with_synthetic_measurements
 from qubocompress.problem.target import calibrate_gamma, most_compressed_plan
 
+# Either formulation: what the pipeline builds and a benchmark instance carries.
+Formulation = PaperFormulation | BudgetFormulation
+
 __all__ = [
     "BudgetFormulation",
     "ChannelGroup",
     "CompressionSpec",
     "ExactResult",
+    "Formulation",
     "Interaction",
     "LayerSpec",
     "PaperFormulation",

@@ -345,6 +345,7 @@ def repair_all(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTable
     x = np.array(x, copy=True)
     cost = model.costs(x)
     smallest = model.smallest()
+    least = int(model.costs(smallest)[0])
     while True:
         over = np.flatnonzero(cost > budget)
         if over.size == 0:
@@ -353,7 +354,6 @@ def repair_all(model: ChoiceModel, x: np.ndarray, budget: int, tables: MoveTable
         saving = cost_change < 0
         stuck = ~saving.any(axis=1)
         if stuck.any():
-            least = int(model.costs(smallest)[0])
             if least > budget:
                 raise ProblemError(f"no plan on the grid fits the budget of {budget} (cheapest: {least})")
             x[over[stuck]], cost[over[stuck]] = smallest, least
