@@ -11,6 +11,7 @@ from qubocompress.analysis.graph import trace_model
 from qubocompress.analysis.importance import filter_l1, group_importance
 from qubocompress.analysis.sensitivity import mean_loss, quant_damage
 from qubocompress.analysis.spec import build_spec
+from qubocompress.apply.prune import prune_model
 from qubocompress.errors import ModelError, ProblemError
 from qubocompress.problem.plan import Plan
 
@@ -88,6 +89,35 @@ def test_concat_freezes_its_inputs_but_keeps_layers() -> None:
     assert {"a", "b"} <= set(graph.frozen_reasons)
     assert "cat" in graph.frozen_reasons["a"]
     assert len(graph.layers) == 4
+
+
+class Viewing(nn.Module):
+    """The tutorial idiom: flatten by ``view``, with the sizes from the tensor or written out."""
+
+    def __init__(self, fixed: bool, method: str = "view") -> None:
+        super().__init__()
+        self.fixed, self.method = fixed, method
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 6, 3, padding=1, stride=2)
+        self.fc = nn.Linear(6 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.b(torch.relu(self.a(x)))
+        flat = getattr(x, self.method)(-1, 6 * 4 * 4) if self.fixed else getattr(x, self.method)(x.size(0), -1)
+        return self.fc(flat)
+
+
+@pytest.mark.parametrize("method", ["view", "reshape"])
+def test_a_reshape_to_a_fixed_size_freezes_its_channels(method: str) -> None:
+    x = torch.randn(3, 1, 8, 8)
+    follows, fixed = trace_model(Viewing(False, method), (1, 8, 8)), trace_model(Viewing(True, method), (1, 8, 8))
+    assert [g.name for g in follows.groups] == ["a", "b"]
+    assert follows.layer("fc").in_features_per_channel == 16
+    assert [g.name for g in fixed.groups] == ["a"]  # pruning b would break x.view(-1, 96)
+    assert "fixed size" in fixed.frozen_reasons["b"]
+    model = Viewing(True, method).eval()
+    pruned = prune_model(model, fixed, Plan(pruned={"a": (0, 2)}, bits={"a": 8, "b": 8, "fc": 8}))
+    assert pruned(x).shape == (3, 3)
 
 
 def test_untraceable_model_is_a_model_error() -> None:

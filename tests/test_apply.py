@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -736,6 +737,27 @@ def test_finetune_is_deterministic_and_leaves_no_parametrization():
     assert any(not torch.equal(first[k], third[k]) for k in first)
     # the latent weights are kept (they are not on the 2-bit grid)
     assert not torch.equal(first["fc1.weight"], fake_quantize(first["fc1.weight"], 2))
+
+
+class ViewNet(SeqNet):
+    """SeqNet flattening with ``.view``, as many users' models do: fails in channels-last layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
+        return self.fc2(F.relu(self.fc1(features.view(features.size(0), -1))))
+
+
+def test_finetune_runs_a_model_that_views_its_conv_output():
+    train = toy_problem(64, 0)
+    model = randomized(ViewNet(), 0)
+    control = randomized(SeqNet(), 0)  # the same weights, flattened with torch.flatten
+    bits = {"features.0": 3, "fc1": 2}
+    history = finetune(model, bits, train, epochs=1, batch_size=32, seed=0)
+    assert len(history) == 1 and math.isfinite(history[0]["train_loss"])
+    assert all(p.is_contiguous() for p in model.parameters())
+    finetune(control, bits, train, epochs=1, batch_size=32, seed=0)
+    after, expected = snapshot(model), snapshot(control)
+    assert all(torch.allclose(after[k], expected[k], atol=1e-4) for k in expected)
 
 
 def test_finetune_passes_gradients_through_the_rounding():

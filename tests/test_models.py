@@ -14,6 +14,7 @@ from qubocompress.data.datasets import Dataset, synthetic_dataset
 from qubocompress.errors import ModelError
 from qubocompress.models.stats import count_macs, count_params, describe
 from qubocompress.models.train import (
+    PROBE_SAMPLES,
     TrainConfig,
     channels_last_is_safe,
     default_cache_dir,
@@ -24,6 +25,7 @@ from qubocompress.models.train import (
     load_or_train,
     save_checkpoint,
     train,
+    training_layout,
 )
 from qubocompress.models.zoo import MODELS, build_model
 
@@ -169,6 +171,33 @@ def test_channels_last_only_where_torch_handles_it() -> None:
     assert channels_last_is_safe(build_model("mobilenet"))
     assert channels_last_is_safe(build_model("resnet20"))  # shortcuts see 16 and 32 channels
     assert not channels_last_is_safe(build_model("resnet20", width=4))  # a 4-channel 1x1 stride-2 conv
+
+
+class ViewingNet(nn.Module):
+    """A conv whose output is flattened with ``.view``: no channels-last layout for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 28 * 28, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.conv(x))
+        return self.fc(features.view(features.size(0), -1))
+
+
+def test_training_layout_probes_the_models_own_code(data: Dataset) -> None:
+    inputs = data.train.x[:PROBE_SAMPLES]
+    vgg = build_model("vgg", num_classes=4, **TINY).train()
+    assert training_layout(vgg, inputs) == torch.channels_last
+    assert vgg.training and all(p.is_contiguous() for p in vgg.parameters())  # left as it was
+    assert training_layout(vgg, inputs.flatten(1)) == torch.contiguous_format  # not image batches
+    assert training_layout(build_model("resnet20", width=4), inputs) == torch.contiguous_format  # torch's crash
+    viewing = ViewingNet()
+    assert training_layout(viewing, inputs) == torch.contiguous_format
+    assert viewing.training and all(p.is_contiguous() for p in viewing.parameters())
+    history = train(viewing, data, replace(FAST, epochs=1))  # trains in the default layout
+    assert len(history) == 1
 
 
 def test_training_leaves_model_contiguous(data: Dataset) -> None:

@@ -311,6 +311,15 @@ def _propagate_shapes(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) ->
     return recorder.shapes
 
 
+def _fixed_sizes(node: torch.fx.Node) -> bool:
+    """True when a view/reshape node names a size other than -1 as a literal number (its code
+    fixes the channel count), False when every size comes from the tensors (``x.size(0), -1``)."""
+    sizes = node.args[1:] or tuple(node.kwargs.get("shape", node.kwargs.get("size", ())))
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    return any(isinstance(size, int) and size != -1 for size in sizes)
+
+
 class _Tracer:
     """Walks the fx graph once, in order, assigning a channel group to every tensor."""
 
@@ -407,6 +416,9 @@ class _Tracer:
             return first
         if target in ELEMENTWISE_JOIN or (node.op == "call_method" and target in ELEMENTWISE_JOIN_METHODS):
             return self._join(inputs, shape, f"{label} at {node.name}")
+        if target in (torch.reshape, "view", "reshape") and _fixed_sizes(node):
+            # e.g. x.view(-1, 16 * 5 * 5): right for this model, wrong once its channels are pruned
+            return self._freeze_and_untrack(first, f"a reshape to a fixed size at {node.name}")
         if target in (torch.flatten, torch.reshape) or target in ("flatten", "view", "reshape"):
             return self._reshape(first, in_shape, shape, node.name)
         if target in (torch.mean, torch.amax, torch.sum) or target in ("mean", "amax", "sum"):

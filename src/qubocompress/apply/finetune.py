@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from qubocompress.apply.quantize import fake_quantize, quantized_layers
 from qubocompress.errors import DataError, ModelError
-from qubocompress.models.train import augment_batch, channels_last_is_safe
+from qubocompress.models.train import PROBE_SAMPLES, augment_batch, training_layout
 
 Progress = Callable[[str], None]
 MOMENTUM = 0.9
@@ -133,7 +133,7 @@ def finetune(
     was_training = model.training
     registered: list[nn.Module] = []
     try:
-        layout = torch.channels_last if channels_last_is_safe(model) else torch.contiguous_format
+        layout = training_layout(model, train.x[:PROBE_SAMPLES].to(device))
         model.to(memory_format=layout)  # channels-last: ~30% faster convolutions on CPU
         for name, b in chosen.items():
             parametrize.register_parametrization(modules[name], "weight", FakeQuantWeight(b))
@@ -190,7 +190,9 @@ def _train(
             if augment and inputs.ndim == 4:
                 inputs = augment_batch(inputs, generator, shift_pixels(min(inputs.shape[2:])), hflip=False)
             if inputs.ndim == 4:
-                inputs = inputs.contiguous(memory_format=layout)
+                # a copy, not .contiguous(): an augmented 1-channel batch has channels-last strides
+                # that pass as contiguous, and torch would pick the layout from them
+                inputs = inputs.clone(memory_format=layout)
             labels = train.y[index].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _cosine(lr, step, total_steps)
