@@ -120,7 +120,7 @@ def test_a_reshape_to_a_fixed_size_freezes_its_channels(method: str) -> None:
     assert pruned(x).shape == (3, 3)
 
 
-def test_untraceable_model_is_a_model_error() -> None:
+def test_a_model_fx_cannot_trace_gets_bits_only() -> None:
     class Branchy(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -131,8 +131,10 @@ def test_untraceable_model_is_a_model_error() -> None:
                 return self.conv(x)
             return x
 
-    with pytest.raises(ModelError, match="cannot trace Branchy"):
-        trace_model(Branchy(), (1, 8, 8))
+    graph = trace_model(Branchy(), (1, 8, 8))
+    assert [layer.name for layer in graph.layers] == ["conv"] and graph.groups == []
+    assert graph.frozen_reasons["conv"].startswith("torch.fx cannot trace Branchy's forward (TraceError: ")
+    assert graph.frozen_reasons["conv"].endswith("), so only bits are chosen")
 
 
 def test_wrong_input_shape_is_a_model_error() -> None:

@@ -49,6 +49,20 @@ def make(width=4, classes=3):
     return Net(width, classes)
 
 
+class Checked(Net):
+    """Net that checks its input's rank in its forward: torch.fx cannot trace that."""
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError("expects N x C x H x W")
+        return super().forward(x)
+
+
+def checked(width=4, classes=3):
+    torch.manual_seed(width)
+    return Checked(width, classes)
+
+
 def broken(**kwargs):
     raise ValueError("width must be even")
 
@@ -202,6 +216,28 @@ def test_factory_model_prunes_and_reloads_through_the_default_builder(package, t
         f"{path}: cannot rebuild its {spec} model: cannot import '{package}.nets' for --model {spec}: "
         f"No module named '{package}.nets'"
     )
+
+
+def test_a_forward_fx_cannot_trace_is_compressed_by_bits_only(package, tmp_path):
+    model, arch = load_user_model(f"{package}.nets:checked", kwargs={"width": 6}, input_shape=(1, 8, 8))
+    x = sample(32, seed=1)
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
+    graph, spec = analyse_model(model, (x, y), (1, 8, 8), fake_quantize, "checked", layer_sensitivity="fisher")
+    assert graph.groups == [] and spec.groups == ()
+    reasons = set(graph.frozen_reasons.values())
+    assert len(reasons) == 1 and reasons.pop().startswith("torch.fx cannot trace Checked's forward (TraceError: ")
+    reference = trace_model(load_user_model(f"{package}.nets:make", kwargs={"width": 6})[0], (1, 8, 8))
+    geometry = ("name", "kind", "out_channels", "in_channels", "groups", "kernel_area", "out_positions")
+    assert [tuple(getattr(l, g) for g in geometry) for l in graph.layers] == [
+        tuple(getattr(l, g) for g in geometry) for l in reference.layers
+    ]
+    assert all(layer.quant_damage[0] > layer.quant_damage[-1] >= 0 for layer in spec.layers)
+    bits = {"stem": 3, "dw": 4, "pw": 2, "fc": 8}
+    path = tmp_path / "checked.qcz"
+    save_artifact(path, prune_model(model, graph, Plan({}, bits)), bits, arch)
+    loaded, _ = load_artifact(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(sample()), quantize_model_weights(model, bits).eval()(sample()))
 
 
 # ---------------------------------------------------------------------------------------------

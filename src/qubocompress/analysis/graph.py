@@ -12,9 +12,10 @@ unknown op) are not an error: their groups are simply frozen (not prunable) and 
 are not Conv2d/Linear (Conv1d, ConvTranspose2d, Embedding, ...) are left as they are and listed
 there too.
 
-A TorchScript model (``torch.jit.ScriptModule``) cannot be traced by torch.fx: its Conv2d and
-Linear submodules become layers with no channel groups (bits only), each listed in
-``frozen_reasons`` with :data:`TORCHSCRIPT_REASON`. Script modules take no hooks, so the output
+A TorchScript model (``torch.jit.ScriptModule``) cannot be traced by torch.fx, nor can a forward
+with data-dependent control flow: their Conv2d and Linear submodules become layers with no
+channel groups (bits only), each listed in ``frozen_reasons`` (:data:`TORCHSCRIPT_REASON`, or
+why fx failed). Script modules take no hooks, so the output
 positions of its convs (for MACs/BOPs) are read from the autograd graph of one forward pass
 (each convolution's backward node keeps its input shape, stride, padding, dilation and groups);
 a conv that this does not reach keeps ``out_positions=1`` (its MACs then undercounted), and a
@@ -163,31 +164,50 @@ def _not_compressed_reason(module: nn.Module) -> str | None:
 def trace_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGraph:
     """Trace ``model`` on an input of shape ``input_shape`` (C, H, W) and find its channel groups.
 
-    A TorchScript model gets its layers but no groups (see the module docstring).
+    A TorchScript model, or one whose forward torch.fx cannot trace (data-dependent control flow,
+    ``len(x)``, ``assert`` on a shape), gets its layers but no groups: bits only, the reason listed
+    for every layer (see the module docstring).
 
     Raises:
-        ModelError: the model cannot be traced by torch.fx or run on such an input.
+        ModelError: the model does not run on such an input.
     """
     if isinstance(model, torch.jit.ScriptModule):
-        return _script_graph(model, input_shape)
-    return _Tracer(model, input_shape).run()
+        return _bits_only_graph(model, input_shape, TORCHSCRIPT_REASON)
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many types for untraceable code
+        reason = (
+            f"torch.fx cannot trace {type(model).__name__}'s forward ({type(exc).__name__}: "
+            f"{_first_line(exc)}), so only bits are chosen"
+        )
+        return _bits_only_graph(model, input_shape, reason)
+    return _Tracer(model, gm, input_shape).run()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 def _run_failure(exc: Exception, input_shape: tuple[int, ...]) -> ModelError:
-    first_line = str(exc).splitlines()[0] if str(exc) else ""
     return ModelError(
-        f"model does not run on inputs of shape {tuple(input_shape)} ({type(exc).__name__}: {first_line})"
+        f"model does not run on inputs of shape {tuple(input_shape)} ({type(exc).__name__}: {_first_line(exc)})"
     )
 
 
-def _script_graph(model: torch.jit.ScriptModule, input_shape: tuple[int, ...]) -> ModelGraph:
-    """The layers of a TorchScript model: Conv2d/Linear submodules, no channel groups."""
+def _is_conv(module: nn.Module) -> bool:
+    """A Conv2d, eager or compiled by TorchScript."""
+    return isinstance(module, nn.Conv2d) or getattr(module, "original_name", None) == "Conv2d"
+
+
+def _bits_only_graph(model: nn.Module, input_shape: tuple[int, ...], reason: str) -> ModelGraph:
+    """The Conv2d/Linear layers of a model that torch.fx cannot follow (a TorchScript model, or an
+    untraceable forward), no channel groups; every layer listed with ``reason``."""
     found = [(name, module) for name, module in model.named_modules() if is_compressible_module(module)]
-    convs = _script_conv_geometry(model, input_shape, [(n, m) for n, m in found if m.original_name == "Conv2d"])
+    convs = _conv_geometry(model, input_shape, [(n, m) for n, m in found if _is_conv(m)])
     layers = []
     for name, module in found:
         shape = tuple(module.weight.shape)
-        if module.original_name == "Conv2d":
+        if _is_conv(module):
             groups, out_positions = convs.get(name, (int(getattr(module, "groups", 1)), 1))
             kernel_area = shape[2] * shape[3]
             layers.append(
@@ -195,7 +215,7 @@ def _script_graph(model: torch.jit.ScriptModule, input_shape: tuple[int, ...]) -
             )
         else:
             layers.append(LayerInfo(name, "linear", shape[0], shape[1], 1, 1, 1, 1, None, None))
-    frozen = {name: TORCHSCRIPT_REASON for name, _ in found}
+    frozen = {name: reason for name, _ in found}
     for name, module in model.named_modules():
         reason = _not_compressed_reason(module)
         if reason is not None:
@@ -207,8 +227,8 @@ def _script_graph(model: torch.jit.ScriptModule, input_shape: tuple[int, ...]) -
 _CONV_SAVED = ("weight", "input", "stride", "padding", "dilation", "groups")
 
 
-def _script_conv_geometry(
-    model: torch.jit.ScriptModule, input_shape: tuple[int, ...], convs: list[tuple[str, nn.Module]]
+def _conv_geometry(
+    model: nn.Module, input_shape: tuple[int, ...], convs: list[tuple[str, nn.Module]]
 ) -> dict[str, tuple[int, int]]:
     """``name -> (groups, output positions)`` of the convs reached by one forward pass, read from
     the convolution nodes of its autograd graph (script modules take no forward hooks)."""
@@ -323,15 +343,9 @@ def _fixed_sizes(node: torch.fx.Node) -> bool:
 class _Tracer:
     """Walks the fx graph once, in order, assigning a channel group to every tensor."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, model: nn.Module, gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> None:
         self.modules = dict(model.named_modules())
-        try:
-            self.gm = torch.fx.symbolic_trace(model)
-        except Exception as exc:  # fx raises many types for untraceable code
-            raise ModelError(
-                f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}); "
-                "models with data-dependent control flow are not supported"
-            ) from exc
+        self.gm = gm
         self.shapes = _propagate_shapes(self.gm, input_shape)
         self.records: list[_GroupRecord] = []
         self.channels: dict[torch.fx.Node, _Channels | None] = {}  # None: not a tensor
