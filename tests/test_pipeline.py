@@ -352,6 +352,10 @@ def make(classes=4):
 
 def broken():
     raise RuntimeError("factory exploded")
+
+
+def two_classes():
+    return make(classes=2)
 '''
 
 
@@ -391,6 +395,7 @@ def test_user_factory_with_weights_is_compressed(
     ("model", "weights", "needle"),
     [
         ("usernet:broken", None, "factory exploded"),
+        ("usernet:two_classes", None, "outputs 2 logits per sample, but the data set has 4 classes"),
         ("usernet:make", "mismatch", "weights.pt"),
     ],
 )

@@ -63,6 +63,24 @@ def checked(width=4, classes=3):
     return Checked(width, classes)
 
 
+def with_aux():
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            features = self.conv(x).mean((2, 3))
+            return self.fc(features), features
+
+    return Aux()
+
+
+def maps():
+    return nn.Sequential(nn.Conv2d(1, 3, 3))
+
+
 def broken(**kwargs):
     raise ValueError("width must be even")
 
@@ -162,6 +180,21 @@ def test_factory_that_does_not_run_on_the_input_shape(package):
     with pytest.raises(ModelError) as exc:
         load_user_model(f"{package}.nets:make", input_shape=(3, 8, 8))
     assert one_line(exc).startswith(f"model {package}.nets:make does not run on inputs of shape (3, 8, 8) (RuntimeError: ")
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs, message",
+    [
+        ("with_aux", {}, "returns a tuple, not one tensor of logits (N, classes)"),
+        ("maps", {}, "returns shape (2, 3, 6, 6) for 2 inputs, not logits of shape (2, classes)"),
+        ("make", {"classes": 2}, "outputs 2 logits per sample, but the data set has 3 classes"),
+    ],
+)
+def test_a_model_that_does_not_return_enough_logits_is_a_one_line_error(package, factory, kwargs, message):
+    with pytest.raises(ModelError) as exc:
+        load_user_model(f"{package}.nets:{factory}", kwargs=kwargs, input_shape=(1, 8, 8), num_classes=3)
+    assert one_line(exc) == f"model {package}.nets:{factory} {message}"
+    load_user_model(f"{package}.nets:make", kwargs={"classes": 4}, input_shape=(1, 8, 8), num_classes=3)  # more is fine
 
 
 def test_bad_weights_are_one_line_model_errors(package, tmp_path):

@@ -478,7 +478,9 @@ def load_model(config: CompressConfig, dataset: Dataset, log: Log) -> tuple[nn.M
     elif config.model in MODELS and config.weights is None:
         return load_or_train(config.model, dataset, seed=config.seed, progress=log)
     else:
-        model, arch = load_user_model(config.model, config.weights, input_shape=dataset.input_shape)
+        model, arch = load_user_model(
+            config.model, config.weights, input_shape=dataset.input_shape, num_classes=dataset.num_classes
+        )
         info = {"arch": arch}
     return model, {**info, "test_acc": evaluate(model, dataset.test)}
 

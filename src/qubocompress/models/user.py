@@ -69,6 +69,7 @@ def load_user_model(
     weights: str | os.PathLike[str] | None = None,
     kwargs: Mapping[str, Any] | None = None,
     input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model that ``model`` names, in eval mode, and its arch dict (see the module docstring).
 
@@ -79,7 +80,9 @@ def load_user_model(
             ``"state_dict"`` (a qubocompress checkpoint is one), loaded strictly. Not for
             TorchScript files, which hold their weights.
         kwargs: keyword arguments of the built-in builder or of the factory.
-        input_shape: (C, H, W); if given, the model must run on a batch of such inputs.
+        input_shape: (C, H, W); if given, the model must run on a batch of such inputs and
+            return one (N, K) tensor of logits.
+        num_classes: if given (with ``input_shape``), K must be at least this.
     """
     kwargs = dict(kwargs or {})
     path = Path(model)
@@ -108,7 +111,7 @@ def load_user_model(
         _load_weights(module, Path(weights), model)
     module.eval()
     if input_shape is not None:
-        _check_runs(module, tuple(input_shape), model)
+        _check_runs(module, tuple(input_shape), model, num_classes)
     return module, arch
 
 
@@ -185,17 +188,29 @@ def _load_weights(module: nn.Module, path: Path, label: str) -> None:
     load_state(module, payload, path, label)
 
 
-def _check_runs(module: nn.Module, input_shape: tuple[int, ...], label: str) -> None:
+def _check_runs(module: nn.Module, input_shape: tuple[int, ...], label: str, num_classes: int | None) -> None:
+    """The model runs on two inputs of ``input_shape`` and returns a (2, K) tensor of logits,
+    K >= ``num_classes`` when given; else a ModelError."""
     parameter = next(module.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     try:
         with torch.no_grad():
-            module(torch.zeros((2, *input_shape), device=device))
+            output = module(torch.zeros((2, *input_shape), device=device))
     except Exception as exc:  # any failure of the user's forward
         raise ModelError(
             f"model {label} does not run on inputs of shape {input_shape} "
             f"({type(exc).__name__}: {_first_line(exc)[:160]})"
         ) from None
+    if not isinstance(output, torch.Tensor):
+        raise ModelError(f"model {label} returns a {type(output).__name__}, not one tensor of logits (N, classes)")
+    if output.dim() != 2 or output.shape[0] != 2:
+        raise ModelError(
+            f"model {label} returns shape {tuple(output.shape)} for 2 inputs, not logits of shape (2, classes)"
+        )
+    if num_classes is not None and output.shape[1] < num_classes:
+        raise ModelError(
+            f"model {label} outputs {output.shape[1]} logits per sample, but the data set has {num_classes} classes"
+        )
 
 
 def script_archive(module: torch.jit.ScriptModule) -> bytes:
