@@ -15,6 +15,7 @@ import sys
 import time
 
 from qubocompress.bench.instances import builtin_budget_instance
+from qubocompress.bench.metrics import success_mask
 from qubocompress.errors import ProblemError, QubocompressError
 from qubocompress.report import markdown_table
 from qubocompress.solvers.registry import make_sampler
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 polished = formulation.polish(sampleset, chains=chains * max(free, 1), chain_length=rounds, kick=kick)
                 seconds += time.perf_counter() - start
-                optimal = polished.record.energy <= e_star + 1e-9 * abs(e_star)
+                optimal = success_mask(polished.record.energy, e_star)
                 at_optimum += int(polished.record.num_occurrences[optimal].sum())
                 total += int(polished.record.num_occurrences.sum())
                 solved += bool(optimal.any())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from qubocompress.apply.artifact import load_artifact
 from qubocompress.cli import main
 from qubocompress.data.datasets import load_dataset, synthetic_dataset
 from qubocompress.models.train import evaluate
-from qubocompress.pipeline import CompressConfig, model_source, parse_budget
+from qubocompress.pipeline import CompressConfig, model_source, parse_budget, solve_formulation
+from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.choices import fp32_cost, plan_cost
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec
+from qubocompress.problem.synthetic import synthetic_spec, with_synthetic_measurements
 
 from test_data import write_idx
 
@@ -413,3 +416,20 @@ def test_bad_user_models_are_one_line_errors(
         extra += ["--weights", str(user_module / "weights.pt")]
     assert run(*compress_args(data_dir, user_module / "out"), *extra) == 2
     assert_one_line_error(capsys, needle)
+
+
+def test_a_plan_at_the_optimum_up_to_rounding_has_no_gap() -> None:
+    """With no damage anywhere (a model the compression cannot hurt), every plan within the budget
+    is optimal; energies differ only by the penalty's float rounding (~1e-23). The figures use the
+    benchmark's tolerance (bench.metrics), not a gap relative to a rounding residue."""
+    spec = with_synthetic_measurements(synthetic_spec(seed=0), interactions=False)
+    spec = replace(
+        spec,
+        layers=tuple(replace(layer, quant_damage=np.zeros_like(layer.quant_damage)) for layer in spec.layers),
+        groups=tuple(replace(group, prune_damage=np.zeros_like(group.prune_damage)) for group in spec.groups),
+    )
+    formulation = BudgetFormulation(spec, ratio=12)
+    _, reference = formulation.exact()
+    assert abs(reference) < 1e-15
+    _, figures = solve_formulation(formulation, CompressConfig(formulation="budget"), reference)
+    assert figures["gap"] == 0.0 and figures["success_probability"] == 1.0

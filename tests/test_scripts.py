@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from qubocompress.problem.synthetic import synthetic_spec
+from qubocompress.problem.target import calibrate_gamma
 from qubocompress.report import markdown_table
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -55,3 +58,20 @@ def test_markdown_table_has_a_header_a_rule_and_one_line_per_row() -> None:
         "| 1 | 2 |",
         "| 3 | 4 |",
     ]
+
+
+def test_demo_seeds_checks_a_paper_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = synthetic_spec(channels=(4, 6), seed=0)
+    formulation = calibrate_gamma(spec, 8.0)
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    qubo = {"formulation": "paper", "beta": formulation.beta, "gamma": formulation.gamma}
+    (tmp_path / "metrics.json").write_text(json.dumps({"qubo": qubo}))
+    script = load_script("demo_seeds")
+    assert script.main([str(tmp_path), "--seeds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"certified optimum {formulation.exact()[1]:.10g}")
+    assert [line.split()[:3:2] for line in lines[2:4]] == [["0", "0.00e+00"], ["1", "0.00e+00"]]
+    assert lines[-1] == "every seed reached the certified optimum (after polishing)"
+    (tmp_path / "metrics.json").write_text(json.dumps({"qubo": {"formulation": "budget"}}))
+    assert script.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "demo_seeds: error: the run did not use the paper formulation"

@@ -31,6 +31,7 @@ from qubocompress.apply.artifact import load_artifact, save_artifact
 from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
+from qubocompress.bench.metrics import residual_gap, success_mask
 from qubocompress.data.datasets import Dataset, Split, load_dataset
 from qubocompress.errors import ArtifactError, ProblemError
 from qubocompress.io import prepare_output_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -335,13 +336,12 @@ def solve_formulation(
         raise ProblemError(f"solver {config.solver!r} returned no sample (time limit too short?)")
     polished = formulation.polish(raw) if isinstance(formulation, PaperFormulation) else formulation.polish(raw, seed=config.seed)
     polish_seconds = time.perf_counter() - start - solve_seconds
-    tolerance = 1e-9 * max(abs(reference_energy), 1e-12)
 
     def success(sampleset: dimod.SampleSet) -> float:
         energies, counts = sampleset.record.energy, sampleset.record.num_occurrences
         if isinstance(formulation, BudgetFormulation):
             counts = counts * formulation.feasible_reads(sampleset)
-        return float(counts[energies <= reference_energy + tolerance].sum()) / float(sampleset.record.num_occurrences.sum())
+        return float(counts[success_mask(energies, reference_energy)].sum()) / float(sampleset.record.num_occurrences.sum())
 
     figures: dict[str, Any] = {
         "solver": config.solver,
@@ -364,8 +364,7 @@ def solve_formulation(
         best = polished.first
         plan, energy = formulation.decode(best.sample), float(best.energy)
     plan.validate(formulation.spec)
-    gap = (energy - reference_energy) / abs(reference_energy) if reference_energy else 0.0
-    figures.update(energy=energy, gap=0.0 if abs(gap) < 1e-9 else gap)  # below 1e-9: float rounding
+    figures.update(energy=energy, gap=residual_gap(energy, reference_energy))
     return plan, figures
 
 
