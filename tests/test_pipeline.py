@@ -169,6 +169,8 @@ def test_a_repeated_analysis_comes_from_the_cache_unless_refused(budget_run: Pat
     assert run(*compress_args(data_dir, tmp_path / "fresh", *extra, "--no-analysis-cache")) == 0
     fresh = json.loads((tmp_path / "fresh" / "metrics.json").read_text())["qubo"]
     assert not fresh["analysis"]["cached"] and fresh["route_seconds_uncached"] == fresh["route_seconds"]
+    compressed = json.loads((tmp_path / "fresh" / "metrics.json").read_text())["compressed"]
+    assert compressed["finetune_epochs"] == 0 and compressed["test_acc"] == compressed["test_acc_before_finetune"]
     assert (tmp_path / "fresh" / "spec.json").read_text() == (budget_run / "spec.json").read_text()
 
 

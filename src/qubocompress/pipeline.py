@@ -377,11 +377,12 @@ def apply_plan(
     seed: int,
     log: Log,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """Prune and quantize ``model`` by ``plan``, fine-tune it, and measure test accuracy."""
+    """Prune and quantize ``model`` by ``plan``, fine-tune it, and measure test accuracy (once
+    when there is no fine-tuning: before and after are then the same model)."""
     pruned = prune_model(model, graph, plan)
     before = evaluate(quantize_model_weights(pruned, plan.bits), dataset.test)
     history = finetune(pruned, plan.bits, dataset.train, epochs=epochs, seed=seed, progress=log)
-    after = evaluate(quantize_model_weights(pruned, plan.bits), dataset.test)
+    after = evaluate(quantize_model_weights(pruned, plan.bits), dataset.test) if epochs else before
     return pruned, {
         "test_acc_before_finetune": before,
         "test_acc": after,
