@@ -16,7 +16,7 @@ A TorchScript model (``torch.jit.ScriptModule``) cannot be traced by torch.fx, n
 with data-dependent control flow: their Conv2d and Linear submodules become layers with no
 channel groups (bits only), each listed in ``frozen_reasons`` (:data:`TORCHSCRIPT_REASON`, or
 why fx failed). Script modules take no hooks, so the output
-positions of its convs (for MACs/BOPs) are read from the autograd graph of one forward pass
+positions of their convs (for MACs/BOPs) are read from the autograd graph of one forward pass
 (each convolution's backward node keeps its input shape, stride, padding, dilation and groups);
 a conv that this does not reach keeps ``out_positions=1`` (its MACs then undercounted), and a
 Linear always has ``out_positions=1`` (exact for the usual 2-D classifier input).
@@ -217,9 +217,9 @@ def _bits_only_graph(model: nn.Module, input_shape: tuple[int, ...], reason: str
             layers.append(LayerInfo(name, "linear", shape[0], shape[1], 1, 1, 1, 1, None, None))
     frozen = {name: reason for name, _ in found}
     for name, module in model.named_modules():
-        reason = _not_compressed_reason(module)
-        if reason is not None:
-            frozen[name] = reason
+        left_alone = _not_compressed_reason(module)
+        if left_alone is not None:
+            frozen[name] = left_alone
     return ModelGraph(layers=layers, groups=[], frozen_reasons=frozen)
 
 
