@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from qubocompress.analysis.analyse import analyse_model
 from qubocompress.apply.artifact import load_artifact
+from qubocompress.apply.quantize import fake_quantize
 from qubocompress.cli import main
 from qubocompress.data.datasets import load_dataset, synthetic_dataset
 from qubocompress.models.train import evaluate
-from qubocompress.pipeline import CompressConfig, model_source, parse_budget, solve_formulation
+from qubocompress.pipeline import (
+    CompressConfig,
+    choose_uniform_plan,
+    cost_ratio,
+    model_source,
+    parse_budget,
+    solve_formulation,
+)
 from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.choices import fp32_cost, plan_cost
-from qubocompress.problem.plan import Plan
+from qubocompress.problem.plan import Plan, uniform_plan
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.problem.synthetic import synthetic_spec, with_synthetic_measurements
 
@@ -435,3 +445,19 @@ def test_a_plan_at_the_optimum_up_to_rounding_has_no_gap() -> None:
     assert abs(reference) < 1e-15
     _, figures = solve_formulation(formulation, CompressConfig(formulation="budget"), reference)
     assert figures["gap"] == 0.0 and figures["success_probability"] == 1.0
+
+
+def test_the_uniform_baseline_of_equal_scores_is_the_one_closest_to_the_target() -> None:
+    """A model that predicts one class whatever it sees scores the same at every bit-width: the
+    baseline is then the largest candidate that reaches the target, not the smallest."""
+    data = synthetic_dataset(num_classes=4, n_train=16, n_val=32, n_test=16)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    with torch.no_grad():
+        model[4].weight.zero_()
+        model[4].bias.copy_(torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    graph, spec = analyse_model(model.eval(), (data.calib.x, data.calib.y), (1, 28, 28), fake_quantize, "one-class")
+    plan, choice = choose_uniform_plan(model, graph, spec, data, 6.0)
+    assert len({row["val_acc_before_finetune"] for row in choice["candidates"]}) == 1
+    assert len(choice["candidates"]) > 1
+    ratios = [cost_ratio(spec, uniform_plan(spec, row["bit_width"], row["prune_ratio"]), "bits") for row in choice["candidates"]]
+    assert cost_ratio(spec, plan, "bits") == min(ratios) >= 6.0

@@ -413,7 +413,8 @@ def choose_uniform_plan(
 
     For every bit-width, the smallest prune ratio (step 1/64) that reaches the target (in ``metric``);
     among those, the one whose pruned+quantized model (before fine-tuning) scores best on the
-    validation split (:func:`validation_subset`). Picking by validation accuracy makes the baseline as strong as a careful user
+    validation split (:func:`validation_subset`), and of equal scores the one closest to the target
+    (the largest). Picking by validation accuracy makes the baseline as strong as a careful user
     would make it.
     """
     candidates = []
@@ -430,7 +431,7 @@ def choose_uniform_plan(
     for bits, ratio, plan in candidates:
         acc = evaluate(quantize_model_weights(prune_model(model, graph, plan), plan.bits), val)
         scored.append({"bit_width": bits, "prune_ratio": ratio, "val_acc_before_finetune": acc, "plan": plan})
-    best = max(scored, key=lambda row: row["val_acc_before_finetune"])
+    best = max(scored, key=lambda row: (row["val_acc_before_finetune"], -cost_ratio(spec, row["plan"], metric)))
     table = [{k: v for k, v in row.items() if k != "plan"} for row in scored]
     return best["plan"], {"bit_width": best["bit_width"], "prune_ratio": best["prune_ratio"], "candidates": table}
 
