@@ -173,16 +173,26 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
     parser.add_argument("--out", type=Path, default=out_default, help="results folder")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except where there is none to show (None, or a flag that is off):
+    the help text says what happens then."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
         prog="qubocompress",
         description="Compress a CNN by jointly pruning filters and choosing per-layer bit-widths, "
         "searched as a QUBO (quantum annealer, classical or quantum-inspired solvers).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     demo = sub.add_parser(
         "demo",
@@ -241,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.set_defaults(formulation="budget", finetune_epochs=0, no_baseline=True)
     from qubocompress.bench.cli import add_bench_parser
 
-    add_bench_parser(sub)
+    add_bench_parser(sub, fmt)
     return parser
 
 

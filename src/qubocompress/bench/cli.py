@@ -115,15 +115,16 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register the ``bench`` sub-command on ``subparsers`` (from ``parser.add_subparsers``)."""
+def add_bench_parser(subparsers: Any, formatter_class: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+    """Register the ``bench`` sub-command on ``subparsers`` (from ``parser.add_subparsers``), its
+    help laid out by ``formatter_class``."""
     bench = subparsers.add_parser(
         "bench",
         help="benchmark the QUBO solvers (success probability, TTS99, gap) on saved instances",
         description="Run every solver on the benchmark instances with several seeds and report E*, best "
         "energy, success probability per read and per run, TTS99, residual gap and timings, with each "
         "solver's TTS99 relative to sa's. Results go to a SQLite file; rerunning resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=formatter_class,
     )
     bench.add_argument(
         "--quick",
