@@ -22,6 +22,7 @@ from qubocompress.pipeline import (
     CompressConfig,
     choose_uniform_plan,
     cost_ratio,
+    frozen_lines,
     model_source,
     parse_budget,
     solve_formulation,
@@ -252,6 +253,14 @@ def test_ablation_of_the_paper_formulation_is_refused(
 ) -> None:
     assert run("ablate", "--data", data_dir, "--out", tmp_path / "a", "--formulation", "paper", "--model", "lenet5") == 2
     assert_one_line_error(capsys, "--formulation budget")
+
+
+def test_layers_not_pruned_for_one_reason_share_a_line() -> None:
+    reasons = {"a": "traced by nobody", "fc": "feeds the model output", "b": "traced by nobody"}
+    assert frozen_lines(reasons) == [
+        "  not pruned: a, b (traced by nobody)",
+        "  not pruned: fc (feeds the model output)",
+    ]
 
 
 def test_demo_and_compress_help_list_units_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:

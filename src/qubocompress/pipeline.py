@@ -458,6 +458,14 @@ def state_dict_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+def frozen_lines(reasons: dict[str, str]) -> list[str]:
+    """One log line per reason a layer is not pruned, naming every layer it applies to."""
+    layers: dict[str, list[str]] = {}
+    for name, reason in reasons.items():
+        layers.setdefault(reason, []).append(name)
+    return [f"  not pruned: {', '.join(names)} ({reason})" for reason, names in layers.items()]
+
+
 def model_source(config: CompressConfig) -> str:
     """What :func:`load_model` will do, for the progress line."""
     if config.checkpoint is not None:
@@ -513,8 +521,8 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
     measured = f"{config.sensitivity} damage" if config.search == "qubo" else f"no damage: {config.search} scores plans itself"
     with timer.stage("analysis", f"analysing the model ({config.importance} importance, {measured})"):
         graph, spec, analysis_info = analyse(model, dataset, config, model_name, log)
-    for name, reason in graph.frozen_reasons.items():
-        log(f"  not pruned: {name} ({reason})")
+    for line in frozen_lines(graph.frozen_reasons):
+        log(line)
     config = with_budget_as_ratio(config, spec, log)
 
     val = validation_subset(dataset)
