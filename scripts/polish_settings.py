@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = 0.0
             for sampleset in reads:
                 start = time.perf_counter()
-                polished = formulation.polish(sampleset, chains=chains * max(free, 1), chain_length=rounds, kick=kick)
+                polished = formulation.polish(
+                    sampleset, chains=formulation.chain_count(chains), chain_length=rounds, kick=kick
+                )
                 seconds += time.perf_counter() - start
                 optimal = success_mask(polished.record.energy, e_star)
                 at_optimum += int(polished.record.num_occurrences[optimal].sum())

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from qubocompress.apply.quantize import fake_quantize, quantized_layers
 from qubocompress.errors import DataError, ModelError
-from qubocompress.models.train import PROBE_SAMPLES, augment_batch, training_layout
+from qubocompress.models.train import augment_batch, training_layout
 
 Progress = Callable[[str], None]
 MOMENTUM = 0.9
@@ -133,7 +133,7 @@ def finetune(
     was_training = model.training
     registered: list[nn.Module] = []
     try:
-        layout = training_layout(model, train.x[:PROBE_SAMPLES].to(device))
+        layout = training_layout(model, train.x)
         model.to(memory_format=layout)  # channels-last: ~30% faster convolutions on CPU
         for name, b in chosen.items():
             parametrize.register_parametrization(modules[name], "weight", FakeQuantWeight(b))

@@ -193,7 +193,8 @@ def channels_last_is_safe(model: nn.Module) -> bool:
 
 
 def training_layout(model: nn.Module, inputs: torch.Tensor) -> torch.memory_format:
-    """The memory layout to train ``model`` in on batches like ``inputs`` (a few samples suffice).
+    """The memory layout to train ``model`` in on batches like ``inputs`` (its first
+    :data:`PROBE_SAMPLES` samples are run, on the model's device).
 
     Channels-last where :func:`channels_last_is_safe` and where the model's own code gives the
     same outputs in it (eval mode, no gradients): a forward that calls ``.view`` on a conv's output
@@ -202,6 +203,7 @@ def training_layout(model: nn.Module, inputs: torch.Tensor) -> torch.memory_form
     """
     if inputs.ndim != 4 or not channels_last_is_safe(model):
         return torch.contiguous_format
+    inputs = inputs[:PROBE_SAMPLES].to(_device(model))
     was_training = model.training
     model.eval()
     try:
@@ -257,7 +259,7 @@ def train(
     device = _device(model)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
-    memory_format = training_layout(model, split.x[:PROBE_SAMPLES].to(device))
+    memory_format = training_layout(model, split.x)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model.to(memory_format=memory_format)

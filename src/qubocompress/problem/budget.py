@@ -347,7 +347,7 @@ class BudgetFormulation:
         """A good plan within the budget from local search alone (true costs, seed 0)."""
         tables = MoveTables(self.model)
         start = repair_all(self.model, self.model.uncompressed()[None, :], self.budget, tables)
-        rounds = DEFAULT_CHAINS_PER_CHOICE * max(len(self.model.free), 1) * DEFAULT_CHAIN_LENGTH
+        rounds = self.chain_count() * DEFAULT_CHAIN_LENGTH
         rng = np.random.default_rng(0)
         return iterated_local_search_all(self.model, start, self.budget, rounds, self.default_kick, [rng], tables)[0]
 
@@ -654,6 +654,11 @@ class BudgetFormulation:
         :data:`MIN_KICK` (5 on the built-in LeNet-5 and VGG, 8 on ResNet-20's 34)."""
         return max(MIN_KICK, int(KICK_SHARE * len(self.model.free)))
 
+    def chain_count(self, per_choice: int = DEFAULT_CHAINS_PER_CHOICE) -> int:
+        """Chains of the polish's iterated local search: ``per_choice`` per free choice (at least one
+        choice counted; 102 by default on ResNet-20's 34)."""
+        return per_choice * max(len(self.model.free), 1)
+
     def polish(
         self,
         sampleset: dimod.SampleSet,
@@ -679,7 +684,7 @@ class BudgetFormulation:
         derives one from the reads, so the same reads always polish the same way.
         """
         if chains is None:
-            chains = DEFAULT_CHAINS_PER_CHOICE * max(len(self.model.free), 1)
+            chains = self.chain_count()
         if kick is None:
             kick = self.default_kick
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (chains, chain_length, kick)) or not (
