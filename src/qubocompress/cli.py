@@ -174,11 +174,11 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default, except where there is none to show (None, or a flag that is off):
-    the help text says what happens then."""
+    """Shows an option's default, except where there is none to show (None) or it is a flag (its
+    default is "not given"): the help text says what happens then."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
+        if action.default is None or action.nargs == 0:
             return action.help or ""
         return super()._get_help_string(action) or ""
 
