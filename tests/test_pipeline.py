@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from qubocompress.ablation import ablate
 from qubocompress.analysis.analyse import analyse_model
 from qubocompress.apply.artifact import load_artifact
 from qubocompress.apply.quantize import fake_quantize
 from qubocompress.cli import main
 from qubocompress.data.datasets import load_dataset, synthetic_dataset
+from qubocompress.errors import ProblemError
 from qubocompress.models.train import evaluate
 from qubocompress.pipeline import (
     CompressConfig,
@@ -248,11 +250,20 @@ def test_ablation_runs_every_combination_at_the_same_budget(
     assert "taylor" in capsys.readouterr().out
 
 
-def test_ablation_of_the_paper_formulation_is_refused(
-    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert run("ablate", "--data", data_dir, "--out", tmp_path / "a", "--formulation", "paper", "--model", "lenet5") == 2
-    assert_one_line_error(capsys, "--formulation budget")
+def test_ablation_of_the_paper_formulation_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ProblemError, match="--formulation budget"):
+        ablate(CompressConfig(formulation="paper", out=tmp_path), ["l1"], ["fisher"])
+
+
+@pytest.mark.parametrize(
+    "option", [("--formulation", "paper"), ("--sensitivity", "fisher"), ("--interactions",), ("--search", "ga-acc"), ("--beta", "1"), ("--no-baseline",)]
+)
+def test_ablation_takes_no_option_it_would_override(option: tuple[str, ...], tmp_path: Path) -> None:
+    # ablate sets these per run (or they do not apply to it): a given one would be silently ignored
+    # (--importance is argparse's abbreviation of --importances, and means it)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--out", str(tmp_path / "a"), *option])
+    assert exit_info.value.code == 2 and not (tmp_path / "a").exists()
 
 
 def test_layers_not_pruned_for_one_reason_share_a_line() -> None:

@@ -47,7 +47,10 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of training, solver and fine-tuning")
 
 
-def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> None:
+def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route_choices: bool = True) -> None:
+    """The options of one compression run; ``route_choices`` False leaves out those the ablation
+    sets per run or that do not apply to it (formulation, importance, sensitivity, pairwise terms,
+    search, the paper's beta, baseline)."""
     from qubocompress.analysis.importance import IMPORTANCE_METHODS
     from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
     from qubocompress.models import MODELS
@@ -83,49 +86,51 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
         "40000B, 320000bit), or bit operations per sample with --metric bops (2.5e9, 2.5G)",
     )
     parser.add_argument(
-        "--formulation",
-        default=defaults.formulation,
-        choices=FORMULATIONS,
-        help="paper: H = L_p + beta*L_q - gamma*R with gamma bisected to the target; budget: least measured "
-        "damage under a hard budget",
-    )
-    parser.add_argument(
         "--metric", default=defaults.metric, choices=METRICS, help="what the budget counts (bops: --formulation budget)"
     )
-    parser.add_argument(
-        "--importance", default=defaults.importance, choices=IMPORTANCE_METHODS, help="filter importance: mean |w|, "
-        "first-order Taylor, or Fisher"
-    )
-    parser.add_argument(
-        "--sensitivity",
-        default=defaults.sensitivity,
-        choices=(AUTO_SENSITIVITY, *LAYER_SENSITIVITY_METHODS),
-        help="layer quantization damage: loss increase measured on the calibration split, weight MSE (put in "
-        "nats by one measured pass), Hessian trace x quantization error (Hutchinson), or empirical-Fisher "
-        "diagonal x each weight's rounding error (also estimates the prune damage: one backward pass, no "
-        "measured losses); auto: fisher with --formulation budget, measured with paper",
-    )
-    parser.add_argument(
-        "--interactions",
-        action="store_true",
-        help="measure pairwise cross-layer damage (CLADO-style) as QUBO couplings (--formulation budget)",
-    )
+    if route_choices:
+        parser.add_argument(
+            "--formulation",
+            default=defaults.formulation,
+            choices=FORMULATIONS,
+            help="paper: H = L_p + beta*L_q - gamma*R with gamma bisected to the target; budget: least measured "
+            "damage under a hard budget",
+        )
+        parser.add_argument(
+            "--importance", default=defaults.importance, choices=IMPORTANCE_METHODS, help="filter importance: mean |w|, "
+            "first-order Taylor, or Fisher"
+        )
+        parser.add_argument(
+            "--sensitivity",
+            default=defaults.sensitivity,
+            choices=(AUTO_SENSITIVITY, *LAYER_SENSITIVITY_METHODS),
+            help="layer quantization damage: loss increase measured on the calibration split, weight MSE (put in "
+            "nats by one measured pass), Hessian trace x quantization error (Hutchinson), or empirical-Fisher "
+            "diagonal x each weight's rounding error (also estimates the prune damage: one backward pass, no "
+            "measured losses); auto: fisher with --formulation budget, measured with paper",
+        )
+        parser.add_argument(
+            "--interactions",
+            action="store_true",
+            help="measure pairwise cross-layer damage (CLADO-style) as QUBO couplings (--formulation budget)",
+        )
     parser.add_argument("--solver", default=defaults.solver, help=f"QUBO solver: {', '.join(SOLVER_NAMES)}")
     parser.add_argument("--num-reads", type=int, default=None, help="solver reads (default: the solver's own)")
-    parser.add_argument(
-        "--search",
-        default=defaults.search,
-        choices=SEARCH_METHODS,
-        help="qubo: the QUBO route; ga-acc / rl-acc: genetic algorithm / DDPG agent that score each candidate "
-        "plan by its validation accuracy (the paper's peers, same options and budget as --formulation budget)",
-    )
-    parser.add_argument(
-        "--search-evaluations",
-        type=int,
-        default=defaults.search_evaluations,
-        metavar="N",
-        help="ga-acc / rl-acc: at most N plans scored",
-    )
+    if route_choices:
+        parser.add_argument(
+            "--search",
+            default=defaults.search,
+            choices=SEARCH_METHODS,
+            help="qubo: the QUBO route; ga-acc / rl-acc: genetic algorithm / DDPG agent that score each candidate "
+            "plan by its validation accuracy (the paper's peers, same options and budget as --formulation budget)",
+        )
+        parser.add_argument(
+            "--search-evaluations",
+            type=int,
+            default=defaults.search_evaluations,
+            metavar="N",
+            help="ga-acc / rl-acc: at most N plans scored",
+        )
     parser.add_argument(
         "--exact-time-limit",
         type=_positive_float,
@@ -147,13 +152,14 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
         metavar="N",
         help="quantization-aware fine-tuning epochs (0 = none)",
     )
-    parser.add_argument(
-        "--beta",
-        type=float,
-        default=None,
-        help="paper formulation: weight of the quantization-damage term (default: balanced so the largest "
-        "pruning and quantization damages are equal)",
-    )
+    if route_choices:
+        parser.add_argument(
+            "--beta",
+            type=float,
+            default=None,
+            help="paper formulation: weight of the quantization-damage term (default: balanced so the largest "
+            "pruning and quantization damages are equal)",
+        )
     parser.add_argument(
         "--max-prune",
         type=float,
@@ -169,7 +175,10 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path) -> No
         help="analyse on N images drawn from the calibration split (default: all of it, up to 2,048): a "
         "smaller N makes the analysis faster (512: ~3x on the built-in nets) and its estimates noisier",
     )
-    parser.add_argument("--no-baseline", action="store_true", help="skip the uniform bits + uniform pruning baseline")
+    if route_choices:
+        parser.add_argument(
+            "--no-baseline", action="store_true", help="skip the uniform bits + uniform pruning baseline"
+        )
     parser.add_argument("--out", type=Path, default=out_default, help="results folder")
 
 
@@ -228,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", type=Path, default=None, help="also write the checkpoint to this file")
     from qubocompress.analysis.importance import IMPORTANCE_METHODS
     from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
+    from qubocompress.pipeline import CompressConfig
 
     ablate = sub.add_parser(
         "ablate",
@@ -236,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pairwise-terms setting, at the same budget, and tabulate the accuracy each reaches.",
         formatter_class=fmt,
     )
-    _add_compress_args(ablate, Path("runs/ablation"))
+    _add_compress_args(ablate, Path("runs/ablation"), route_choices=False)
     ablate.add_argument(
         "--importances", default=",".join(IMPORTANCE_METHODS), help="comma-separated filter importances"
     )
@@ -248,7 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument(
         "--pairs", default="both", choices=("both", "off", "on"), help="pairwise (CLADO-style) terms"
     )
-    ablate.set_defaults(formulation="budget", finetune_epochs=0, no_baseline=True)
+    # what the ablation sets per run is not an option of it (a given --sensitivity would be overridden)
+    defaults = CompressConfig()
+    ablate.set_defaults(
+        formulation="budget",
+        importance=defaults.importance,
+        sensitivity=defaults.sensitivity,
+        interactions=False,
+        search="qubo",
+        search_evaluations=defaults.search_evaluations,
+        beta=None,
+        finetune_epochs=0,
+        no_baseline=True,
+    )
     from qubocompress.bench.cli import add_bench_parser
 
     add_bench_parser(sub, fmt)
