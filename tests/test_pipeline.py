@@ -256,7 +256,15 @@ def test_ablation_of_the_paper_formulation_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "option", [("--formulation", "paper"), ("--sensitivity", "fisher"), ("--interactions",), ("--search", "ga-acc"), ("--beta", "1"), ("--no-baseline",)]
+    "option",
+    [
+        ("--formulation", "paper"),
+        ("--sensitivity", "fisher"),
+        ("--interactions",),
+        ("--search", "ga-acc"),
+        ("--beta", "1"),
+        ("--no-baseline",),
+    ],
 )
 def test_ablation_takes_no_option_it_would_override(option: tuple[str, ...], tmp_path: Path) -> None:
     # ablate sets these per run (or they do not apply to it): a given one would be silently ignored

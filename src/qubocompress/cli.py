@@ -93,12 +93,14 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
             "--formulation",
             default=defaults.formulation,
             choices=FORMULATIONS,
-            help="paper: H = L_p + beta*L_q - gamma*R with gamma bisected to the target; budget: least measured "
-            "damage under a hard budget",
+            help="paper: H = L_p + beta*L_q - gamma*R with gamma bisected to the target; budget: least damage "
+            "(estimated or measured: --sensitivity) under a hard budget",
         )
         parser.add_argument(
-            "--importance", default=defaults.importance, choices=IMPORTANCE_METHODS, help="filter importance: mean |w|, "
-            "first-order Taylor, or Fisher"
+            "--importance",
+            default=defaults.importance,
+            choices=IMPORTANCE_METHODS,
+            help="filter importance: mean |w|, first-order Taylor, or Fisher",
         )
         parser.add_argument(
             "--sensitivity",

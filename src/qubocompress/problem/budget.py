@@ -1,4 +1,4 @@
-"""The ``budget`` formulation: least measured damage under a hard budget on weight bits or BOPs.
+"""The ``budget`` formulation: least damage (estimated or measured) under a hard budget on weight bits or BOPs.
 
 Problem. One choice per channel group (prune 0 or one of its ``prune_options`` of least important
 channels) and per layer (a bit-width from ``bit_options``); minimise the measured damage — Σ
