@@ -266,12 +266,15 @@ def test_ablation_of_the_paper_formulation_is_refused(tmp_path: Path) -> None:
         ("--no-baseline",),
     ],
 )
-def test_ablation_takes_no_option_it_would_override(option: tuple[str, ...], tmp_path: Path) -> None:
+def test_ablation_takes_no_option_it_would_override(
+    option: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # ablate sets these per run (or they do not apply to it): a given one would be silently ignored
     # (--importance is argparse's abbreviation of --importances, and means it)
     with pytest.raises(SystemExit) as exit_info:
         main(["ablate", "--out", str(tmp_path / "a"), *option])
     assert exit_info.value.code == 2 and not (tmp_path / "a").exists()
+    assert_one_line_error(capsys, "unrecognized arguments", option[0])
 
 
 def test_layers_not_pruned_for_one_reason_share_a_line() -> None:

@@ -182,6 +182,17 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
             "--no-baseline", action="store_true", help="skip the uniform bits + uniform pruning baseline"
         )
     parser.add_argument("--out", type=Path, default=out_default, help="results folder")
+    if not route_choices:  # the options left out keep their defaults, for the caller to set per run
+        parser.set_defaults(
+            formulation=defaults.formulation,
+            importance=defaults.importance,
+            sensitivity=defaults.sensitivity,
+            interactions=False,
+            search=defaults.search,
+            search_evaluations=defaults.search_evaluations,
+            beta=None,
+            no_baseline=False,
+        )
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -239,7 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", type=Path, default=None, help="also write the checkpoint to this file")
     from qubocompress.analysis.importance import IMPORTANCE_METHODS
     from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
-    from qubocompress.pipeline import CompressConfig
 
     ablate = sub.add_parser(
         "ablate",
@@ -260,19 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument(
         "--pairs", default="both", choices=("both", "off", "on"), help="pairwise (CLADO-style) terms"
     )
-    # what the ablation sets per run is not an option of it (a given --sensitivity would be overridden)
-    defaults = CompressConfig()
-    ablate.set_defaults(
-        formulation="budget",
-        importance=defaults.importance,
-        sensitivity=defaults.sensitivity,
-        interactions=False,
-        search="qubo",
-        search_evaluations=defaults.search_evaluations,
-        beta=None,
-        finetune_epochs=0,
-        no_baseline=True,
-    )
+    ablate.set_defaults(formulation="budget", finetune_epochs=0, no_baseline=True)
     from qubocompress.bench.cli import add_bench_parser
 
     add_bench_parser(sub, fmt)
