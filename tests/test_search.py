@@ -422,6 +422,31 @@ def test_the_evaluation_cap_stops_the_search(method: str) -> None:
 
 
 @pytest.mark.parametrize("method", sorted(SEARCHES))
+def test_a_cap_above_the_default_budget_buys_a_longer_search(method: str) -> None:
+    # the defaults (ga: 15 generations of 24, rl: 300 episodes) stop at or below 360 evaluations;
+    # the searches size their generations / episodes from the cap, so asking for 400 gets more
+    derived = {"ga-acc": {"population": 24, "generations": None}, "rl-acc": {"total_episodes": None, "warmup_episodes": None}}
+    result, recorder = run(method, VGG, ratio=16, max_evaluations=400, **derived[method])
+    assert result.stopped_by == "evaluations"
+    assert 360 < result.evaluations == len(recorder.plans) <= 400
+    if method == "ga-acc":
+        assert result.parameters["generations"] == 20  # ceil(1.2 * 400 / 24)
+        assert result.evaluations == 400
+    else:  # one episode per evaluation allowed; a plan proposed again is answered from the cache
+        assert (result.parameters["total_episodes"], result.parameters["warmup_episodes"]) == (400, 100)
+        assert result.details["episodes"] == 400 == result.evaluations + result.details["cache_hits"]
+
+
+def test_the_default_budgets_are_unchanged_by_caps_at_or_below_them() -> None:
+    ga, _ = run("ga-acc", population=24, generations=None, max_evaluations=5)
+    rl, _ = run("rl-acc", total_episodes=None, warmup_episodes=None, max_evaluations=5)
+    assert ga.parameters["generations"] == 15
+    assert (rl.parameters["total_episodes"], rl.parameters["warmup_episodes"]) == (300, 100)
+    short, _ = run("rl-acc", total_episodes=30, warmup_episodes=None, max_evaluations=5)
+    assert short.parameters["warmup_episodes"] == 10  # a third of the episodes asked for
+
+
+@pytest.mark.parametrize("method", sorted(SEARCHES))
 def test_a_bops_budget_is_kept_by_every_evaluated_plan(method: str) -> None:
     result, recorder = run(method, VGG, ratio=16, metric="bops", max_evaluations=30)
     budget = fp32_cost(VGG, "bops") // 16

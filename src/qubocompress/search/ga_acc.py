@@ -23,8 +23,9 @@ and the same evaluations, all spent where the answer lies.
 Stops after ``generations`` generations or ``max_evaluations`` evaluations (``"evaluations"``),
 after ``patience`` generations without a better score, or when no new offspring can be bred
 (``"convergence"``), or when ``time_limit`` seconds have passed (``"time_limit"``). Defaults: a
-population of 24 for 15 generations, at most 300 evaluations: a few hundred evaluations on the
-built-in 8-layer VGG (15 genes).
+population of 24, at most 300 evaluations: a few hundred evaluations on the built-in 8-layer VGG
+(15 genes). The generations follow the evaluation cap (:func:`generations_for`: 15 for 300), so a
+larger cap buys a longer search, not only a higher ceiling.
 """
 
 from __future__ import annotations
@@ -45,8 +46,19 @@ METHOD = "ga-acc"
 DEFAULT_POPULATION = 24
 DEFAULT_GENERATIONS = 15
 DEFAULT_MAX_EVALUATIONS = 300
+# Offspring bred per evaluation allowed: some children were scored in an earlier generation and
+# cost no evaluation, so the generations leave room for 20 % more children than evaluations.
+OFFSPRING_PER_EVALUATION = 1.2
 # Distribution index of the simulated binary crossover and the polynomial mutation (low = wide steps).
 ETA = 3.0
+
+
+def generations_for(population: int, max_evaluations: int | None) -> int:
+    """Generations that breed ``OFFSPRING_PER_EVALUATION`` children per evaluation of the cap, and
+    never fewer than ``DEFAULT_GENERATIONS`` (the count for no cap too)."""
+    if max_evaluations is None:
+        return DEFAULT_GENERATIONS
+    return max(DEFAULT_GENERATIONS, math.ceil(OFFSPRING_PER_EVALUATION * max_evaluations / population))
 
 
 def ga_acc_search(
@@ -56,7 +68,7 @@ def ga_acc_search(
     metric: Metric = "bits",
     bit_options: Sequence[int] | None = None,
     population: int = DEFAULT_POPULATION,
-    generations: int = DEFAULT_GENERATIONS,
+    generations: int | None = None,
     max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
     patience: int | None = None,
     time_limit: float | None = None,
@@ -71,7 +83,8 @@ def ga_acc_search(
         metric: ``"bits"`` or ``"bops"``.
         bit_options: bit-widths on offer (default (2, 3, 4, 5, 6, 8) within the spec's range).
         population: genomes per generation.
-        generations: at most this many generations, the initial one included.
+        generations: at most this many generations, the initial one included (None:
+            :func:`generations_for` the population and ``max_evaluations``).
         max_evaluations: at most this many calls of ``evaluate`` (None: no cap).
         patience: stop after this many generations without a better score (None: never).
         time_limit: seconds for the whole search (None: none); no evaluation starts after it.
@@ -81,10 +94,12 @@ def ga_acc_search(
     start = time.perf_counter()
     who = f"search {METHOD!r}"
     positive_int(population, "population", who)
-    positive_int(generations, "generations", who)
     for name, value in (("max_evaluations", max_evaluations), ("patience", patience)):
         if value is not None:
             positive_int(value, name, who)
+    if generations is None:
+        generations = generations_for(population, max_evaluations)
+    positive_int(generations, "generations", who)
     time_limit = time_limit_seconds(time_limit, who)
     space = DecisionSpace(spec, ratio, metric, bit_options)
     scorer = PlanScorer(space, evaluate, max_evaluations, time_limit, start)

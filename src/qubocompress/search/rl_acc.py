@@ -39,7 +39,9 @@ learns (the mean damage of its proposals falls from 1.8 in the warm-up to 0.8) b
 learning rate of 1e-4, less noise (0.3 or 0.2 at the start), a batch of 128 or 2–4 gradient steps
 per environment step gave best damages of 0.55–0.61 against 0.58 (means over 3 seeds): no clear gain.
 
-Stops after ``total_episodes`` episodes or ``max_evaluations`` evaluations (``"evaluations"``),
+The episodes follow the evaluation cap: 300, or one per evaluation allowed when the cap is higher
+(AMC's 800 episodes: ``max_evaluations=800``), with 100 of them warm-up, or a third when fewer than
+300 are run. Stops after ``total_episodes`` episodes or ``max_evaluations`` evaluations (``"evaluations"``),
 after ``patience`` episodes without a better score (``"convergence"``), or when ``time_limit``
 seconds have passed (``"time_limit"``).
 """
@@ -135,8 +137,8 @@ def rl_acc_search(
     ratio: float,
     metric: Metric = "bits",
     bit_options: Sequence[int] | None = None,
-    total_episodes: int = DEFAULT_EPISODES,
-    warmup_episodes: int = DEFAULT_WARMUP_EPISODES,
+    total_episodes: int | None = None,
+    warmup_episodes: int | None = None,
     max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
     patience: int | None = None,
     time_limit: float | None = None,
@@ -150,8 +152,10 @@ def rl_acc_search(
         ratio: the budget as a compression ratio vs fp32 in ``metric`` (> 1).
         metric: ``"bits"`` or ``"bops"``.
         bit_options: bit-widths on offer (default (2, 3, 4, 5, 6, 8) within the spec's range).
-        total_episodes: at most this many episodes (plans proposed), warm-up included.
-        warmup_episodes: episodes of random actions before the agent learns (< total_episodes).
+        total_episodes: at most this many episodes (plans proposed), warm-up included (None:
+            ``DEFAULT_EPISODES``, or ``max_evaluations`` when that is more).
+        warmup_episodes: episodes of random actions before the agent learns (< total_episodes;
+            None: ``DEFAULT_WARMUP_EPISODES``, at most a third of ``total_episodes``).
         max_evaluations: at most this many calls of ``evaluate`` (None: no cap).
         patience: stop after this many episodes without a better score (None: never).
         time_limit: seconds for the whole search (None: none); no evaluation starts after it.
@@ -160,15 +164,19 @@ def rl_acc_search(
     """
     start = time.perf_counter()
     who = f"search {METHOD!r}"
+    for name, value in (("max_evaluations", max_evaluations), ("patience", patience)):
+        if value is not None:
+            positive_int(value, name, who)
+    if total_episodes is None:
+        total_episodes = max(DEFAULT_EPISODES, max_evaluations or 0)
     positive_int(total_episodes, "total_episodes", who)
+    if warmup_episodes is None:
+        warmup_episodes = max(1, min(DEFAULT_WARMUP_EPISODES, total_episodes // 3))
     positive_int(warmup_episodes, "warmup_episodes", who)
     if warmup_episodes >= total_episodes:
         raise SolverError(
             f"{who}: warmup_episodes ({warmup_episodes}) must be fewer than total_episodes ({total_episodes})"
         )
-    for name, value in (("max_evaluations", max_evaluations), ("patience", patience)):
-        if value is not None:
-            positive_int(value, name, who)
     time_limit = time_limit_seconds(time_limit, who)
     space = DecisionSpace(spec, ratio, metric, bit_options)
     scorer = PlanScorer(space, evaluate, max_evaluations, time_limit, start)
