@@ -55,6 +55,8 @@ BUDGETED_SOLVERS = ("ga", "rl")
 # one certified answer): --num-reads leaves them at their own defaults.
 OWN_READS_SOLVERS = ("ga", "rl", "exact")
 DEFAULT_EXACT_TIME_LIMIT = 60.0
+# The shortest time limit an "equal" budget hands out (s): a default-solver run can be faster.
+MIN_EQUAL_TIME_LIMIT = 1e-3
 
 Log = Callable[[str], None]
 
@@ -242,7 +244,7 @@ def _budget_kwargs(
     reference = _default_solver_seconds(store, instance, config)
     if reference is None:
         return {}, f"own convergence (no {DEFAULT_SOLVER} run to match)"
-    seconds = max(budget.factor * reference, 1e-3)
+    seconds = max(budget.factor * reference, MIN_EQUAL_TIME_LIMIT)
     return {"time_limit": seconds}, f"time limit {seconds:.3g} s (= {budget.factor:g}× {DEFAULT_SOLVER} run)"
 
 
