@@ -425,7 +425,10 @@ def test_the_evaluation_cap_stops_the_search(method: str) -> None:
 def test_a_cap_above_the_default_budget_buys_a_longer_search(method: str) -> None:
     # the defaults (ga: 15 generations of 24, rl: 300 episodes) stop at or below 360 evaluations;
     # the searches size their generations / episodes from the cap, so asking for 400 gets more
-    derived = {"ga-acc": {"population": 24, "generations": None}, "rl-acc": {"total_episodes": None, "warmup_episodes": None}}
+    derived = {
+        "ga-acc": {"population": 24, "generations": None},
+        "rl-acc": {"total_episodes": None, "warmup_episodes": None},
+    }
     result, recorder = run(method, VGG, ratio=16, max_evaluations=400, **derived[method])
     assert result.stopped_by == "evaluations"
     assert 360 < result.evaluations == len(recorder.plans) <= 400
