@@ -32,3 +32,40 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _mount_tmpfs(folder: Path, options: str) -> None:
+    """Mount a tmpfs with ``options`` on ``folder``, or skip the test where mounting is not
+    permitted (not root, or no mount namespace rights)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+
+
+def _unmount(folder: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB file system (tmpfs): writing more than that fails with ENOSPC, as a full disk."""
+    folder = tmp_path / "full-disk"
+    _mount_tmpfs(folder, "size=64k")
+    yield folder
+    _unmount(folder)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only file system (root ignores permission bits, so a chmod would not do)."""
+    folder = tmp_path / "read-only"
+    _mount_tmpfs(folder, "ro,size=64k")
+    yield folder
+    _unmount(folder)

@@ -37,6 +37,7 @@ from qubocompress.apply.quantize import (
     weight_quant_error,
 )
 from qubocompress.errors import ArtifactError, DataError, ModelError, ProblemError
+from qubocompress.models.user import factory_label
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import ChannelGroup, CompressionSpec, LayerSpec
 
@@ -404,11 +405,12 @@ def test_empty_plan_is_an_identical_copy():
 # artifact
 # ---------------------------------------------------------------------------------------------
 
-ARCH = {"name": "seq", "kwargs": {}}
+def arch_of(case: Case) -> dict:
+    """The arch an artifact of ``case``'s model records: its factory, rebuilt only when passed."""
+    return {"factory": factory_label(case.make), "kwargs": {}}
 
 
-def build_case(arch: dict) -> nn.Module:
-    return CASE_BY_NAME[arch["name"]].make()
+ARCH = arch_of(CASE_BY_NAME["seq"])
 
 
 @settings(max_examples=40, deadline=None)
@@ -437,9 +439,9 @@ def test_artifact_round_trip_matches_quantized_pruned_model(case, tmp_path):
     pruned, plan = compressed(case, seed=11)
     path = tmp_path / "model.qcz"
     metadata = {"plan": plan.to_dict(), "acc": np.float32(0.5), "counts": np.arange(3)}
-    size = save_artifact(path, pruned, plan.bits, {"name": case.name, "kwargs": {}}, metadata)
+    size = save_artifact(path, pruned, plan.bits, arch_of(case), metadata)
     assert size == path.stat().st_size
-    loaded, meta = load_artifact(path, build=build_case)
+    loaded, meta = load_artifact(path, factory=case.make)
     assert not loaded.training
     assert meta == {"plan": plan.to_dict(), "acc": 0.5, "counts": [0, 1, 2]}
     reference = quantize_model_weights(pruned, plan.bits).eval()
@@ -452,14 +454,14 @@ def test_artifact_round_trip_matches_quantized_pruned_model(case, tmp_path):
 
 def test_artifact_preserves_conv_hyper_parameters(tmp_path):
     pruned, plan = compressed(CASE_BY_NAME["resnet"], seed=2)
-    save_artifact(tmp_path / "r.qcz", pruned, plan.bits, {"name": "resnet", "kwargs": {}})
-    loaded, _ = load_artifact(tmp_path / "r.qcz", build=build_case)
+    save_artifact(tmp_path / "r.qcz", pruned, plan.bits, arch_of(CASE_BY_NAME["resnet"]))
+    loaded, _ = load_artifact(tmp_path / "r.qcz", factory=TinyResNet)
     for name in ("conv_c", "shortcut"):
         module = loaded.get_submodule(name)
         assert module.stride == (2, 2) and (module.bias is None) == (pruned.get_submodule(name).bias is None)
     dw_pruned, dw_plan = compressed(CASE_BY_NAME["depthwise"], seed=5)
-    save_artifact(tmp_path / "d.qcz", dw_pruned, dw_plan.bits, {"name": "depthwise", "kwargs": {}})
-    loaded, _ = load_artifact(tmp_path / "d.qcz", build=build_case)
+    save_artifact(tmp_path / "d.qcz", dw_pruned, dw_plan.bits, arch_of(CASE_BY_NAME["depthwise"]))
+    loaded, _ = load_artifact(tmp_path / "d.qcz", factory=DepthwiseNet)
     assert loaded.dw.groups == loaded.dw.out_channels == dw_pruned.dw.out_channels
     assert loaded.bn_dw.eps == dw_pruned.bn_dw.eps and loaded.bn_dw.momentum == dw_pruned.bn_dw.momentum
 
@@ -532,7 +534,7 @@ def test_flipped_byte_is_detected(tmp_path):
     data[len(data) - 40] ^= 0x01  # a payload byte
     path.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"m.qcz is corrupt \(checksum mismatch\)"):
-        load_artifact(path, build=build_case)
+        load_artifact(path, factory=SeqNet)
 
 
 @pytest.mark.parametrize("keep", [0.99, 0.5, 0.01])
@@ -541,26 +543,26 @@ def test_truncated_file_is_detected(tmp_path, keep):
     data = path.read_bytes()
     path.write_bytes(data[: max(5, int(len(data) * keep))])
     with pytest.raises(ArtifactError, match="m.qcz is truncated"):
-        load_artifact(path, build=build_case)
+        load_artifact(path, factory=SeqNet)
 
 
 def test_wrong_magic_and_missing_files(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(SeqNet().state_dict(), path)
     with pytest.raises(ArtifactError, match="model.pt is not a qubocompress artifact"):
-        load_artifact(path, build=build_case)
+        load_artifact(path, factory=SeqNet)
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(ArtifactError, match="is not a qubocompress artifact"):
-        load_artifact(tmp_path / "empty", build=build_case)
+        load_artifact(tmp_path / "empty", factory=SeqNet)
     with pytest.raises(ArtifactError, match="cannot read artifact .*absent.qcz"):
-        load_artifact(tmp_path / "absent.qcz", build=build_case)
+        load_artifact(tmp_path / "absent.qcz", factory=SeqNet)
 
 
 def test_trailing_bytes_are_corruption(tmp_path):
     path = write_valid(tmp_path)
     path.write_bytes(path.read_bytes() + b"\0\0")
     with pytest.raises(ArtifactError, match="is corrupt \\(2 unexpected bytes"):
-        load_artifact(path, build=build_case)
+        load_artifact(path, factory=SeqNet)
 
 
 def rewrite_header(path: Path, edit: Callable[[dict], None]) -> None:
@@ -578,16 +580,19 @@ def test_header_that_does_not_describe_the_payload_is_corrupt(tmp_path):
     path = write_valid(tmp_path)
     rewrite_header(path, lambda header: header["tensors"][0].update(shape=[1, 1, 1, 1]))
     with pytest.raises(ArtifactError, match="is corrupt \\(malformed header: the tensors cover"):
-        load_artifact(path, build=build_case)
+        load_artifact(path, factory=SeqNet)
     rewrite_header(path, lambda header: header.update(format=2))
     with pytest.raises(ArtifactError, match="has artifact format 2; this qubocompress reads format 1"):
-        load_artifact(path, build=build_case)
+        load_artifact(path, factory=SeqNet)
 
 
 def test_wrong_architecture_is_an_artifact_error(tmp_path):
     path = write_valid(tmp_path)
-    with pytest.raises(ArtifactError, match="does not fit architecture 'seq'"):
-        load_artifact(path, build=lambda arch: TinyResNet())
+    with pytest.raises(ArtifactError, match="records the factory test_apply:SeqNet, not test_apply:TinyResNet"):
+        load_artifact(path, factory=TinyResNet)
+    rewrite_header(path, lambda header: header["arch"].update(factory=factory_label(TinyResNet)))
+    with pytest.raises(ArtifactError, match=r"artifact .*m.qcz does not match the 'test_apply:TinyResNet' architecture"):
+        load_artifact(path, factory=TinyResNet)
 
 
 def test_unwritable_locations_are_artifact_errors(tmp_path):
@@ -598,7 +603,7 @@ def test_unwritable_locations_are_artifact_errors(tmp_path):
     with pytest.raises(ArtifactError, match="file"):
         save_artifact(tmp_path / "file" / "m.qcz", model, {}, ARCH)
     (tmp_path / "adir").mkdir()
-    with pytest.raises(ArtifactError, match="cannot write artifact"):
+    with pytest.raises(ArtifactError, match="cannot write .*adir: it is an existing folder"):
         save_artifact(tmp_path / "adir", model, {}, ARCH)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "file"]
 

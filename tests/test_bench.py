@@ -592,5 +592,5 @@ def test_cli_bench_budget_on_a_builtin_model(tmp_path: Path, capsys: pytest.Capt
 
 def test_several_ratios_name_the_paper_instances_by_ratio(tiny_quick: None) -> None:
     args = build_parser().parse_args(["bench", "--instances", "lenet5-synthetic", "--target-ratio", "8,16"])
-    names = [instance.name for instance in bench_cli.build_instances(args, log=lambda _: None)]
+    names = [instance.name for instance in bench_cli.build_instances(bench_cli.instance_plan(args), log=lambda _: None)]
     assert names == ["lenet5-synthetic-8x", "lenet5-synthetic-16x"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import sys
 import pytest
 import torch
 import torch.fx
@@ -306,13 +307,12 @@ def test_corrupt_checkpoint(tmp_path: Path, content: bytes) -> None:
     path.write_bytes(content)
     with pytest.raises(ModelError) as info:
         load_checkpoint(path)
-    assert str(info.value).startswith(f"checkpoint {path} is corrupt or not a qubocompress checkpoint (")
-    assert "\n" not in str(info.value)
+    assert str(info.value) == f"checkpoint {path} is unreadable: not a torch.save file, or truncated or damaged"
 
 
 def test_truncated_checkpoint(checkpoint: Path) -> None:
     checkpoint.write_bytes(checkpoint.read_bytes()[:-200])
-    with pytest.raises(ModelError, match="is corrupt or not a qubocompress checkpoint"):
+    with pytest.raises(ModelError, match="is unreadable: not a torch.save file, or truncated or damaged"):
         load_checkpoint(checkpoint)
 
 
@@ -367,8 +367,15 @@ def test_bad_training_settings() -> None:
 def test_unwritable_cache(data: Dataset, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(ModelError, match="cannot write the model cache .*set QUBOCOMPRESS_CACHE to a writable folder"):
+    with pytest.raises(ModelError, match="model cache is not writable: .*file is a file, not a folder; set QUBOCOMPRESS_CACHE"):
         load_or_train("lenet5", data, config=replace(FAST, epochs=1), cache_dir=blocker)
+
+
+def test_read_only_cache_is_refused_before_training(data: Dataset, read_only_dir: Path, monkeypatch) -> None:
+    train_module = sys.modules["qubocompress.models.train"]
+    monkeypatch.setattr(train_module, "train", lambda *args, **kwargs: pytest.fail("trained before checking the cache"))
+    with pytest.raises(ModelError, match="model cache is not writable: .*read-only; set QUBOCOMPRESS_CACHE"):
+        load_or_train("lenet5", data, config=replace(FAST, epochs=1), cache_dir=read_only_dir)
 
 
 def test_checkpoint_with_bad_layout(tmp_path: Path) -> None:

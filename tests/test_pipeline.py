@@ -436,7 +436,7 @@ def test_user_factory_with_weights_is_compressed(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"]["name"] == "usernet:make"
     assert metrics["compressed"]["ratio"] >= 6.0
-    model, info = load_artifact(out / "model.qcz")
+    model, info = load_artifact(out / "model.qcz", factory="usernet:make")
     assert Plan.from_dict(info["plan"]).bits == Plan.from_dict(json.loads((out / "plan.json").read_text())).bits
 
 

@@ -264,6 +264,37 @@ def test_ga_stops_by_convergence_time_limit_and_evaluations() -> None:
     assert timed.info["stopped_by"] == "time_limit" and time.perf_counter() - start < 30
 
 
+def tiny_bqms() -> dict[int, dimod.BinaryQuadraticModel]:
+    """The 2-variable BQM of issue 15 §7 and an 8-variable spin glass, by number of variables."""
+    return {
+        2: dimod.BinaryQuadraticModel({0: 1.0, 1: -1.0}, {(0, 1): 0.5}, 0.0, "BINARY"),
+        8: dimod.generators.ran_r(1, 8, seed=5).change_vartype("BINARY", inplace=False),
+    }
+
+
+@pytest.mark.parametrize("num_variables", [2, 8])
+def test_ga_stops_once_a_tiny_search_space_is_used_up(num_variables: int) -> None:
+    """At the defaults a run makes under two exhaustive searches' worth of evaluations (plus one generation)
+    and keeps the best genomes of the whole space; it used to run ``patience`` = 200 generations (30-80 s, ~8 s)."""
+    bqm, keep = tiny_bqms()[num_variables], 3
+    sampler = GeneticAlgorithmSampler(keep=keep)
+    sampleset = sampler.sample(bqm, seed=0)
+    info = sampleset.info
+    assert info["stopped_by"] == "convergence"
+    assert info["evaluations"] < 2 * 2**num_variables + sampler.defaults["population"]
+    assert info["generations"] <= 2**num_variables // sampler.defaults["population"] + 2
+    lowest = np.sort(dimod.ExactSolver().sample(bqm).record.energy)[:keep]
+    assert np.allclose(np.sort(sampleset.record.energy), lowest, rtol=0, atol=1e-12)
+
+
+def test_ga_stops_when_mating_finds_no_new_genome(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymoo's own stop: a population of all 4 genomes of a 2-variable BQM has no child outside it."""
+    monkeypatch.setattr("qubocompress.solvers.ga.ENUMERABLE_VARIABLES", 0)  # no table of evaluated genomes
+    sampleset = GeneticAlgorithmSampler().sample(tiny_bqms()[2], seed=0)
+    assert sampleset.info["stopped_by"] == "convergence" and sampleset.info["generations"] == 2
+    assert sampleset.info["evaluations"] == 4 and sampleset.first.energy == -1.0
+
+
 def test_ga_and_rl_return_one_read_per_run_by_default() -> None:
     formulation = tiny_formulation()
     ga = GeneticAlgorithmSampler(population=10, generations=5, num_reads=3).sample(formulation.bqm, seed=2)

@@ -212,7 +212,7 @@ def test_bad_weights_are_one_line_model_errors(package, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x00not a torch file" * 10)
     with pytest.raises(ModelError) as exc:
         load_user_model(spec, weights=tmp_path / "junk.pt")
-    assert one_line(exc).startswith(f"weights file {tmp_path / 'junk.pt'} is corrupt or not a torch.save file (")
+    assert one_line(exc) == f"weights file {tmp_path / 'junk.pt'} is unreadable: not a torch.save file, or truncated or damaged"
     torch.save({"step": torch.zeros(1), "lr": 0.1}, tmp_path / "odd.pt")
     with pytest.raises(ModelError, match="holds no state_dict"):
         load_user_model(spec, weights=tmp_path / "odd.pt")
@@ -237,14 +237,26 @@ def test_factory_model_prunes_and_reloads_through_the_default_builder(package, t
     pruned = prune_model(model, graph, plan)
     path = tmp_path / "m.qcz"
     save_artifact(path, pruned, plan.bits, arch)
-    loaded, _ = load_artifact(path)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(sample()), quantize_model_weights(pruned, plan.bits).eval()(sample()))
+    expected = quantize_model_weights(pruned, plan.bits).eval()(sample())
+    nets = __import__("sys").modules[f"{package}.nets"]
+    for factory in (spec, nets.make):
+        loaded, _ = load_artifact(path, factory=factory)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(sample()), expected)
+    with pytest.raises(ArtifactError) as exc:
+        load_artifact(path)
+    assert one_line(exc) == (
+        f"{path}: cannot rebuild its {spec} model: its model is built by {spec}, and loading never imports or "
+        f"calls what a file names: pass that factory yourself (load_artifact(path, factory=...) in Python, "
+        f"--model {spec} on the command line)"
+    )
+    with pytest.raises(ArtifactError, match=f"it records the factory {spec}, not {package}.nets:checked"):
+        load_artifact(path, factory=nets.checked)
     monkeypatch.delitem(__import__("sys").modules, f"{package}.nets")
     monkeypatch.delitem(__import__("sys").modules, package)
     (tmp_path / package / "nets.py").unlink()
     with pytest.raises(ArtifactError) as exc:
-        load_artifact(path)
+        load_artifact(path, factory=spec)
     assert one_line(exc) == (
         f"{path}: cannot rebuild its {spec} model: cannot import '{package}.nets' for --model {spec}: "
         f"No module named '{package}.nets'"
@@ -268,7 +280,7 @@ def test_a_forward_fx_cannot_trace_is_compressed_by_bits_only(package, tmp_path)
     bits = {"stem": 3, "dw": 4, "pw": 2, "fc": 8}
     path = tmp_path / "checked.qcz"
     save_artifact(path, prune_model(model, graph, Plan({}, bits)), bits, arch)
-    loaded, _ = load_artifact(path)
+    loaded, _ = load_artifact(path, factory=f"{package}.nets:checked")
     with torch.no_grad():
         torch.testing.assert_close(loaded(sample()), quantize_model_weights(model, bits).eval()(sample()))
 
@@ -324,7 +336,13 @@ def test_torchscript_artifact_is_small_and_loads_with_equal_outputs(package, tmp
     assert len(archive) < 8000 < path.stat().st_size
     weights = sum(p.numel() for p in original.parameters())
     assert size < len(archive) + 4 * weights + 2000
-    loaded, _ = load_artifact(artifact)
+    with pytest.raises(ArtifactError) as exc:
+        load_artifact(artifact)
+    assert one_line(exc) == (
+        f"{artifact} holds TorchScript code, which loading would "
+        "run: pass trust_torchscript=True only for a file you trust (its checksum shows it is undamaged, not who wrote it)"
+    )
+    loaded, _ = load_artifact(artifact, trust_torchscript=True)
     assert isinstance(loaded, torch.jit.ScriptModule) and not loaded.training
     with torch.no_grad():
         expected = quantize_model_weights(original, bits).eval()(sample())

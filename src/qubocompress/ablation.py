@@ -1,7 +1,7 @@
 """The ablation: one budget, every filter importance × layer sensitivity, with and without pairwise terms.
 
 Each combination is a full ``compress`` run of the ``budget`` formulation (same model, data, seed,
-budget and fine-tuning; no uniform baseline), written to ``<out>/<importance>-<sensitivity>[-pairs]``.
+budget and fine-tuning; no uniform baseline), written to ``<out>/<importance>-<sensitivity>[-pairs]``; the folder is published whole at the end.
 What differs between rows is only how the damage the QUBO minimises was estimated, so the
 accuracies say which estimate leads to the better plan.
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from qubocompress.errors import ProblemError
-from qubocompress.io import write_json_atomic
+from qubocompress.io import run_folder, write_json_atomic
 from qubocompress.pipeline import CompressConfig, Log, compress
 
 
@@ -32,39 +33,47 @@ def ablate(
     combos = [(i, s, p) for i in importances for s in sensitivities for p in pairs]
     for importance, sensitivity, _ in combos:  # fail before the first run, not in the middle
         replace(base, importance=importance, sensitivity=sensitivity).validate()
-    rows = []
-    for number, (importance, sensitivity, with_pairs) in enumerate(combos, 1):
-        name = f"{importance}-{sensitivity}" + ("-pairs" if with_pairs else "")
-        log(f"[{number}/{len(combos)}] {name}")
-        config = replace(
-            base,
-            importance=importance,
-            sensitivity=sensitivity,
-            interactions=with_pairs,
-            baseline=False,
-            out=base.out / name,
-        )
-        metrics = compress(config, log=lambda line, name=name: log(f"  [{name}] {line}"))
-        compressed, qubo = metrics["compressed"], metrics["qubo"]
-        rows.append(
-            {
-                "name": name,
-                "importance": importance,
-                "sensitivity": sensitivity,
-                "pairs": with_pairs,
-                "test_acc_before_finetune": compressed["test_acc_before_finetune"],
-                "test_acc": compressed["test_acc"],
-                "finetune_epochs": compressed["finetune_epochs"],
-                "ratio": compressed["ratio"],
-                "cost_ratio": compressed["cost_ratio"],
-                "energy": qubo["energy"],
-                "exact_certified": qubo["exact"]["certified"],
-                "analysis_seconds": metrics["timing"]["analysis"],
-                "fp32_test_acc": metrics["model"]["fp32_test_acc"],
-            }
-        )
-    write_json_atomic(base.out / "ablation.json", rows)
+    with run_folder(base.out) as folder:  # the ablation's folder is published whole, as a run's
+        rows = [
+            _ablation_row(base, folder, combo, f"[{number}/{len(combos)}]", log)
+            for number, combo in enumerate(combos, 1)
+        ]
+        write_json_atomic(folder / "ablation.json", rows)
     return rows
+
+
+def _ablation_row(
+    base: CompressConfig, folder: Path, combo: tuple[str, str, bool], counter: str, log: Log
+) -> dict[str, Any]:
+    """Run one combination into ``folder``/<name>; its row of the table."""
+    importance, sensitivity, with_pairs = combo
+    name = f"{importance}-{sensitivity}" + ("-pairs" if with_pairs else "")
+    log(f"{counter} {name}")
+    config = replace(
+        base,
+        importance=importance,
+        sensitivity=sensitivity,
+        interactions=with_pairs,
+        baseline=False,
+        out=base.out / name,
+    )
+    metrics = compress(config, log=lambda line: log(f"  [{name}] {line}"), into=folder / name)
+    compressed, qubo = metrics["compressed"], metrics["qubo"]
+    return {
+        "name": name,
+        "importance": importance,
+        "sensitivity": sensitivity,
+        "pairs": with_pairs,
+        "test_acc_before_finetune": compressed["test_acc_before_finetune"],
+        "test_acc": compressed["test_acc"],
+        "finetune_epochs": compressed["finetune_epochs"],
+        "ratio": compressed["ratio"],
+        "cost_ratio": compressed["cost_ratio"],
+        "energy": qubo["energy"],
+        "exact_certified": qubo["exact"]["certified"],
+        "analysis_seconds": metrics["timing"]["analysis"],
+        "fp32_test_acc": metrics["model"]["fp32_test_acc"],
+    }
 
 
 def ablation_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -34,7 +34,7 @@ from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
 from qubocompress.bench.metrics import residual_gap, success_mask
 from qubocompress.data.datasets import Dataset, Split, load_dataset
 from qubocompress.errors import ArtifactError, ProblemError
-from qubocompress.io import prepare_output_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from qubocompress.io import prepare_output_dir, run_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train
 from qubocompress.models.user import arch_label, load_user_model
@@ -494,11 +494,20 @@ def load_model(config: CompressConfig, dataset: Dataset, log: Log) -> tuple[nn.M
     return model, {**info, "test_acc": evaluate(model, dataset.test)}
 
 
-def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
-    """Run the whole job and write ``config.out``; returns the metrics."""
+def compress(config: CompressConfig, log: Log = print, into: Path | None = None) -> dict[str, Any]:
+    """Run the whole job and publish its results folder ``config.out`` whole at the end
+    (:func:`qubocompress.io.run_folder`); returns the metrics. ``into``: write the files there
+    instead, for a caller that publishes a folder holding this run (the ablation)."""
     config.validate()
     config = replace(config, sensitivity=config.layer_sensitivity())
-    out = prepare_output_dir(config.out)
+    if into is not None:
+        return _compress_into(config, prepare_output_dir(into), log)
+    with run_folder(config.out) as out:
+        return _compress_into(config, out, log)
+
+
+def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any]:
+    """The job of :func:`compress` on a validated ``config``, its files written to ``out``."""
     timer = Timer(log)
     torch.manual_seed(config.seed)
 
@@ -582,7 +591,7 @@ def compress(config: CompressConfig, log: Log = print) -> dict[str, Any]:
 
     artifact_path = out / "model.qcz"
     artifact_bytes = save_artifact(artifact_path, compressed, plan.bits, arch, metadata={"plan": plan.to_dict()})
-    reloaded, _ = load_artifact(artifact_path)
+    reloaded, _ = load_artifact(artifact_path, factory=arch.get("factory"), trust_torchscript=True)  # its own file
     reloaded_acc = evaluate(reloaded, dataset.test)
 
     metrics: dict[str, Any] = {

@@ -72,10 +72,10 @@ def load_cached(path: Path, key: str) -> tuple[CompressionSpec, float] | None:
     there is no such entry or it cannot be read."""
     try:
         entry = json.loads(path.read_text())
-        if entry.get("key") != key:
+        if not isinstance(entry, dict) or entry.get("key") != key:
             return None
         return CompressionSpec.from_dict(entry["spec"]), float(entry["seconds"])
-    except (OSError, ValueError, KeyError, TypeError, ProblemError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ProblemError):
         return None
 
 

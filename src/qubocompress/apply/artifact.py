@@ -29,18 +29,21 @@ of the sizes before it; the entries carry no offsets, which keeps the header sma
   (:func:`qubocompress.models.user.script_archive`, ~4 KB for the VGG), which loading refills
   from the entries before it.
 
-Loading rebuilds the original architecture, shrinks every Conv2d/Linear/BatchNorm to the stored
-shapes (the plan's pruning) and loads the dequantized weights, which equal
-``quantize_model_weights(pruned_model, bits)`` exactly.
+Loading rebuilds the original architecture (on the meta device for a built-in model, so that no
+header can make it allocate more than the file's tensors), shrinks every Conv2d/Linear/BatchNorm
+to the stored shapes (the plan's pruning) and loads the dequantized weights, which equal
+``quantize_model_weights(pruned_model, bits)`` exactly. It never imports or calls what the header
+names (see :func:`load_artifact`); the CRC is integrity, not authenticity.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -48,10 +51,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from qubocompress.apply.quantize import QuantizedTensor, dequantize, max_code, quantize_tensor, quantized_layers
+from qubocompress.apply.quantize import (
+    MAX_QUANT_BITS,
+    QuantizedTensor,
+    dequantize,
+    max_code,
+    quantize_tensor,
+    quantized_layers,
+)
 from qubocompress.errors import ArtifactError, ModelError
 from qubocompress.io import jsonable, atomic_write
-from qubocompress.models.user import arch_label, load_script_archive, rebuild_model, script_archive
+from qubocompress.models.train import load_state
+from qubocompress.models.user import Factory, arch_label, load_script_archive, rebuild_model, script_archive
 
 MAGIC = b"QCZ1"
 FORMAT_VERSION = 1
@@ -70,9 +81,6 @@ _RAW_DTYPES = {
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 SCRIPT_ENTRY = "@torchscript"
-
-Builder = Callable[[dict[str, Any]], nn.Module]
-
 
 def pack_codes(qt: QuantizedTensor) -> bytes:
     """The codes of ``qt`` packed at exactly ``qt.bits`` bits each (``ceil(n*bits/8)`` bytes)."""
@@ -179,10 +187,7 @@ def _write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
             crc = zlib.crc32(chunk, crc)
         handle.write(_CRC.pack(crc))
 
-    try:
-        return atomic_write(path, write)
-    except OSError as exc:
-        raise ArtifactError(f"cannot write artifact {path}: {exc.strerror or exc}") from exc
+    return atomic_write(path, write)
 
 
 def _read_header(path: Path, data: bytes) -> tuple[dict[str, Any], memoryview]:
@@ -225,14 +230,20 @@ def _decode_tensors(entries: list[dict[str, Any]], payload: memoryview) -> dict[
     state: dict[str, torch.Tensor] = {}
     offset = 0
     for entry in entries:
+        if not isinstance(entry["name"], str):
+            raise ValueError(f"a tensor name is {entry['name']!r}, not a string")
         shape = tuple(int(n) for n in entry["shape"])
-        count = int(np.prod(shape, dtype=np.int64))
+        if any(n < 0 for n in shape):
+            raise ValueError(f"tensor {entry['name']!r} has a negative size")
+        count = math.prod(shape)  # a Python int: no overflow before the size check below
         if "bits" in entry:
             bits = int(entry["bits"])
+            if not (1 <= bits <= MAX_QUANT_BITS) or not shape:
+                raise ValueError(f"tensor {entry['name']!r} has bits {bits} or no shape")
             code_bytes = -(-count * bits // 8)
             scale_bytes = shape[0] * _SCALE_DTYPE.itemsize
             end = offset + code_bytes + scale_bytes
-            if bits < 1 or end > len(payload):
+            if end > len(payload):
                 raise ValueError(f"tensor {entry['name']!r} does not fit the payload")
             codes = unpack_codes(payload[offset : offset + code_bytes], bits, count).reshape(shape)
             scale = np.frombuffer(payload[offset + code_bytes : end], dtype=_SCALE_DTYPE).copy()
@@ -309,15 +320,19 @@ def _shrink_to(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         setattr(model.get_submodule(parent_name), child, replacement)
 
 
-def load_artifact(path: str | os.PathLike[str], build: Builder | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_artifact(
+    path: str | os.PathLike[str], factory: Factory | str | None = None, *, trust_torchscript: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
     """Read an artifact written by :func:`save_artifact`: the pruned, dequantized model (in eval
     mode) and the stored metadata.
 
-    ``build(arch)`` makes the original unpruned model (default:
-    :func:`qubocompress.models.user.rebuild_model`: the built-in model, or the factory imported
-    and called again); a TorchScript model is rebuilt from the code stored in the file. Raises
-    ArtifactError when the file is missing, not an artifact, truncated or corrupt, or does not fit
-    the rebuilt architecture, or when the architecture cannot be rebuilt.
+    Loading never imports or calls anything the file names. A built-in model is rebuilt from the
+    fixed table of built-in models; a user model only by ``factory``, the callable (or
+    ``package.module:factory``) that builds the unpruned model, which must be the one the file
+    records (:func:`qubocompress.models.user.rebuild_model`); a TorchScript model, whose stored code
+    loading would run, only with ``trust_torchscript=True``. The checksum detects damage, not who
+    wrote the file. Raises ArtifactError when the file is missing, not an artifact, truncated or
+    corrupt, or does not fit the rebuilt architecture, or when the architecture cannot be rebuilt.
     """
     path = Path(path)
     try:
@@ -330,17 +345,24 @@ def load_artifact(path: str | os.PathLike[str], build: Builder | None = None) ->
         state = _decode_tensors(header["tensors"], payload)
         metadata = dict(header.get("metadata") or {})
         archive = state.pop(SCRIPT_ENTRY).numpy().tobytes() if arch.get("torchscript") else None
-    except (KeyError, IndexError, ValueError, TypeError, ArtifactError) as exc:
+    except (KeyError, IndexError, ValueError, TypeError, OverflowError, ArtifactError) as exc:
         raise ArtifactError(f"{path} is corrupt (malformed header: {exc})") from exc
     try:
         if archive is not None:
+            if not trust_torchscript:
+                raise ArtifactError(
+                    f"{path} holds TorchScript code, which loading would run: pass trust_torchscript=True "
+                    "only for a file you trust (its checksum shows it is undamaged, not who wrote it)"
+                )
             return load_script_archive(archive, state), metadata
-        model = (build or rebuild_model)(arch)
+        model = rebuild_model(arch, factory)
     except ModelError as exc:
         raise ArtifactError(f"{path}: cannot rebuild its {arch_label(arch)} model: {exc}") from exc
     try:
         _shrink_to(model, state)
-        model.load_state_dict(state, strict=True)
+        load_state(model, state, path, repr(arch_label(arch)), what="artifact")
+    except ModelError as exc:
+        raise ArtifactError(str(exc)) from None
     except (RuntimeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ArtifactError(f"{path} does not fit architecture {arch_label(arch)!r}: {reason}") from exc

@@ -49,7 +49,4 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_shape: Seq
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
 
-    try:
-        return atomic_write(path, write)
-    except OSError as exc:
-        raise ArtifactError(f"cannot write ONNX file {path}: {exc.strerror or exc}") from exc
+    return atomic_write(path, write)

@@ -7,9 +7,11 @@ Full sweep (hours on 2 cores; the documented command)::
 = the built-in models (lenet5, vgg, resnet20: measured specs when packaged, else synthetic
 stand-ins) and the synthetic size series 100, 300, 1000, 3000, 10000 variables, every offline
 solver, 5 seeds. ``--quick`` runs a few small instances with few seeds (minutes). Interrupt and
-rerun the same command to resume; ``--fresh`` starts over. ``--formulation budget`` benchmarks the
-built-in models' budget QUBOs instead (``<model>-budget-<ratio>x`` at 16×, 24×, 32× by default;
-``E*`` from the MILP), every solver's reads scored against it, with their feasibility rate.
+rerun the same command to resume; ``--fresh`` starts over (the earlier store kept as
+``results.sqlite.previous``); a second run on the same folder is refused while one runs.
+``--formulation budget`` benchmarks the built-in models' budget QUBOs instead
+(``<model>-budget-<ratio>x`` at 16×, 24×, 32× by default; ``E*`` from the MILP), every solver's
+reads scored against it, with their feasibility rate.
 
 Output folder: ``results.sqlite`` (every run and read), ``results.csv`` / ``results.json`` (one
 row per instance × solver), ``plots/*.png``, ``instances/<name>.bqm`` + ``.json``.
@@ -25,6 +27,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,6 @@ from qubocompress.bench.instances import (
     builtin_budget_instance,
     builtin_instance,
     load_instance,
-    load_instances,
     save_instance,
     size_series_instance,
     stand_in_instance,
@@ -220,7 +222,13 @@ def add_bench_parser(subparsers: Any, formatter_class: type[argparse.HelpFormatt
     resume.add_argument(
         "--resume", dest="fresh", action="store_false", help="keep earlier results and run only what is missing"
     )
-    resume.add_argument("--fresh", dest="fresh", action="store_true", help="delete earlier results first")
+    resume.add_argument(
+        "--fresh",
+        dest="fresh",
+        action="store_true",
+        help="start over: once the command line is checked, the earlier results.sqlite is moved to "
+        "results.sqlite.previous (replacing an older one)",
+    )
     bench.set_defaults(fresh=False)
     return bench
 
@@ -333,10 +341,33 @@ def _renamed(instance: Instance, ratio: float) -> Instance:
     return instance
 
 
-def build_instances(args: argparse.Namespace, log: Callable[[str], None] = _log) -> list[Instance]:
-    """The instances the command line asks for (generated, or loaded and verified).
+@dataclass
+class InstancePlan:
+    """The instances a command line asks for, checked but not built yet.
 
-    Every name, size and ratio is checked before any instance is built.
+    Attributes:
+        files: ``.bqm`` files to load and verify (E* of a bare one from the exact solver).
+        builders: (label, builder) of each generated instance.
+        exact_time_limit: seconds of the exact solver per bare ``.bqm``.
+    """
+
+    files: list[Path]
+    builders: list[tuple[str, Callable[[], Instance]]]
+    exact_time_limit: float
+
+
+def _check_distinct(names: list[str]) -> None:
+    """A DataError when an instance name appears twice."""
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise DataError(f"instance {duplicate!r} is asked for twice")
+
+
+def instance_plan(args: argparse.Namespace) -> InstancePlan:
+    """The instances the command line asks for, to build later (:func:`build_instances`).
+
+    Every name, size, ratio, file and folder is checked now; nothing is built or loaded (that can
+    take minutes: a MILP per budget instance, the exact solver on a bare ``.bqm``).
     """
     ratios = _parse_ratios(args.target_ratio, args.formulation)
     budget = args.formulation == "budget"
@@ -351,25 +382,32 @@ def build_instances(args: argparse.Namespace, log: Callable[[str], None] = _log)
     else:
         sizes = list(QUICK_SIZES if args.quick else SIZE_SERIES)
     path = None if args.instances is None else Path(args.instances)
-    builders: list[tuple[str, Callable[[], Instance]]] = []
+    files: list[Path] = []
     if path is None:
-        builders = [b for model in BUILTIN_MODELS for b in _instance_builders(model, ratios, args.formulation)]
-    elif not (path.is_dir() or path.suffix in (".bqm", ".json")):
+        names = list(BUILTIN_MODELS)
+    elif path.is_dir():
+        names, files = [], sorted(path.glob("*.bqm"))
+        if not files:
+            raise DataError(f"no .bqm instance files in {path}")
+    elif path.suffix in (".bqm", ".json"):
+        names, files = [], [path.with_suffix(".bqm")]
+        if not files[0].is_file():
+            raise DataError(f"instance file {files[0]} not found")
+    else:
         names = _parse_list(args.instances, "--instances")
-        builders = [b for name in names for b in _instance_builders(name, ratios, args.formulation)]
-    builders += [b for size in sizes for b in _instance_builders(f"n{size}", ratios, args.formulation)]
-    instances: list[Instance] = []
-    if path is not None and path.is_dir():
-        instances += load_instances(path, args.exact_time_limit)
-    elif path is not None and path.suffix in (".bqm", ".json"):
-        instances.append(load_instance(path, args.exact_time_limit))
-    for label, build in builders:
+    names += [f"n{size}" for size in sizes]
+    _check_distinct(names)
+    builders = [b for name in names for b in _instance_builders(name, ratios, args.formulation)]
+    return InstancePlan(files, builders, args.exact_time_limit)
+
+
+def build_instances(plan: InstancePlan, log: Callable[[str], None] = _log) -> list[Instance]:
+    """The planned instances (see :func:`instance_plan`), loaded and verified, or generated."""
+    instances = [load_instance(path, plan.exact_time_limit) for path in plan.files]
+    for label, build in plan.builders:
         log(f"building instance {label}")
         instances.append(build())
-    names = [inst.name for inst in instances]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate is not None:
-        raise DataError(f"instance {duplicate!r} is asked for twice")
+    _check_distinct([instance.name for instance in instances])
     return instances
 
 
@@ -481,14 +519,14 @@ def run_bench(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     config = sweep_config(args)
+    plan = instance_plan(args)
     out = prepare_output_dir(args.out)
-    store_path = out / "results.sqlite"
-    if args.fresh:
-        store_path.unlink(missing_ok=True)
-    instances = build_instances(args)
-    for instance in instances:
-        save_instance(instance, out / "instances")
-    with ResultStore(store_path) as store:
+    with ResultStore(out / "results.sqlite", fresh=args.fresh) as store:
+        if store.previous is not None:
+            _log(f"--fresh: the earlier results are moved to {store.previous} (a later --fresh replaces them)")
+        instances = build_instances(plan)
+        for instance in instances:
+            save_instance(instance, out / "instances")
         outcome = run_sweep(instances, config, store, progress=sys.stderr.isatty(), log=_log)
         rows = summarize(store, instances, config)
         from qubocompress.bench.plots import write_plots

@@ -10,17 +10,21 @@ Tables:
   success probabilities against the final E* and the energy histograms.
 
 Each run is written in its own transaction together with its reads, so a crash loses at most the
-run in progress.
+run in progress. One process at a time has a store open (:func:`qubocompress.io.exclusive_lock`):
+two sweeps on one store would run the same missing runs and both record them. Every SQLite
+failure (a full disk, a read-only file, a file that is not a database) is an
+:class:`~qubocompress.errors.ArtifactError` with one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,19 @@ from typing import Any
 import numpy as np
 
 from qubocompress.errors import ArtifactError
+from qubocompress.io import exclusive_lock, os_reason
+
+PREVIOUS_SUFFIX = ".previous"
+# SQLite's rollback journal beside the store (present after a crash mid-transaction): it belongs to
+# the store's file and moves with it, never to a new store at the same path.
+JOURNAL_SUFFIX = "-journal"
+# SQLite's messages of a failing environment, in the words of io.os_reason (the error codes of
+# sqlite3 exceptions need Python 3.11)
+SQLITE_REASONS = {
+    "database or disk is full": "no space left on the device",
+    "attempt to write a readonly database": "the file or its file system is read-only",
+    "unable to open database file": "the file cannot be opened or created there",
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -125,29 +142,51 @@ class RunRecord:
 
 
 class ResultStore:
-    """The SQLite results file of a sweep.
+    """The SQLite results file of a sweep, open in one process at a time.
 
     Args:
         path: the ``.sqlite`` file (created with its folder if missing).
+        fresh: start an empty store: an earlier one is moved to ``<path>.previous`` (replacing an
+            older one) once the lock is held; :attr:`previous` says where it went.
+
+    Raises:
+        ArtifactError: another process has the store open, or it cannot be opened or created.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, fresh: bool = False) -> None:
         self.path = Path(path)
+        self.previous: Path | None = None
+        with ExitStack() as held:  # the lock, then the connection; closed in reverse order
+            held.enter_context(exclusive_lock(self.path, "the results store"))
+            if fresh:
+                self.previous = self._set_aside()
+            with self._reported("open"):
+                self._db = held.enter_context(closing(sqlite3.connect(self.path)))
+                self._db.execute("PRAGMA foreign_keys = ON")
+                self._db.executescript(SCHEMA)
+            self._held = held.pop_all()
+
+    def _set_aside(self) -> Path | None:
+        """Move the store at :attr:`path` (with its journal) to ``<path>.previous``; that path, or
+        None when there was no store."""
+        if not self.path.exists():
+            return None
+        previous = self.path.with_name(self.path.name + PREVIOUS_SUFFIX)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path)
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ArtifactError(
-                f"results store {self.path} is not a usable SQLite file ({exc}); delete it or run with --fresh"
-            ) from exc
+            os.replace(self.path, previous)
+            journal = Path(f"{self.path}{JOURNAL_SUFFIX}")
+            previous_journal = Path(f"{previous}{JOURNAL_SUFFIX}")
+            if journal.exists():
+                os.replace(journal, previous_journal)
+            else:
+                previous_journal.unlink(missing_ok=True)
         except OSError as exc:
-            raise ArtifactError(f"cannot open results store {self.path}: {exc.strerror or exc}") from exc
+            raise ArtifactError(f"cannot move results store {self.path} to {previous}: {os_reason(exc)}") from None
+        return previous
 
     def close(self) -> None:
-        """Close the database connection."""
-        self._db.close()
+        """Close the database connection and let other processes open the store."""
+        self._held.close()
 
     def __enter__(self) -> ResultStore:
         return self
@@ -156,8 +195,17 @@ class ResultStore:
         self.close()
 
     @contextmanager
+    def _reported(self, action: str) -> Iterator[None]:
+        """The block's SQLite errors as one-line ArtifactErrors (``action``: what it does to the store)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise ArtifactError(f"cannot {action} results store {self.path}: {_sqlite_reason(exc)}") from exc
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db:
+        """One write transaction: committed whole or rolled back; errors as ArtifactErrors."""
+        with self._reported("write"), self._db:
             yield self._db
 
     def add_instance(
@@ -181,20 +229,23 @@ class ResultStore:
 
     def instances(self) -> list[dict[str, Any]]:
         """Every recorded instance as a dict (in insertion order)."""
-        cursor = self._db.execute(
-            "SELECT name, sha256, num_variables, num_interactions, e_star, certified, source, build_seconds "
-            "FROM instances ORDER BY rowid"
-        )
+        with self._reported("read"):
+            cursor = self._db.execute(
+                "SELECT name, sha256, num_variables, num_interactions, e_star, certified, source, build_seconds "
+                "FROM instances ORDER BY rowid"
+            )
+            rows = cursor.fetchall()
         columns = [c[0] for c in cursor.description]
-        return [{**dict(zip(columns, row)), "certified": bool(row[5])} for row in cursor]
+        return [{**dict(zip(columns, row)), "certified": bool(row[5])} for row in rows]
 
     def has_run(self, key: RunKey) -> bool:
         """Whether the run ``key`` is already recorded."""
-        row = self._db.execute(
-            "SELECT 1 FROM runs WHERE instance = ? AND instance_sha256 = ? AND solver = ? AND seed = ? "
-            "AND options_hash = ?",
-            (key.instance, key.instance_sha256, key.solver, key.seed, key.options_hash),
-        ).fetchone()
+        with self._reported("read"):
+            row = self._db.execute(
+                "SELECT 1 FROM runs WHERE instance = ? AND instance_sha256 = ? AND solver = ? AND seed = ? "
+                "AND options_hash = ?",
+                (key.instance, key.instance_sha256, key.solver, key.seed, key.options_hash),
+            ).fetchone()
         return row is not None
 
     def add_run(self, record: RunRecord) -> None:
@@ -239,16 +290,17 @@ class ResultStore:
                 clauses.append(f"runs.{column} = ?")
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        cursor = self._db.execute(
-            "SELECT runs.instance, runs.instance_sha256, runs.solver, runs.seed, runs.options_hash, "
-            "runs.options_json, runs.status, runs.e_best, runs.reads, runs.successes, runs.solve_seconds, "
-            "runs.embed_seconds, runs.build_seconds, runs.evaluations, runs.stopped_by, runs.info_json, "
-            f"runs.created, reads.energies, reads.occurrences FROM runs LEFT JOIN reads ON reads.run_id = runs.id "
-            f"{where} ORDER BY runs.id",
-            params,
-        )
+        with self._reported("read"):
+            rows = self._db.execute(
+                "SELECT runs.instance, runs.instance_sha256, runs.solver, runs.seed, runs.options_hash, "
+                "runs.options_json, runs.status, runs.e_best, runs.reads, runs.successes, runs.solve_seconds, "
+                "runs.embed_seconds, runs.build_seconds, runs.evaluations, runs.stopped_by, runs.info_json, "
+                "runs.created, reads.energies, reads.occurrences FROM runs LEFT JOIN reads ON reads.run_id = runs.id "
+                f"{where} ORDER BY runs.id",
+                params,
+            ).fetchall()
         records = []
-        for row in cursor:
+        for row in rows:
             records.append(
                 RunRecord(
                     key=RunKey(row[0], row[1], row[2], int(row[3]), row[4]),
@@ -269,6 +321,14 @@ class ResultStore:
                 )
             )
         return records
+
+
+def _sqlite_reason(exc: sqlite3.DatabaseError) -> str:
+    """A short reason for a failed SQLite call, in the words users know."""
+    text = str(exc)
+    if type(exc) is sqlite3.DatabaseError:  # the file's own fault: "file is not a database", "... is malformed"
+        return f"it is not a usable SQLite file ({text}); delete it or run with --fresh"
+    return SQLITE_REASONS.get(text, text)
 
 
 def _json_default(value: Any) -> Any:

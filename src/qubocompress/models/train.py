@@ -11,7 +11,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import pickle
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from qubocompress.data.datasets import Dataset, Split
-from qubocompress.errors import ModelError
+from qubocompress.errors import ArtifactError, ModelError
+from qubocompress.io import atomic_write, check_writable_file, os_reason
 from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.zoo import build_model
 
@@ -311,21 +313,9 @@ def train(
     return history
 
 
-def _atomic_torch_save(payload: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(dict(payload), stream)
-        os.chmod(temp_name, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, arch: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
-    """Write ``model``'s weights with its architecture (``{"name", "kwargs"}``) and metrics, atomically."""
+    """Write ``model``'s weights with its architecture (``{"name", "kwargs"}``) and metrics,
+    atomically (:func:`qubocompress.io.atomic_write`: an ArtifactError when it cannot be written)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -333,19 +323,32 @@ def save_checkpoint(path: str | Path, model: nn.Module, arch: Mapping[str, Any],
         "metrics": dict(metrics),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
-    _atomic_torch_save(payload, Path(path))
+    atomic_write(Path(path), lambda handle: torch.save(payload, handle))
 
 
-def _read_payload(path: Path) -> Any:
+REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def safe_torch_load(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers, never code. A
+    missing or unreadable file, or one that holds a pickled object safe loading refuses, is a
+    ModelError saying which (``what`` names the file's role: "checkpoint", "weights file")."""
     if not path.exists():
-        raise ModelError(f"checkpoint {path} does not exist")
+        raise ModelError(f"{what} {path} does not exist")
     if not path.is_file():
-        raise ModelError(f"checkpoint {path} is not a file")
+        raise ModelError(f"{what} {path} is not a file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types (zip, pickle, EOF, unsafe globals)
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"checkpoint {path} is corrupt or not a qubocompress checkpoint ({reason})") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read {what} {path}: {os_reason(exc)}") from None
+    except Exception as exc:  # torch.load raises many types on a damaged file (zip, EOF, KeyError ...)
+        refused = REFUSED_GLOBAL.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if refused is None:
+            raise ModelError(f"{what} {path} is unreadable: not a torch.save file, or truncated or damaged") from None
+        raise ModelError(
+            f"{what} {path} holds a pickled {refused.group(1)} object, which safe loading (weights_only=True) "
+            "refuses: qubocompress loads tensors only, never code; save torch.save(model.state_dict(), path)"
+        ) from None
 
 
 def is_state_dict(payload: Any) -> bool:
@@ -356,13 +359,22 @@ def is_state_dict(payload: Any) -> bool:
     )
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch_name: str) -> None:
-    """Load ``state`` into ``model`` or raise a one-line ModelError naming the mismatch."""
+def load_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, arch_name: str, what: str = "checkpoint"
+) -> None:
+    """Load ``state`` into ``model`` or raise a one-line ModelError naming the mismatch (``what``
+    names the file's role in it). A model
+    built on the meta device (:func:`qubocompress.models.zoo.build_model` with ``meta=True``) is
+    given memory only once its every tensor matches ``state``, so a file's sizes cannot make it
+    allocate more than the file holds."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    def shown(key: str) -> str:  # a name read from a file may hold any character
+        return key if key.isprintable() else repr(key)
+
+    missing = [shown(k) for k in expected if k not in state]
+    unexpected = [shown(k) for k in state if k not in expected]
     reshaped = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        f"{shown(k)} {tuple(state[k].shape)} vs {tuple(v.shape)}"
         for k, v in expected.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
@@ -373,8 +385,10 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, 
             problems.append(f"{label}: {', '.join(items[:3])}{more}")
     if problems:
         raise ModelError(
-            f"checkpoint {path} does not match the {arch_name} architecture ({'; '.join(problems)})"
+            f"{what} {path} does not match the {arch_name} architecture ({'; '.join(problems)})"
         )
+    if any(tensor.is_meta for tensor in expected.values()):
+        model.to_empty(device="cpu")
     model.load_state_dict(state)
 
 
@@ -412,7 +426,7 @@ def load_checkpoint(
     must fit it. Returns the model in eval mode and info: the stored metrics, "arch", "path".
     """
     path = Path(path)
-    payload = _read_payload(path)
+    payload = safe_torch_load(path, "checkpoint")
     if isinstance(payload, Mapping) and payload.get("format") == CHECKPOINT_FORMAT:
         arch, state, metrics = _unpack_checkpoint(payload, path)
         if name is not None and name != arch["name"]:
@@ -434,7 +448,7 @@ def load_checkpoint(
             raise ModelError(
                 f"checkpoint {path} does not fit data set {dataset.name} (model vs data: {', '.join(clashes)})"
             )
-    model = build_model(arch["name"], **arch["kwargs"])
+    model = build_model(arch["name"], meta=True, **arch["kwargs"])
     load_state(model, state, path, arch["name"])
     model.eval()
     return model, {**metrics, "arch": arch, "path": path}
@@ -484,6 +498,10 @@ def load_or_train(
         except ModelError as exc:
             if progress is not None:
                 progress(f"warning: {exc}; retraining")
+    try:
+        check_writable_file(path, "the model cache")
+    except ArtifactError as exc:  # before the training, not after it
+        raise ModelError(f"the model cache is not writable: {exc}; set QUBOCOMPRESS_CACHE to a writable folder") from None
     if progress is not None:
         progress(f"training {name} on {dataset.name} ({config.epochs} epochs, seed {seed})")
     history = train(model, dataset, config, progress)
@@ -496,9 +514,6 @@ def load_or_train(
     }
     try:
         save_checkpoint(path, model, arch, metrics)
-    except OSError as exc:
-        raise ModelError(
-            f"cannot write the model cache {path} ({exc.strerror or exc}); set QUBOCOMPRESS_CACHE "
-            "to a writable folder"
-        ) from None
+    except ArtifactError as exc:
+        raise ModelError(f"the model cache is not writable: {exc}; set QUBOCOMPRESS_CACHE to a writable folder") from None
     return model, {**metrics, "arch": arch, "cached": False, "cache_path": path, "history": history}

@@ -4,12 +4,12 @@
 (unpruned) model when a compressed artifact is loaded:
 
 * ``{"name": "vgg", "kwargs": {...}}``: a built-in model (:func:`qubocompress.models.build_model`);
-* ``{"factory": "pkg.mod:make", "kwargs": {...}}``: ``pkg.mod`` is imported again (the current
-  folder is put on ``sys.path`` first, as ``python -m`` does) and ``make(**kwargs)`` called;
+* ``{"factory": "pkg.mod:make", "kwargs": {...}}``: rebuilt only by the factory the loading
+  caller passes, never by importing what the file names (:func:`rebuild_model`);
 * ``{"torchscript": True}``: a TorchScript model, stored in the artifact itself as its code with
   every tensor emptied (:func:`script_archive`, a few KB), refilled on load
-  (:func:`load_script_archive`). torch.fx cannot trace a ScriptModule, so such a model is
-  quantized but not pruned (see ``analysis.graph``).
+  (:func:`load_script_archive`) when the caller opts in. torch.fx cannot trace a ScriptModule,
+  so such a model is quantized but not pruned (see ``analysis.graph``).
 
 Every problem with the user's input is a :class:`~qubocompress.errors.ModelError` with a one-line
 message: an unknown name, a module that does not import, a missing attribute, a factory that
@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qubocompress.errors import ModelError
-from qubocompress.models.train import is_state_dict, load_state
+from qubocompress.models.train import is_state_dict, load_state, safe_torch_load
 from qubocompress.models.zoo import MODELS, build_model
 
 COMPRESSIBLE_NAMES = ("Conv2d", "Linear")
@@ -141,23 +141,57 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn
         target = getattr(target, part)
     if not callable(target):
         raise ModelError(f"{spec} is a {type(target).__name__}, not a callable that builds a model")
+    return call_factory(target, kwargs or {}, spec)
+
+
+def call_factory(factory: Factory, kwargs: Mapping[str, Any], label: str) -> nn.Module:
+    """``factory(**kwargs)``, which must return an ``nn.Module``; ModelError otherwise."""
     try:
-        built = target(**dict(kwargs or {}))
+        built = factory(**dict(kwargs))
     except Exception as exc:  # the user's factory may raise anything
-        raise ModelError(f"factory {spec} raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ModelError(f"factory {label} raised {type(exc).__name__}: {_first_line(exc)}") from None
     if not isinstance(built, nn.Module):
-        raise ModelError(f"factory {spec} returned a {type(built).__name__}, not a torch.nn.Module")
+        raise ModelError(f"factory {label} returned a {type(built).__name__}, not a torch.nn.Module")
     return built
 
 
-def rebuild_model(arch: Mapping[str, Any]) -> nn.Module:
-    """The unpruned model of a built-in or factory arch dict (TorchScript models are rebuilt from
-    their archive by :func:`load_script_archive`)."""
-    if "factory" in arch:
-        return build_from_factory(str(arch["factory"]), arch.get("kwargs", {}))
+Factory = Callable[..., nn.Module]
+
+
+def factory_label(factory: Factory | str) -> str:
+    """The name a file records for a factory: ``package.module:factory`` (``__main__:Net`` for a
+    class defined in a notebook)."""
+    if isinstance(factory, str):
+        return factory
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', type(factory).__name__)}"
+
+
+def rebuild_model(arch: Mapping[str, Any], factory: Factory | str | None = None) -> nn.Module:
+    """The unpruned model of an arch dict read from a file, on the meta device for a built-in one
+    (see :func:`qubocompress.models.train.load_state`).
+
+    Nothing the file names is imported or called: a built-in model comes from the fixed table
+    :data:`~qubocompress.models.zoo.MODELS`; a user model only from the ``factory`` the caller
+    passes (a callable, or ``package.module:factory`` that the caller names), which must be the
+    one the file records. TorchScript models are rebuilt from their archive by
+    :func:`load_script_archive`.
+    """
+    kwargs = arch.get("kwargs", {})
     if "name" in arch:
-        return build_model(str(arch["name"]), **arch.get("kwargs", {}))
-    raise ModelError(f"cannot rebuild a model from arch {dict(arch)!r}")
+        return build_model(str(arch["name"]), meta=True, **kwargs)
+    if "factory" not in arch:
+        raise ModelError(f"cannot rebuild a model from arch {dict(arch)!r}")
+    recorded = str(arch["factory"])
+    if factory is None:
+        raise ModelError(
+            f"its model is built by {recorded}, and loading never imports or calls what a file names: pass "
+            f"that factory yourself (load_artifact(path, factory=...) in Python, --model {recorded} on the command line)"
+        )
+    if factory_label(factory) != recorded:
+        raise ModelError(f"it records the factory {recorded}, not {factory_label(factory)}")
+    if isinstance(factory, str):
+        return build_from_factory(factory, kwargs)
+    return call_factory(factory, kwargs, recorded)
 
 
 def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
@@ -173,14 +207,7 @@ def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
 
 def _load_weights(module: nn.Module, path: Path, label: str) -> None:
     """Load a state_dict (bare, or under ``"state_dict"`` of a checkpoint dict) strictly."""
-    if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types (zip, pickle, EOF, unsafe globals)
-        raise ModelError(
-            f"weights file {path} is corrupt or not a torch.save file ({_first_line(exc)[:160] or type(exc).__name__})"
-        ) from None
+    payload = safe_torch_load(path, "weights file")
     if isinstance(payload, Mapping) and is_state_dict(payload.get("state_dict")):
         payload = payload["state_dict"]
     if not is_state_dict(payload):

@@ -8,6 +8,7 @@ flow, convs/norms/linears/activations/pools as modules, residual adds as ``out +
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -224,11 +225,25 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, **kwargs: object) -> nn.Module:
-    """Build the built-in model ``name`` with ``kwargs`` (num_classes, in_channels, input_size, width...)."""
+PLAIN_TYPES = (bool, int, float, str)
+
+
+def build_model(name: str, meta: bool = False, **kwargs: object) -> nn.Module:
+    """Build the built-in model ``name`` with ``kwargs`` (num_classes, in_channels, input_size, width...).
+
+    ``name`` is looked up in :data:`MODELS`, never imported, and ``kwargs`` must be plain numbers,
+    booleans or strings: both may come from a file. ``meta``: build on the meta device (shapes,
+    no memory), for a caller that checks the shapes against a file's tensors before it
+    materialises the model (:func:`qubocompress.models.train.load_state`).
+    """
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; built-in models are: {', '.join(sorted(MODELS))}")
+    odd = [key for key, value in kwargs.items() if not isinstance(value, PLAIN_TYPES)]
+    if odd:
+        raise ModelError(f"bad arguments for model {name!r}: {odd[0]} must be a number, boolean or string")
     try:
-        return MODELS[name](**kwargs)
-    except TypeError as exc:
-        raise ModelError(f"bad arguments for model {name!r}: {exc}") from None
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            return MODELS[name](**kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"bad arguments for model {name!r}: {reason}") from None
