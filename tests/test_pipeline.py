@@ -456,7 +456,7 @@ def test_bad_user_models_are_one_line_errors(
     weights: str | None,
     needle: str,
 ) -> None:
-    extra = ["--model", model]
+    extra = ["--model", model] if weights else ["--model", model, "--untrained"]
     if weights == "mismatch":
         torch.save({"0.weight": torch.zeros(3, 3)}, user_module / "weights.pt")
         extra += ["--weights", str(user_module / "weights.pt")]

@@ -36,6 +36,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _seed(text: str) -> int:
+    from qubocompress.errors import ProblemError
+    from qubocompress.limits import check_seed
+
+    try:
+        return check_seed(int(text))
+    except (ValueError, ProblemError) as exc:
+        raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, ProblemError) else f"expected a whole number, got {text!r}") from None
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -44,7 +54,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         help="data set: 'fashion-mnist' (Debian's dataset-fashion-mnist, the default when installed), "
         "'digits' (scikit-learn, the fallback), or a folder of IDX files or of train/<class>/*.png images",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of training, solver and fine-tuning")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of training, solver and fine-tuning (0 to 2^31 - 1)")
 
 
 def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route_choices: bool = True) -> None:
@@ -71,6 +81,11 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
         "--checkpoint", type=Path, default=None, help="compress this checkpoint (from `qubocompress train --save`)"
     )
     parser.add_argument(
+        "--untrained",
+        action="store_true",
+        help="compress a package.module:factory model without --weights, as freshly initialised (refused otherwise)",
+    )
+    parser.add_argument(
         "--target-ratio",
         type=_positive_float,
         default=None,
@@ -83,7 +98,7 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
         default=None,
         metavar="AMOUNT",
         help="an absolute budget instead of --target-ratio: the compressed layers' weight memory (64KiB, 50kB, "
-        "40000B, 320000bit), or bit operations per sample with --metric bops (2.5e9, 2.5G)",
+        "1.5MB, 2GiB, 40000B, 320kbit), or bit operations per sample with --metric bops (2.5e9, 2.5G)",
     )
     parser.add_argument(
         "--metric", default=defaults.metric, choices=METRICS, help="what the budget counts (bops: --formulation budget)"
@@ -325,6 +340,7 @@ def _compress_config(args: argparse.Namespace) -> Any:
         max_prune_fraction=args.max_prune,
         num_reads=args.num_reads,
         baseline=not args.no_baseline,
+        untrained=args.untrained,
     )
 
 
@@ -340,9 +356,12 @@ def _run_compress(config: Any) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     from qubocompress.data.datasets import load_dataset
+    from qubocompress.io import check_writable_file
     from qubocompress.models.stats import count_macs, count_params
     from qubocompress.models.train import load_or_train, save_checkpoint
 
+    if args.save is not None:
+        check_writable_file(args.save, "--save")  # before the training, not after it
     dataset = load_dataset(args.data)
     if dataset.note:
         _log(dataset.note)

@@ -34,10 +34,11 @@ from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
 from qubocompress.bench.metrics import residual_gap, success_mask
 from qubocompress.data.datasets import Dataset, Split, load_dataset
 from qubocompress.errors import ArtifactError, ProblemError
+from qubocompress.limits import check_seed
 from qubocompress.io import prepare_output_dir, run_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train
-from qubocompress.models.user import arch_label, load_user_model
+from qubocompress.models.user import arch_label, is_factory_spec, load_user_model
 from qubocompress.models.zoo import MODELS
 from qubocompress.problem import Formulation
 from qubocompress.problem.budget import BudgetFormulation
@@ -67,9 +68,15 @@ SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
 # accuracy) at a fifth of the cost of 10,000.
 VAL_SAMPLES = 2000
 METRICS = ("bits", "bops")
-# Units of an absolute --budget: sizes (weight memory, in bits) for --metric bits, counts for bops.
-SIZE_UNITS = {"bit": 1, "bits": 1, "b": 8, "kb": 8_000, "kib": 8 * 1024, "mb": 8_000_000, "mib": 8 * 1024**2}
-COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+# Units of an absolute --budget (any case): sizes (weight memory, in bits) for --metric bits, in
+# bytes (B, kB = 1000 B, KiB = 1024 B, ... GB, GiB) or bits (bit, kbit, Mbit, Gbit); counts for bops.
+SIZE_UNITS = {
+    "bit": 1, "bits": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9,
+    "b": 8, "byte": 8, "bytes": 8,
+    "kb": 8 * 10**3, "mb": 8 * 10**6, "gb": 8 * 10**9,
+    "kib": 8 * 2**10, "mib": 8 * 2**20, "gib": 8 * 2**30,
+}  # fmt: skip
+COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 
 def parse_budget(text: str, metric: str) -> float:
@@ -79,7 +86,9 @@ def parse_budget(text: str, metric: str) -> float:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", text.lower())
     units = SIZE_UNITS if metric == "bits" else COUNT_UNITS
     if match is None or match.group(2) not in units:
-        example = "a size such as 64KiB, 50kB, 40000B or 320000bit" if metric == "bits" else "a count such as 2.5e9 or 2.5G"
+        example = (
+            "a size such as 64KiB, 50kB, 1.5MB, 2GiB, 40000B or 320kbit" if metric == "bits" else "a count such as 2.5e9 or 2.5G"
+        )
         raise ProblemError(f"--budget {text!r} with --metric {metric}: give {example}")
     value = float(match.group(1)) * units[match.group(2)]
     if not (math.isfinite(value) and value > 0):
@@ -128,6 +137,7 @@ class CompressConfig:
     exact_time_limit: float = 60.0
     analysis_cache: bool = True
     calibration_samples: int | None = None
+    untrained: bool = False
 
     def layer_sensitivity(self) -> str:
         """The layer sensitivity the analysis uses: ``sensitivity``, with ``auto`` resolved
@@ -138,6 +148,7 @@ class CompressConfig:
 
     def validate(self) -> None:
         """Reject impossible settings before any work starts."""
+        check_seed(self.seed)
         for flag, value, valid in (
             ("--formulation", self.formulation, FORMULATIONS),
             ("--metric", self.metric, METRICS),
@@ -156,6 +167,11 @@ class CompressConfig:
             raise ProblemError(BUDGET_GRID_REFUSAL)  # before the analysis, not when the sampler is built
         if self.checkpoint is not None and self.weights is not None:
             raise ProblemError("give either --checkpoint or --weights, not both")
+        if self.weights is None and not self.untrained and is_factory_spec(self.model):
+            raise ProblemError(
+                f"--model {self.model} without --weights would compress a freshly initialised, untrained model: "
+                "pass its trained state_dict with --weights (or --untrained if that is what you want)"
+            )
         if not (math.isfinite(self.exact_time_limit) and self.exact_time_limit > 0):
             raise ProblemError(f"--exact-time-limit must be a positive number of seconds, got {self.exact_time_limit}")
         if self.finetune_epochs < 0:
@@ -187,6 +203,16 @@ class Timer:
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         self._log(f"  done in {self.seconds[name]:.1f} s")
+
+
+# An accuracy below chance + this share of the way from chance to 100 % reads as "near chance".
+NEAR_CHANCE_MARGIN = 0.1
+
+
+def near_chance(accuracy: float, num_classes: int) -> bool:
+    """Whether top-1 ``accuracy`` (0..1) is hardly better than guessing among ``num_classes``."""
+    chance = 1 / num_classes
+    return accuracy < chance + NEAR_CHANCE_MARGIN * (1 - chance)
 
 
 def analysis_options(config: CompressConfig, dataset: Dataset, model_name: str) -> dict[str, Any]:
@@ -526,6 +552,12 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
         f"{model_name}: {count_params(model):,} params, {count_macs(model, dataset.input_shape):,} MACs, "
         f"fp32 test top-1 {100 * fp32_acc:.2f}%"
     )
+    if near_chance(fp32_acc, dataset.num_classes):
+        log(
+            f"warning: the uncompressed model's test top-1 {100 * fp32_acc:.2f}% is near chance "
+            f"({100 / dataset.num_classes:.2f}%): it likely expects other inputs (see --normalize), other "
+            "weights, or another label order"
+        )
 
     measured = f"{config.sensitivity} damage" if config.search == "qubo" else f"no damage: {config.search} scores plans itself"
     with timer.stage("analysis", f"analysing the model ({config.importance} importance, {measured})"):
@@ -602,6 +634,7 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
             "params": count_params(model),
             "macs": count_macs(model, dataset.input_shape),
             "fp32_test_acc": fp32_acc,
+            "fp32_near_chance": near_chance(fp32_acc, dataset.num_classes),
             "fp32_state_dict_bytes": state_dict_bytes(model),
             "cached": bool(model_info.get("cached", False)),
         },

@@ -62,6 +62,7 @@ from qubocompress.bench.runner import (
 )
 from qubocompress.bench.store import ResultStore
 from qubocompress.errors import DataError, SolverError
+from qubocompress.limits import MAX_SEED
 from qubocompress.io import prepare_output_dir, write_json_atomic, write_text_atomic
 
 DEFAULT_OUT = Path("runs/bench")
@@ -109,8 +110,6 @@ CSV_COLUMNS = (
 )
 
 
-# seeds run from 0 to 2^31 - 1 (dwave-samplers' limit)
-MAX_SEED = 2**31
 
 
 def _log(message: str) -> None:

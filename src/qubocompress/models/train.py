@@ -8,6 +8,7 @@ Library functions never change torch's thread count.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from torch import nn
 
 from qubocompress.data.datasets import Dataset, Split
 from qubocompress.errors import ArtifactError, ModelError
-from qubocompress.io import atomic_write, check_writable_file, os_reason
+from qubocompress.io import check_writable_file, os_reason, write_bytes_atomic
 from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.zoo import build_model
 
@@ -315,7 +316,7 @@ def train(
 
 def save_checkpoint(path: str | Path, model: nn.Module, arch: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
     """Write ``model``'s weights with its architecture (``{"name", "kwargs"}``) and metrics,
-    atomically (:func:`qubocompress.io.atomic_write`: an ArtifactError when it cannot be written)."""
+    atomically (an ArtifactError when it cannot be written)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -323,7 +324,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, arch: Mapping[str, Any],
         "metrics": dict(metrics),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
-    atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+    buffer = io.BytesIO()  # torch's zip writer would turn a full disk into a RuntimeError
+    torch.save(payload, buffer)
+    write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")

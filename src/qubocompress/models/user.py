@@ -52,6 +52,11 @@ def is_compressible_module(module: nn.Module) -> bool:
     return isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", None) in COMPRESSIBLE_NAMES
 
 
+def is_factory_spec(model: str) -> bool:
+    """Whether ``model`` names a ``package.module:factory`` (not a built-in name or a file)."""
+    return model not in MODELS and not Path(model).is_file() and FACTORY_PATTERN.match(model) is not None
+
+
 def arch_label(arch: Mapping[str, Any]) -> str:
     """A short name for the model an arch dict describes (``vgg``, ``pkg.mod:make``, ``torchscript``)."""
     if arch.get("torchscript"):
