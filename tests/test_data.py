@@ -1,4 +1,4 @@
-"""Tests of the data layer: IDX reading, data set loading, splits, normalisation, errors."""
+"""Tests of the data layer: IDX reading, data set loading, splits, normalisation (preprocessing), errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from qubocompress.data import datasets
-from qubocompress.data.datasets import load_dataset, synthetic_dataset
+from qubocompress.data.datasets import Preprocessing, load_dataset, parse_normalize, synthetic_dataset
 from qubocompress.data.idx import read_idx
 from qubocompress.errors import DataError
 
@@ -332,3 +332,145 @@ def test_synthetic_dataset_shapes_and_determinism() -> None:
     assert torch.equal(data.train.x, again.train.x)
     other = synthetic_dataset(num_classes=3, n_train=30, n_val=9, n_test=12, shape=(3, 16, 16), seed=5)
     assert not torch.equal(data.train.x, other.train.x)
+
+
+# ---------------------------------------------------------------- preprocessing (--normalize)
+
+SMALL_SYNTHETIC = {"num_classes": 3, "n_train": 30, "n_val": 9, "n_test": 12, "shape": (3, 16, 16), "seed": 4}
+
+
+def test_normalize_none_keeps_pixels_in_unit_range(tmp_path: Path) -> None:
+    data = synthetic_dataset(**SMALL_SYNTHETIC, normalize="none")
+    for split in (data.train, data.val, data.test, data.calib):
+        assert float(split.x.min()) >= 0.0 and float(split.x.max()) <= 1.0
+    assert data.mean == (0.0, 0.0, 0.0) and data.std == (1.0, 1.0, 1.0)
+    assert data.preprocessing == "none"
+    assert torch.equal(data.normalize(data.test.x), data.test.x)
+    # On IDX files "none" gives exactly pixel/255.
+    arrays = write_idx_dir(tmp_path / "d")
+    raw = load_dataset(tmp_path / "d", normalize="none")
+    expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).unsqueeze(1).float() / 255
+    assert torch.equal(raw.test.x, expected)
+    all_train = torch.from_numpy(arrays["train-images-idx3-ubyte"]).unsqueeze(1).float() / 255
+    rows = sorted(row.numpy().tobytes() for row in torch.cat([raw.train.x, raw.val.x]))
+    assert rows == sorted(row.numpy().tobytes() for row in all_train)
+
+
+def test_normalize_explicit_mean_std_for_every_channel() -> None:
+    raw = synthetic_dataset(**SMALL_SYNTHETIC, normalize="none")
+    data = synthetic_dataset(**SMALL_SYNTHETIC, normalize="0.5,0.25")
+    assert torch.equal(data.train.x, (raw.train.x - 0.5) / 0.25)
+    assert torch.equal(data.test.x, (raw.test.x - 0.5) / 0.25)
+    assert data.mean == (0.5, 0.5, 0.5) and data.std == (0.25, 0.25, 0.25)
+    assert data.preprocessing == "0.5,0.25"
+    assert torch.equal(data.normalize(raw.test.x), data.test.x)
+
+
+def test_normalize_explicit_per_channel() -> None:
+    raw = synthetic_dataset(**SMALL_SYNTHETIC, normalize="none")
+    text = "0.1,0.2,0.3,0.5,0.25,2"
+    data = synthetic_dataset(**SMALL_SYNTHETIC, normalize=text)
+    mean = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.5, 0.25, 2.0]).view(1, 3, 1, 1)
+    assert torch.equal(data.val.x, (raw.val.x - mean) / std)
+    assert data.mean == (0.1, 0.2, 0.3) and data.std == (0.5, 0.25, 2.0)
+    assert data.preprocessing == text
+    assert torch.equal(data.normalize(raw.val.x), data.val.x)
+    # The same numbers as a Python (means, stds) pair give the same images.
+    pair = synthetic_dataset(**SMALL_SYNTHETIC, normalize=((0.1, 0.2, 0.3), (0.5, 0.25, 2.0)))
+    assert torch.equal(pair.val.x, data.val.x)
+    assert pair.preprocessing == "0.1,0.2,0.3,0.5,0.25,2.0"
+
+
+def test_normalize_mean_std_default_matches_hand_computation() -> None:
+    raw = synthetic_dataset(**SMALL_SYNTHETIC, normalize="none")
+    default = synthetic_dataset(**SMALL_SYNTHETIC)
+    named = synthetic_dataset(**SMALL_SYNTHETIC, normalize="mean-std")
+    assert default.preprocessing == named.preprocessing == "mean-std"
+    # By hand in float64: the train split's per-channel mean and population std of pixel/255.
+    pixels = raw.train.x.double().numpy()
+    mean = pixels.mean(axis=(0, 2, 3))
+    std = pixels.std(axis=(0, 2, 3))
+    np.testing.assert_allclose(default.mean, mean, rtol=1e-5)
+    np.testing.assert_allclose(default.std, std, rtol=1e-5)
+    by_hand = (raw.test.x.double().numpy() - mean[None, :, None, None]) / std[None, :, None, None]
+    np.testing.assert_allclose(default.test.x.numpy(), by_hand, rtol=1e-4, atol=1e-5)
+    # Bit-identical to the float32 formula used before the choice existed.
+    std32, mean32 = torch.std_mean(raw.train.x, dim=(0, 2, 3), correction=0)
+    shift, scale = mean32.view(1, -1, 1, 1), std32.clamp_min(1e-6).view(1, -1, 1, 1)
+    for split in ("train", "val", "test", "calib"):
+        raw_x, x = getattr(raw, split).x, getattr(default, split).x
+        assert torch.equal(x, (raw_x - shift) / scale)
+        assert torch.equal(x, getattr(named, split).x)
+    assert default.mean == tuple(float(v) for v in mean32)
+    assert default.fingerprint() == named.fingerprint()
+
+
+def test_fingerprint_differs_between_preprocessings() -> None:
+    prints = {
+        text: synthetic_dataset(**SMALL_SYNTHETIC, normalize=text).fingerprint()
+        for text in ("mean-std", "none", "0.5,0.25", "0.1,0.2,0.3,0.5,0.25,2")
+    }
+    assert len(set(prints.values())) == len(prints)
+
+
+def test_parse_normalize_forms() -> None:
+    assert parse_normalize("mean-std") == Preprocessing(method="mean-std", text="mean-std")
+    assert parse_normalize(" None ") == Preprocessing(method="none", text="none")
+    parsed = parse_normalize(" 0.5 , 0.25")
+    assert (parsed.method, parsed.text, parsed.mean, parsed.std) == ("values", "0.5,0.25", (0.5,), (0.25,))
+    assert parse_normalize(parsed) is parsed
+    assert parse_normalize((0.5, 0.25)).text == "0.5,0.25"
+    assert parse_normalize(([0.1, 0.2], np.array([1.0, 2.0]))).mean == (0.1, 0.2)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("x", "--normalize must be mean-std, none, or MEAN,STD (two numbers, or 2 per channel); got 'x'"),
+        ("", "--normalize must be mean-std, none, or MEAN,STD (two numbers, or 2 per channel); got ''"),
+        ("0.5", "--normalize must be mean-std, none, or MEAN,STD (two numbers, or 2 per channel); got '0.5'"),
+        ("0.5,0.2,0.1", "--normalize must be mean-std, none, or MEAN,STD"),
+        ("0.5,", "--normalize must be mean-std, none, or MEAN,STD"),
+        ("mean,std", "--normalize must be mean-std, none, or MEAN,STD"),
+        ("0.5,0", "--normalize needs every std > 0; got '0.5,0'"),
+        ("0.5,-1", "--normalize needs every std > 0; got '0.5,-1'"),
+        ("nan,1", "--normalize takes finite numbers only; got 'nan,1'"),
+        ("0,inf", "--normalize takes finite numbers only; got '0,inf'"),
+        (((0.1, 0.2), (1.0,)), "--normalize needs as many means as stds"),
+        ((0.5, "a"), "--normalize must be mean-std, none, or MEAN,STD"),
+        (0.5, "--normalize must be mean-std, none, or MEAN,STD"),
+    ],
+)
+def test_parse_normalize_rejects_bad_values(value: object, expected: str) -> None:
+    with pytest.raises(DataError) as info:
+        parse_normalize(value)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_bad_normalize_is_rejected_before_loading(tmp_path: Path) -> None:
+    # The source does not exist: the preprocessing error comes first, before anything is read.
+    with pytest.raises(DataError, match="--normalize must be"):
+        load_dataset(tmp_path / "absent", normalize="zscore")
+    with pytest.raises(DataError, match="--normalize needs every std > 0"):
+        synthetic_dataset(normalize="0,0")
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("L", 1), ("RGB", 3)])
+def test_per_channel_normalize_must_match_channels(tmp_path: Path, mode: str, channels: int) -> None:
+    write_image_folders(tmp_path / "pics", mode)
+    wrong = "0.1,0.2,0.5,0.5" if channels != 2 else "0.1,0.5"
+    with pytest.raises(DataError) as info:
+        load_dataset(tmp_path / "pics", normalize=wrong)
+    message = str(info.value)
+    assert f"gives 2 means and 2 stds but {tmp_path / 'pics'} has {channels} channel(s)" in message
+    assert f"give MEAN,STD or {2 * channels} numbers" in message and "\n" not in message
+    # One pair, or one per channel, is accepted.
+    right = ",".join(["0.5"] * channels + ["0.25"] * channels)
+    for text in ("0.5,0.25", right):
+        data = load_dataset(tmp_path / "pics", normalize=text)
+        assert data.mean == (0.5,) * channels and data.std == (0.25,) * channels
+    with pytest.raises(DataError, match="has 3 channel"):
+        synthetic_dataset(**SMALL_SYNTHETIC, normalize="0.1,0.2,0.5,0.5")

@@ -144,3 +144,29 @@ def test_outputs_honour_the_umask(tmp_path):
 )
 def test_budget_accepts_decimal_and_binary_units(text, bits):
     assert parse_budget(text, "bits") == pytest.approx(bits)
+
+
+@pytest.mark.parametrize("solver", ["qpu", "hybrid"])
+def test_a_qpu_solver_without_a_token_is_refused_before_any_work(solver, data_dir, tmp_path, monkeypatch, capsys):
+    for name in [key for key in os.environ if key.startswith("DWAVE_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / "dwave.conf").write_text("")
+    monkeypatch.setenv("DWAVE_CONFIG_FILE", str(tmp_path / "dwave.conf"))
+    no_work(monkeypatch)
+    assert run(*compress_args(data_dir, tmp_path / "out"), "--solver", solver) == 2
+    assert_one_line_error(capsys, f"solver {solver!r} has no D-Wave API token")
+
+
+def test_normalize_is_checked_first_and_recorded_in_metrics_and_the_model_file(data_dir, tmp_path, monkeypatch, capsys):
+    with monkeypatch.context() as patch:
+        no_work(patch)
+        assert run(*compress_args(data_dir, tmp_path / "bad"), "--normalize", "0.5") == 2
+    assert_one_line_error(capsys, "--normalize must be mean-std, none, or MEAN,STD")
+    out = tmp_path / "out"
+    assert run(*compress_args(data_dir, out, "--finetune-epochs", "0", "--no-baseline"), "--normalize", "none") == 0
+    data = json.loads((out / "metrics.json").read_text())["data"]
+    assert data["normalize"] == "none" and data["mean"] == [0.0] and data["std"] == [1.0]
+    from qubocompress.apply.artifact import load_artifact
+
+    _, stored = load_artifact(out / "model.qcz")
+    assert (stored["normalize"], stored["mean"], stored["std"]) == ("none", [0.0], [1.0])

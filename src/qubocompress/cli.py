@@ -54,6 +54,13 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         help="data set: 'fashion-mnist' (Debian's dataset-fashion-mnist, the default when installed), "
         "'digits' (scikit-learn, the fallback), or a folder of IDX files or of train/<class>/*.png images",
     )
+    parser.add_argument(
+        "--normalize",
+        default="mean-std",
+        metavar="HOW",
+        help="input preprocessing the model expects: mean-std (per channel, from the train split), none (pixels "
+        "in [0, 1]), or MEAN,STD (two numbers, or M1,..,MC,S1,..,SC per channel)",
+    )
     parser.add_argument("--seed", type=_seed, default=0, help="seed of training, solver and fine-tuning (0 to 2^31 - 1)")
 
 
@@ -319,6 +326,7 @@ def _compress_config(args: argparse.Namespace) -> Any:
         model=args.model,
         weights=args.weights,
         data=args.data,
+        normalize=args.normalize,
         checkpoint=args.checkpoint,
         target_ratio=CompressConfig.target_ratio if args.target_ratio is None else args.target_ratio,
         budget=args.budget,
@@ -362,7 +370,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if args.save is not None:
         check_writable_file(args.save, "--save")  # before the training, not after it
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, args.normalize)
     if dataset.note:
         _log(dataset.note)
     model, info = load_or_train(args.model, dataset, seed=args.seed, progress=_log)
@@ -385,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from qubocompress.pipeline import CompressConfig
 
-            config = CompressConfig(data=args.data, seed=args.seed, out=args.out, finetune_epochs=DEMO_FINETUNE_EPOCHS)
+            config = CompressConfig(
+                data=args.data, normalize=args.normalize, seed=args.seed, out=args.out, finetune_epochs=DEMO_FINETUNE_EPOCHS
+            )
             return _run_compress(config)
         if args.command == "compress":
             return _run_compress(_compress_config(args))

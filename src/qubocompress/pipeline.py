@@ -32,7 +32,7 @@ from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
 from qubocompress.bench.metrics import residual_gap, success_mask
-from qubocompress.data.datasets import Dataset, Split, load_dataset
+from qubocompress.data.datasets import Dataset, Split, load_dataset, parse_normalize
 from qubocompress.errors import ArtifactError, ProblemError
 from qubocompress.limits import check_seed
 from qubocompress.io import prepare_output_dir, run_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -49,7 +49,7 @@ from qubocompress.problem.plan import Plan, uniform_plan
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.search import SEARCHES
 from qubocompress.solvers.base import solve
-from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
+from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler, preflight
 from qubocompress.solvers.rl import BUDGET_GRID_REFUSAL
 
 Log = Callable[[str], None]
@@ -113,6 +113,7 @@ class CompressConfig:
     model: str = "vgg"
     weights: Path | None = None
     data: str | None = None
+    normalize: str = "mean-std"
     checkpoint: Path | None = None
     target_ratio: float = 16.0
     budget: str | None = None
@@ -149,6 +150,7 @@ class CompressConfig:
     def validate(self) -> None:
         """Reject impossible settings before any work starts."""
         check_seed(self.seed)
+        parse_normalize(self.normalize)
         for flag, value, valid in (
             ("--formulation", self.formulation, FORMULATIONS),
             ("--metric", self.metric, METRICS),
@@ -165,6 +167,8 @@ class CompressConfig:
             raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
         if self.formulation == "budget" and self.solver == "rl" and self.search == "qubo":
             raise ProblemError(BUDGET_GRID_REFUSAL)  # before the analysis, not when the sampler is built
+        if self.search == "qubo":
+            preflight(self.solver, self.solver_options)  # a missing extra or QPU token before any work
         if self.checkpoint is not None and self.weights is not None:
             raise ProblemError("give either --checkpoint or --weights, not both")
         if self.weights is None and not self.untrained and is_factory_spec(self.model):
@@ -422,6 +426,12 @@ def validation_subset(dataset: Dataset) -> Split:
     return Split(dataset.val.x[:VAL_SAMPLES], dataset.val.y[:VAL_SAMPLES])
 
 
+def preprocessing_of(dataset: Dataset) -> dict[str, Any]:
+    """What the model's inputs are made of, for metrics.json and the model file: the --normalize
+    text and the per-channel mean and std applied to pixel/255."""
+    return {"normalize": dataset.preprocessing, "mean": list(dataset.mean), "std": list(dataset.std)}
+
+
 def cost_ratio(spec: CompressionSpec, plan: Plan, metric: str) -> float:
     """fp32 cost over the plan's cost: weight bits (``bits``) or bit operations per sample (``bops``)."""
     return fp32_cost(spec, metric) / max(plan_cost(spec, plan, metric), 1)  # type: ignore[arg-type]
@@ -538,7 +548,7 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
     torch.manual_seed(config.seed)
 
     with timer.stage("data", "loading data"):
-        dataset = load_dataset(config.data)
+        dataset = load_dataset(config.data, config.normalize)
         if dataset.note:
             log(dataset.note)
     with timer.stage("model", model_source(config)):
@@ -622,13 +632,21 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
         compressed, accuracy = apply_plan(model, graph, plan, dataset, epochs, config.seed, log)
 
     artifact_path = out / "model.qcz"
-    artifact_bytes = save_artifact(artifact_path, compressed, plan.bits, arch, metadata={"plan": plan.to_dict()})
+    artifact_bytes = save_artifact(
+        artifact_path, compressed, plan.bits, arch, metadata={"plan": plan.to_dict(), **preprocessing_of(dataset)}
+    )
     reloaded, _ = load_artifact(artifact_path, factory=arch.get("factory"), trust_torchscript=True)  # its own file
     reloaded_acc = evaluate(reloaded, dataset.test)
 
     metrics: dict[str, Any] = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        "data": {"name": dataset.name, "source": dataset.source, "train": len(dataset.train), "test": len(dataset.test)},
+        "data": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "train": len(dataset.train),
+            "test": len(dataset.test),
+            **preprocessing_of(dataset),
+        },
         "model": {
             "name": model_name,
             "params": count_params(model),

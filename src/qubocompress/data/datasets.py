@@ -4,8 +4,10 @@ Every data set comes with four fixed splits (independent of the user's seed, so 
 different seeds compare on the same data): ``train`` and ``val`` from the training file (a fixed
 permutation, val = 1/6 of it, i.e. 10,000 images for Fashion-MNIST), ``test`` from the test file,
 and ``calib``, a fixed subset of ``train`` (at most 2,048 samples) for sensitivity analysis.
-Images are float32 N×C×H×W, normalised per channel with the train split's mean and std of
-pixel/255; labels are int64.
+Images are float32 N×C×H×W, x = (pixel/255 - mean) / std per channel, where the preprocessing
+(``normalize``, see :func:`parse_normalize`) picks mean and std: "mean-std" (the default) uses the
+train split's mean and std of pixel/255, "none" keeps pixel/255 in [0, 1] (mean 0, std 1), and
+explicit numbers "MEAN,STD" or "M1,...,MC,S1,...,SC" give them directly; labels are int64.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,6 +56,11 @@ VAL_FRACTION_DENOMINATOR = 6  # val = 1/6 of the training file
 DIGITS_TEST_FRACTION = 0.2
 CALIB_SIZE = 2048
 DIGITS_SIZE = 28  # digits are upsampled from 8x8 to this size
+NORMALIZE_MEAN_STD = "mean-std"  # per channel, the train split's mean and std of pixel/255
+NORMALIZE_NONE = "none"  # pixel/255 as is, in [0, 1]
+NORMALIZE_VALUES = "values"  # explicit means and stds, given as numbers
+NORMALIZE_FORMS = "mean-std, none, or MEAN,STD (two numbers, or 2 per channel)"
+MIN_STD = 1e-6  # floor of a computed std (pixel/255 units), so a constant channel does not divide by 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,28 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """A validated ``normalize`` choice: images become x = (pixel/255 - mean) / std per channel.
+
+    Attributes:
+        method: "mean-std" (the train split's statistics), "none" (mean 0, std 1: x = pixel/255)
+            or "values" (the explicit ``mean`` and ``std`` below).
+        text: the canonical text, as ``--normalize`` takes it: "mean-std", "none" or the numbers
+            (means, then stds) as given.
+        mean, std: for "values", one number each (applied to every channel) or one per channel,
+            in pixel/255 units; empty for the other methods.
+    """
+
+    method: str
+    text: str
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+NormalizeSpec = str | Preprocessing | tuple[float | Sequence[float], float | Sequence[float]]
+
+
+@dataclass(frozen=True)
 class Dataset:
     """A data set with its fixed splits.
 
@@ -79,7 +109,10 @@ class Dataset:
         input_shape: (C, H, W) of one image.
         classes: class names, index = label.
         source: where it came from (a path or a description).
-        mean, std: per-channel statistics of pixel/255 on the train split, used to normalise.
+        mean, std: the per-channel values applied, x = (pixel/255 - mean) / std: the train split's
+            statistics for "mean-std", 0 and 1 for "none", the given numbers otherwise.
+        preprocessing: the canonical ``normalize`` text used ("mean-std", "none" or the numbers),
+            for metrics and model files (:meth:`normalize` is the method that applies it).
         note: a one-line notice for the user (e.g. that a fallback data set is used), or None.
     """
 
@@ -94,6 +127,7 @@ class Dataset:
     source: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    preprocessing: str = NORMALIZE_MEAN_STD
     note: str | None = None
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -115,31 +149,83 @@ class Dataset:
         return digest.hexdigest()
 
 
-def load_dataset(source: str | Path | None = None) -> Dataset:
+def parse_normalize(value: NormalizeSpec) -> Preprocessing:
+    """Validate a ``normalize`` choice before any data is loaded.
+
+    ``value``: "mean-std", "none", "MEAN,STD" (two numbers, applied to every channel),
+    "M1,...,MC,S1,...,SC" (per channel), a ``(mean, std)`` pair of numbers or of equally long
+    sequences, or a :class:`Preprocessing` (returned as is). Means and stds are in pixel/255 units.
+    Raises a one-line DataError for anything else, a non-finite number or a std <= 0; whether a
+    per-channel list matches the data's channels is checked when the data is loaded.
+    """
+    if isinstance(value, Preprocessing):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in (NORMALIZE_MEAN_STD, NORMALIZE_NONE):
+            return Preprocessing(method=text.lower(), text=text.lower())
+        tokens = [token.strip() for token in text.split(",")]
+        try:
+            numbers = [float(token) for token in tokens]
+        except ValueError:
+            numbers = []
+        if not numbers or len(numbers) % 2:
+            raise DataError(f"--normalize must be {NORMALIZE_FORMS}; got {value!r}")
+        half = len(numbers) // 2
+        return _explicit_preprocessing(numbers[:half], numbers[half:], ",".join(tokens), value)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        try:
+            arrays = [np.asarray(part, dtype=np.float64) for part in value]
+        except (TypeError, ValueError):
+            arrays = []
+        if len(arrays) != 2 or any(array.ndim > 1 for array in arrays):
+            raise DataError(f"--normalize must be {NORMALIZE_FORMS}; got {value!r}")
+        mean, std = ([float(v) for v in array.reshape(-1)] for array in arrays)
+        if not mean or len(mean) != len(std):
+            raise DataError(f"--normalize needs as many means as stds (at least one); got {value!r}")
+        text = ",".join(repr(v) for v in mean + std)
+        return _explicit_preprocessing(mean, std, text, value)
+    raise DataError(f"--normalize must be {NORMALIZE_FORMS}; got {value!r}")
+
+
+def _explicit_preprocessing(
+    mean: list[float], std: list[float], text: str, given: NormalizeSpec
+) -> Preprocessing:
+    """A "values" Preprocessing after checking that every number is finite and every std > 0."""
+    if not all(math.isfinite(v) for v in mean + std):
+        raise DataError(f"--normalize takes finite numbers only; got {given!r}")
+    if min(std) <= 0:
+        raise DataError(f"--normalize needs every std > 0; got {given!r}")
+    return Preprocessing(method=NORMALIZE_VALUES, text=text, mean=tuple(mean), std=tuple(std))
+
+
+def load_dataset(source: str | Path | None = None, normalize: NormalizeSpec = NORMALIZE_MEAN_STD) -> Dataset:
     """Load a data set.
 
     ``source``: None (Fashion-MNIST from the default folder, else scikit-learn's digits with a
     note), ``"fashion-mnist"``, ``"digits"``, or a directory holding the four IDX files or
-    ``train/<class>/*.png`` and ``test/<class>/*.png`` image folders.
+    ``train/<class>/*.png`` and ``test/<class>/*.png`` image folders. ``normalize``: the
+    preprocessing, see :func:`parse_normalize` (validated before anything is read).
     """
+    preprocessing = parse_normalize(normalize)
     if source is None:
         if _idx_files(DEFAULT_FASHION_MNIST_DIR) is not None:
-            return _load_idx_directory(DEFAULT_FASHION_MNIST_DIR)
+            return _load_idx_directory(DEFAULT_FASHION_MNIST_DIR, preprocessing)
         note = (
             f"Fashion-MNIST not found at {DEFAULT_FASHION_MNIST_DIR}; using scikit-learn's "
             f"digits instead ({INSTALL_HINT})"
         )
-        return replace(_load_digits(), note=note)
+        return replace(_load_digits(preprocessing), note=note)
     text = str(source).strip()
     if text.lower() == "fashion-mnist":
         if _idx_files(DEFAULT_FASHION_MNIST_DIR) is None:
             raise DataError(f"Fashion-MNIST not found at {DEFAULT_FASHION_MNIST_DIR}; {INSTALL_HINT}")
-        return _load_idx_directory(DEFAULT_FASHION_MNIST_DIR)
+        return _load_idx_directory(DEFAULT_FASHION_MNIST_DIR, preprocessing)
     if text.lower() == "digits":
-        return _load_digits()
+        return _load_digits(preprocessing)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _load_directory(path)
+        return _load_directory(path, preprocessing)
     valid = ", ".join(NAMED_SOURCES)
     if path.exists():
         raise DataError(
@@ -159,13 +245,16 @@ def synthetic_dataset(
     n_test: int = 64,
     shape: tuple[int, int, int] = (1, 28, 28),
     seed: int = 0,
+    normalize: NormalizeSpec = NORMALIZE_MEAN_STD,
 ) -> Dataset:
     """A small learnable data set for tests: class-dependent stripes and blob plus noise.
 
     Class k shows stripes at angle k·π/num_classes (random phase, per sample) and a bright
     blob at a class-dependent spot (jittered ±2 px), both under Gaussian noise, so a tiny CNN
-    gets well above chance within a few dozen SGD steps.
+    gets well above chance within a few dozen SGD steps. Pixels are in [0, 1] before the
+    ``normalize`` preprocessing (see :func:`parse_normalize`).
     """
+    preprocessing = parse_normalize(normalize)
     if num_classes < 2 or min(n_train, n_val, n_test) < 1:
         raise ValueError("synthetic_dataset needs num_classes >= 2 and at least one sample per split")
     channels, height, width = shape
@@ -207,6 +296,7 @@ def synthetic_dataset(
         test_labels=targets[test_idx],
         classes=tuple(f"class{k}" for k in range(num_classes)),
         source=f"synthetic(num_classes={num_classes}, shape={shape}, seed={seed})",
+        preprocessing=preprocessing,
     )
 
 
@@ -220,14 +310,14 @@ def _assemble(
     test_labels: torch.Tensor,
     classes: tuple[str, ...],
     source: str,
+    preprocessing: Preprocessing,
 ) -> Dataset:
     """Cut train/val out of ``images`` (pixels in [0, 1]), normalise everything, add calib."""
     train_x = images[torch.from_numpy(train_idx)]
     val_x = images[torch.from_numpy(val_idx)]
-    std, mean = torch.std_mean(train_x, dim=(0, 2, 3), correction=0)
-    std = std.clamp_min(1e-6)
-    scale = std.view(1, -1, 1, 1)
-    shift = mean.view(1, -1, 1, 1)
+    mean, std = _normalization(preprocessing, train_x, source)
+    scale = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     train = Split(train_x.sub_(shift).div_(scale), labels[torch.from_numpy(train_idx)].clone())
     val = Split(val_x.sub_(shift).div_(scale), labels[torch.from_numpy(val_idx)].clone())
     test = Split(((test_images - shift) / scale).contiguous(), test_labels.clone())
@@ -246,9 +336,37 @@ def _assemble(
         input_shape=(int(train_x.shape[1]), int(train_x.shape[2]), int(train_x.shape[3])),
         classes=classes,
         source=source,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
+        mean=mean,
+        std=std,
+        preprocessing=preprocessing.text,
     )
+
+
+def _normalization(
+    preprocessing: Preprocessing, train_x: torch.Tensor, source: str
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) in pixel/255 units to apply to images like ``train_x`` (N×C×H×W).
+
+    "mean-std": the train split's statistics (float32 values, so they round-trip exactly);
+    "none": 0 and 1; "values": the given numbers, repeated when one pair is given. Raises a
+    one-line DataError when explicit per-channel values do not match the number of channels.
+    """
+    channels = int(train_x.shape[1])
+    if preprocessing.method == NORMALIZE_MEAN_STD:
+        std, mean = torch.std_mean(train_x, dim=(0, 2, 3), correction=0)
+        std = std.clamp_min(MIN_STD)
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if preprocessing.method == NORMALIZE_NONE:
+        return (0.0,) * channels, (1.0,) * channels
+    given = len(preprocessing.mean)
+    if given == 1:
+        return preprocessing.mean * channels, preprocessing.std * channels
+    if given != channels:
+        raise DataError(
+            f"--normalize {preprocessing.text!r} gives {given} means and {given} stds but {source} has "
+            f"{channels} channel(s); give MEAN,STD or {2 * channels} numbers (M1,...,S1,...)"
+        )
+    return preprocessing.mean, preprocessing.std
 
 
 def _train_val_indices(count: int, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -278,16 +396,16 @@ def _idx_files(directory: Path) -> dict[str, Path] | None:
     return {role: path for role, path in found.items() if path is not None}
 
 
-def _load_directory(directory: Path) -> Dataset:
+def _load_directory(directory: Path, preprocessing: Preprocessing) -> Dataset:
     expected = ", ".join(f"{stem}[.gz]" for stem in IDX_STEMS.values())
     found = _find_idx_files(directory)
     missing = [IDX_STEMS[role] for role, path in found.items() if path is None]
     if not missing:
-        return _load_idx_directory(directory)
+        return _load_idx_directory(directory, preprocessing)
     if len(missing) < len(IDX_STEMS):
         raise DataError(f"{directory} lacks the IDX file(s) {', '.join(missing)}[.gz]; expected {expected}")
     if (directory / "train").is_dir() and (directory / "test").is_dir():
-        return _load_image_folders(directory)
+        return _load_image_folders(directory, preprocessing)
     raise DataError(
         f"{directory} has no recognised data layout; expected the IDX files {expected}, or "
         "train/<class>/*.png and test/<class>/*.png image folders"
@@ -305,7 +423,7 @@ def _directory_name(directory: Path) -> str:
     return slug or "data"
 
 
-def _load_idx_directory(directory: Path) -> Dataset:
+def _load_idx_directory(directory: Path, preprocessing: Preprocessing) -> Dataset:
     files = _idx_files(directory)
     if files is None:
         raise DataError(f"{directory} does not hold the four IDX files")
@@ -362,10 +480,11 @@ def _load_idx_directory(directory: Path) -> Dataset:
         test_labels=torch.from_numpy(test_labels),
         classes=classes,
         source=str(directory),
+        preprocessing=preprocessing,
     )
 
 
-def _load_digits() -> Dataset:
+def _load_digits(preprocessing: Preprocessing) -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -387,6 +506,7 @@ def _load_digits() -> Dataset:
         test_labels=labels[torch.from_numpy(test_idx)],
         classes=tuple(str(k) for k in range(10)),
         source="sklearn.datasets.load_digits (8x8 upsampled to 28x28)",
+        preprocessing=preprocessing,
     )
 
 
@@ -424,7 +544,7 @@ def _read_images(files: list[tuple[Path, int]], gray: bool, size: tuple[int, int
     return tensor.float().div_(255.0).contiguous()
 
 
-def _load_image_folders(directory: Path) -> Dataset:
+def _load_image_folders(directory: Path, preprocessing: Preprocessing) -> Dataset:
     from PIL import Image
 
     train_dir, test_dir = directory / "train", directory / "test"
@@ -466,4 +586,5 @@ def _load_image_folders(directory: Path) -> Dataset:
         test_labels=test_labels,
         classes=classes,
         source=str(directory),
+        preprocessing=preprocessing,
     )

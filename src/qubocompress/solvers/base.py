@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,12 +49,38 @@ def solve(
     return sampler.sample(bqm, **kwargs)
 
 
+# An optional module a solver imports: (module, extra that installs it, package name), as for ``require``.
+Requirement = tuple[str, str, str]
+
+
+def _missing(solver: str, extra: str, package: str) -> SolverError:
+    """The one-line SolverError for an optional package that is not installed."""
+    return SolverError(f"solver {solver!r} needs {package}: pip install 'qubocompress[{extra}]'")
+
+
 def require(module: str, solver: str, extra: str, package: str) -> ModuleType:
     """Import the optional ``module`` a solver needs, or say which extra installs it (SolverError)."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise SolverError(f"solver {solver!r} needs {package}: pip install 'qubocompress[{extra}]'") from exc
+        raise _missing(solver, extra, package) from exc
+
+
+def require_all(requirements: Sequence[Requirement], solver: str) -> list[ModuleType]:
+    """:func:`require` for each (module, extra, package) of ``requirements``: the modules, in order."""
+    return [require(module, solver, extra, package) for module, extra, package in requirements]
+
+
+def require_installed(module: str, solver: str, extra: str, package: str) -> None:
+    """:func:`require`'s check without the import: SolverError (the same one-line message) unless
+    ``module`` can be found. Cheap: finds the module without running it (its parent packages are
+    imported, e.g. the ``dwave`` namespace for ``dwave.system``), so nothing heavy such as torch loads."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or a stale module has no spec
+        found = False
+    if not found:
+        raise _missing(solver, extra, package)
 
 
 def known_options(options: Iterable[str], valid: Iterable[str], who: str) -> None:

@@ -40,17 +40,19 @@ import numpy as np
 from qubocompress.errors import SolverError
 from qubocompress.solvers.base import (
     BinaryQuadratic,
+    Requirement,
     combined_stop_reason,
     empty_sampleset,
     known_options,
     positive_int,
     read_seeds,
-    require,
+    require_all,
     time_limit_seconds,
     timed_sampleset,
 )
 
 CROSSOVERS = ("two_point", "uniform")
+GA_REQUIRES: tuple[Requirement, ...] = (("pymoo", "ga", "pymoo"),)
 ENUMERABLE_VARIABLES = 16  # up to this many variables a run marks each evaluated genome in a 2**n table (64 KiB)
 
 
@@ -76,7 +78,7 @@ class GeneticAlgorithmSampler(dimod.Sampler):
     }
 
     def __init__(self, **defaults: Any) -> None:
-        require("pymoo", "ga", "ga", "pymoo")
+        require_all(GA_REQUIRES, "ga")
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:

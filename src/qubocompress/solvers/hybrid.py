@@ -4,7 +4,8 @@ The cloud solver runs classical heuristics together with QPU calls for ``time_li
 (None = the solver's minimum for the problem size) and returns one or a few samples. Its timing
 (µs) is reported in ``info["hybrid_timing_us"]`` and, in seconds, in ``info["timing"]``
 (``run_seconds``, ``qpu_access_seconds``, ``charge_seconds``). The token and every failure are
-handled as for ``qpu`` (see :mod:`qubocompress.solvers.qpu`). Not seedable.
+handled as for ``qpu`` (see :mod:`qubocompress.solvers.qpu`; ``check_token`` there is the cheap
+check ``preflight("hybrid")`` runs). Not seedable.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from typing import Any
 import dimod
 
 from qubocompress.errors import SolverError
-from qubocompress.solvers.base import empty_sampleset, require, time_limit_seconds, timed_sampleset
+from qubocompress.solvers.base import Requirement, empty_sampleset, require_all, time_limit_seconds, timed_sampleset
 from qubocompress.solvers.qpu import call_cloud
+
+# The optional modules ``hybrid`` imports, as (module, extra, package) for ``require``.
+HYBRID_REQUIRES: tuple[Requirement, ...] = (("dwave.system", "qpu", "dwave-system"),)
 
 # Timing fields of a hybrid answer (µs) -> their name in seconds under info["timing"].
 TIMING_FIELDS = {"run_time": "run_seconds", "qpu_access_time": "qpu_access_seconds", "charge_time": "charge_seconds"}
@@ -40,7 +44,7 @@ class HybridSampler(dimod.Sampler):
         client_config: dict[str, Any] | None = None,
         time_limit: float | None = None,
     ) -> None:
-        system = require("dwave.system", "hybrid", "qpu", "dwave-system")
+        (system,) = require_all(HYBRID_REQUIRES, "hybrid")
         self.time_limit = time_limit_seconds(time_limit, "solver 'hybrid'")
         if child_sampler is None:
             config = dict(client_config or {})

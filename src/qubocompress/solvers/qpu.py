@@ -22,19 +22,33 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import dimod
 import numpy as np
 
 from qubocompress.errors import SolverError
-from qubocompress.solvers.base import empty_sampleset, known_options, positive_int, require, timed_sampleset
+from qubocompress.solvers.base import (
+    Requirement,
+    empty_sampleset,
+    known_options,
+    positive_int,
+    require_all,
+    timed_sampleset,
+)
 
 T = TypeVar("T")
 
 CHAIN_STRENGTH_RULES = ("uniform_torque_compensation", "scaled")
 TOKEN_HINT = "run `dwave setup --auth` or set DWAVE_API_TOKEN"
+# The optional modules ``qpu`` (and ``hybrid``) import, as (module, extra, package) for ``require``.
+QPU_REQUIRES: tuple[Requirement, ...] = (("dwave.system", "qpu", "dwave-system"), ("minorminer", "qpu", "dwave-system"))
+
+
+def missing_token(solver: str) -> SolverError:
+    """The one-line SolverError for a D-Wave solver without an API token."""
+    return SolverError(f"solver {solver!r} has no D-Wave API token: {TOKEN_HINT}")
 
 
 def cloud_error(exc: BaseException, solver: str) -> SolverError | None:
@@ -44,7 +58,12 @@ def cloud_error(exc: BaseException, solver: str) -> SolverError | None:
 
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, ValueError) and "API token not defined" in str(exc):
-        return SolverError(f"solver {solver!r} has no D-Wave API token: {TOKEN_HINT}")
+        return missing_token(solver)
+    if isinstance(exc, ValueError) and str(exc).startswith("Config profile"):
+        return SolverError(
+            f"solver {solver!r}: D-Wave {detail[0].lower()}{detail[1:]}; fix DWAVE_PROFILE or the profile in "
+            f"client_config, or {TOKEN_HINT}"
+        )
     if isinstance(exc, cloud.SolverAuthenticationError):
         return SolverError(f"solver {solver!r}: the D-Wave API rejected the token ({detail}); {TOKEN_HINT}")
     if isinstance(exc, cloud.SolverNotFoundError):
@@ -75,6 +94,33 @@ def call_cloud(action: Callable[[], T], solver: str) -> T:
         if error is None:
             raise
         raise error from exc
+
+
+def check_token(solver: str, options: Mapping[str, Any]) -> None:
+    """SolverError unless the sampler built with ``options`` would find a D-Wave API token; no network call.
+
+    Reads the configuration the way the sampler's cloud client will (dwave-cloud-client's own
+    ``load_config``): ``options["client_config"]`` (``token``, ``config_file``, ``profile``, ...) over
+    the ``DWAVE_*`` environment (``DWAVE_API_TOKEN``, ``DWAVE_CONFIG_FILE``, ``DWAVE_PROFILE``) over
+    the config file ``dwave setup --auth`` writes. An unreadable config file or an unknown profile is
+    the same one-line SolverError as when the sampler is built. Nothing to check when
+    ``options["child_sampler"]`` is given (it brings its own connection, or none).
+    """
+    if options.get("child_sampler") is not None:
+        return
+    client_config = options.get("client_config") or {}
+    if not isinstance(client_config, Mapping):
+        raise SolverError(
+            f"solver {solver!r}: client_config must be a mapping of dwave-cloud-client options, "
+            f"got {type(client_config).__name__}"
+        )
+    from dwave.cloud.config import load_config
+
+    config = call_cloud(lambda: load_config(**client_config), solver)
+    defaults = config.get("defaults")  # the client's own defaults, lowest priority
+    token = config.get("token") or (defaults.get("token") if isinstance(defaults, Mapping) else None)
+    if not token:
+        raise missing_token(solver)
 
 
 def _chain_strength(value: Any) -> Any:
@@ -123,8 +169,7 @@ class QpuSampler(dimod.Sampler):
         client_config: dict[str, Any] | None = None,
         **defaults: Any,
     ) -> None:
-        system = require("dwave.system", "qpu", "qpu", "dwave-system")
-        self._minorminer = require("minorminer", "qpu", "qpu", "dwave-system")
+        system, self._minorminer = require_all(QPU_REQUIRES, "qpu")
         self.clique = bool(clique)
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
         if child_sampler is None:

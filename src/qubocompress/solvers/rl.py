@@ -53,15 +53,21 @@ from qubocompress.problem.plan import Plan
 from qubocompress.problem.target import most_compressed_plan
 from qubocompress.solvers.base import (
     BinaryQuadratic,
+    Requirement,
     combined_stop_reason,
     known_options,
     positive_int,
     read_seeds,
     require,
+    require_all,
     time_limit_seconds,
     timed_sampleset,
 )
 
+RL_REQUIRES: tuple[Requirement, ...] = (
+    ("gymnasium", "rl", "gymnasium"),
+    ("stable_baselines3", "rl", "stable-baselines3"),
+)
 NEEDS_FORMULATION = "solver 'rl' needs the formulation (layers and groups), not a bare BQM"
 BUDGET_GRID_REFUSAL = (
     "solver 'rl' walks the paper formulation's free prune counts and bit-widths, which the budget formulation's "
@@ -254,8 +260,7 @@ class ReinforcementLearningSampler(dimod.Sampler):
             raise SolverError(NEEDS_FORMULATION)
         if isinstance(formulation, BudgetFormulation):
             raise SolverError(BUDGET_GRID_REFUSAL)
-        require("gymnasium", "rl", "rl", "gymnasium")
-        require("stable_baselines3", "rl", "rl", "stable-baselines3")
+        require_all(RL_REQUIRES, "rl")
         self.formulation = formulation
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
 

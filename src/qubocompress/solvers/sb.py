@@ -31,14 +31,19 @@ import numpy as np
 from qubocompress.errors import SolverError
 from qubocompress.solvers.base import (
     BinaryQuadratic,
+    Requirement,
     empty_sampleset,
     known_options,
     positive_int,
-    require,
+    require_all,
     time_limit_seconds,
     timed_sampleset,
 )
 
+SB_REQUIRES: tuple[Requirement, ...] = (
+    ("simulated_bifurcation", "sb", "simulated-bifurcation"),
+    ("torch", "sb", "torch"),
+)
 MODES = ("discrete", "ballistic")
 DTYPES = ("float32", "float64")
 
@@ -66,8 +71,7 @@ class SimulatedBifurcationSampler(dimod.Sampler):
     }
 
     def __init__(self, **defaults: Any) -> None:
-        self._sb = require("simulated_bifurcation", "sb", "sb", "simulated-bifurcation")
-        self._torch = require("torch", "sb", "sb", "torch")
+        self._sb, self._torch = require_all(SB_REQUIRES, "sb")
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:

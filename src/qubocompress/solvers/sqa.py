@@ -35,7 +35,17 @@ import dimod
 import numpy as np
 
 from qubocompress.errors import SolverError
-from qubocompress.solvers.base import empty_sampleset, known_options, positive_int, read_seeds, require, timed_sampleset
+from qubocompress.solvers.base import (
+    Requirement,
+    empty_sampleset,
+    known_options,
+    positive_int,
+    read_seeds,
+    require_all,
+    timed_sampleset,
+)
+
+SQA_REQUIRES: tuple[Requirement, ...] = (("openjij", "sqa", "openjij"), ("threadpoolctl", "sqa", "threadpoolctl"))
 
 # Smallest bias (relative to the largest, 1 after rescaling) that counts when setting the default β.
 MIN_RELATIVE_BIAS = 1e-7
@@ -70,8 +80,7 @@ class SimulatedQuantumAnnealingSampler(dimod.Sampler):
     }
 
     def __init__(self, **defaults: Any) -> None:
-        self._openjij = require("openjij", "sqa", "sqa", "openjij")
-        self._threadpoolctl = require("threadpoolctl", "sqa", "sqa", "threadpoolctl")
+        self._openjij, self._threadpoolctl = require_all(SQA_REQUIRES, "sqa")
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
