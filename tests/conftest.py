@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,10 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _mount_tmpfs(folder: Path, options: str) -> None:
-    """Mount a tmpfs with ``options`` on ``folder``, or skip the test where mounting is not
-    permitted (not root, or no mount namespace rights)."""
+@contextmanager
+def _tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted with ``options`` on ``folder`` for the block, or a skipped test where
+    mounting is not permitted (not root, or no right to mount)."""
     import subprocess
 
     if os.geteuid() != 0:
@@ -45,27 +47,21 @@ def _mount_tmpfs(folder: Path, options: str) -> None:
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-
-
-def _unmount(folder: Path) -> None:
-    import subprocess
-
-    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 64 KiB file system (tmpfs): writing more than that fails with ENOSPC, as a full disk."""
-    folder = tmp_path / "full-disk"
-    _mount_tmpfs(folder, "size=64k")
-    yield folder
-    _unmount(folder)
+    with _tmpfs(tmp_path / "full-disk", "size=64k") as folder:
+        yield folder
 
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A real read-only file system (root ignores permission bits, so a chmod would not do)."""
-    folder = tmp_path / "read-only"
-    _mount_tmpfs(folder, "ro,size=64k")
-    yield folder
-    _unmount(folder)
+    with _tmpfs(tmp_path / "read-only", "ro,size=64k") as folder:
+        yield folder

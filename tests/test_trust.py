@@ -50,6 +50,14 @@ def with_header(data: bytes, edit) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
+def mangled(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
+    """``data`` with each (position, mask) of ``flips`` XOR-ed in, then cut short when ``cut`` is odd."""
+    changed = bytearray(data)
+    for position, mask in flips:
+        changed[position % len(changed)] ^= mask
+    return bytes(changed[: cut % len(changed)] if cut % 2 else changed)
+
+
 @pytest.fixture
 def marker(tmp_path: Path) -> Path:
     """A file that exists only if a hostile file's command ran."""
@@ -92,14 +100,10 @@ def test_a_valid_built_in_artifact_loads_without_any_factory(tmp_path):
 @given(cut=st.integers(0, 10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=3))
 def test_fuzzed_artifacts_are_one_line_errors(tmp_path, cut, flips):
     original = artifact_bytes(tmp_path)
-    data = bytearray(original)
-    for position, mask in flips:
-        data[position % len(data)] ^= mask
-    if cut % 2:
-        data = data[: cut % len(data)]
+    data = mangled(original, cut, flips)
     path = tmp_path / "fuzzed.qcz"
-    path.write_bytes(bytes(data))
-    if bytes(data) == original:  # flips that cancel out
+    path.write_bytes(data)
+    if data == original:  # flips that cancel out
         load_artifact(path)
         return
     with pytest.raises(ArtifactError) as exc:
@@ -188,16 +192,25 @@ def bqm_bytes() -> bytes:
         return handle.read()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_bqm_whose_neighbour_is_outside_the_model_is_refused_not_a_crash(tmp_path):
+    """dimod's from_file writes out of bounds on this file (a segmentation fault, found by the fuzz test below)."""
+    data = bytearray(bqm_bytes())
+    body = data.index(b"\n", len(b"DIMODBQM")) + 1
+    body += -body % 64  # the header is padded to 64 bytes
+    neighbours = body + 8 + 3 * 12  # after the offset (float64) and 3 x (int32 start, float64 bias)
+    second = neighbours + 12  # variable 1's first neighbour (int32 index, float64 bias), after variable 0's one
+    data[second : second + 4] = (-(10**6)).to_bytes(4, "little", signed=True)
+    path = tmp_path / "crafted.bqm"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="is not a readable dimod BQM"):
+        load_instance(path)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(0, 10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=3))
 def test_fuzzed_bqm_files_are_parsed_or_one_line_errors(tmp_path, cut, flips):
-    data = bytearray(bqm_bytes())
-    for position, mask in flips:
-        data[position % len(data)] ^= mask
-    if cut % 2:
-        data = data[: cut % len(data)]
     path = tmp_path / "fuzzed.bqm"
-    path.write_bytes(bytes(data))
+    path.write_bytes(mangled(bqm_bytes(), cut, flips))
     try:
         instance = load_instance(path)
     except DataError as exc:

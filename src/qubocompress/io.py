@@ -63,6 +63,18 @@ def _parent_folder(path: Path) -> Path:
     return parent
 
 
+def _temp_file_beside(path: Path, suffix: str, failure: str) -> tuple[int, str]:
+    """A new temp file in ``path``'s folder (made if missing): (fd, name); an ArtifactError that
+    starts with ``failure`` when ``path`` is a folder or its folder takes no file."""
+    if path.is_dir():
+        raise ArtifactError(f"{failure}: it is an existing folder")
+    parent = _parent_folder(path)
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
+    except OSError as exc:
+        raise ArtifactError(f"{failure}: {os_reason(exc)}") from None
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> int:
     """Call ``write(handle)`` on a temp file beside ``path``, then rename it into place.
 
@@ -70,13 +82,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> int:
     is removed and ``path`` is untouched; a file-system error is an ArtifactError.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ArtifactError(f"cannot write {path}: it is an existing folder")
-    parent = _parent_folder(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise ArtifactError(f"cannot write {path}: {os_reason(exc)}") from None
+    fd, tmp = _temp_file_beside(path, ".tmp", f"cannot write {path}")
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -121,13 +127,7 @@ def check_writable_file(path: str | Path, flag: str) -> Path:
     """``path`` can be written as a file (its folder exists or can be made, and takes a file),
     checked before any long work; ArtifactError naming ``flag`` otherwise. Creates the folder."""
     path = Path(path)
-    if path.is_dir():
-        raise ArtifactError(f"{flag} {path} is an existing folder; give a file path")
-    parent = _parent_folder(path)
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
-    except OSError as exc:
-        raise ArtifactError(f"{flag} {path}: cannot write there ({os_reason(exc)})") from None
+    fd, probe = _temp_file_beside(path, ".probe", f"cannot write {flag} {path}")
     os.close(fd)
     os.unlink(probe)
     return path

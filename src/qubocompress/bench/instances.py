@@ -28,7 +28,6 @@ hard weight-bit budget, ``E*`` from the MILP, certified or marked best known).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import time
@@ -44,6 +43,7 @@ import numpy as np
 from qubocompress.errors import DataError, ProblemError, QubocompressError
 from qubocompress.io import write_bytes_atomic, write_json_atomic
 from qubocompress.problem import Formulation
+from qubocompress.problem.bqm_file import read_bqm
 from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.paper import PaperFormulation
 from qubocompress.problem.spec import CompressionSpec
@@ -373,7 +373,7 @@ def save_instance(instance: Instance, folder: str | Path) -> Path:
 
 def _parse_bqm(data: bytes, name: str) -> dimod.BinaryQuadraticModel:
     try:
-        return dimod.BinaryQuadraticModel.from_file(io.BytesIO(data))
+        return read_bqm(data)
     except Exception as exc:  # dimod raises many types on a damaged file; all mean the same here
         raise DataError(f"instance {name} is corrupt: its .bqm is not a readable dimod BQM ({exc})") from exc
 
