@@ -170,3 +170,34 @@ def test_normalize_is_checked_first_and_recorded_in_metrics_and_the_model_file(d
 
     _, stored = load_artifact(out / "model.qcz")
     assert (stored["normalize"], stored["mean"], stored["std"]) == ("none", [0.0], [1.0])
+
+
+def test_an_interrupted_ablation_leaves_the_previous_folder_as_it_was(tmp_path, monkeypatch):
+    from qubocompress import ablation
+
+    out = tmp_path / "ablation"
+    out.mkdir()
+    (out / "ablation.json").write_text("[]")
+    calls = []
+
+    def fake_compress(config, log, into):  # the first combination writes its run, the second is interrupted
+        calls.append(config.sensitivity)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        into.mkdir()
+        (into / "metrics.json").write_text("{}")
+        return {
+            "compressed": {"test_acc_before_finetune": 0.5, "test_acc": 0.5, "finetune_epochs": 0, "ratio": 8.0,
+                           "cost_ratio": 8.0},
+            "qubo": {"energy": 1.0, "exact": {"certified": True}},
+            "timing": {"analysis": 1.0},
+            "model": {"fp32_test_acc": 0.9},
+        }
+
+    monkeypatch.setattr(ablation, "compress", fake_compress)
+    base = CompressConfig(formulation="budget", out=out)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.ablate(base, ["l1"], ["fisher", "mse"], (False,))
+    assert calls == ["fisher", "mse"]
+    assert files_of(out) == {"ablation.json": b"[]"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ablation.lock", "ablation"]
