@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow bench bench-quick bench-budget data clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the CPU torch wheel (pyproject allows any recent torch, for other users).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[all,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
 # Debian's dataset-fashion-mnist package, where this machine lets us install it; otherwise the
