@@ -71,7 +71,8 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
     from qubocompress.analysis.importance import IMPORTANCE_METHODS
     from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
     from qubocompress.models import MODELS
-    from qubocompress.pipeline import AUTO_SENSITIVITY, FORMULATIONS, METRICS, SEARCH_METHODS, CompressConfig
+    from qubocompress.pipeline import AUTO_SENSITIVITY, METRICS, SEARCH_METHODS, CompressConfig
+    from qubocompress.problem import FORMULATIONS
     from qubocompress.solvers.registry import SOLVER_NAMES
 
     defaults = CompressConfig()
@@ -114,7 +115,7 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
         parser.add_argument(
             "--formulation",
             default=defaults.formulation,
-            choices=FORMULATIONS,
+            choices=tuple(FORMULATIONS),
             help="paper: H = L_p + beta*L_q - gamma*R with gamma bisected to the target; budget: least damage "
             "(estimated or measured: --sensitivity) under a hard budget",
         )

@@ -40,11 +40,8 @@ from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train
 from qubocompress.models.user import arch_label, is_factory_spec, load_user_model
 from qubocompress.models.zoo import MODELS
-from qubocompress.problem import Formulation
-from qubocompress.problem.budget import BudgetFormulation
+from qubocompress.problem import FORMULATIONS, Formulation, Reference, Target
 from qubocompress.problem.choices import fp32_cost, plan_cost
-from qubocompress.problem.paper import PaperFormulation
-from qubocompress.problem.target import calibrate_gamma
 from qubocompress.problem.plan import Plan, uniform_plan
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.search import SEARCHES
@@ -54,7 +51,6 @@ from qubocompress.solvers.rl import BUDGET_GRID_REFUSAL
 
 Log = Callable[[str], None]
 
-FORMULATIONS = ("paper", "budget")
 # --sensitivity's default: fisher for the budget formulation (its damage of the prune options as
 # well, in one backward pass: the same or better plans after fine-tuning on the built-in nets at a
 # fifteenth to a fiftieth of the measured analysis's time, docs/benchmarks.md §3.2.2-3.2.3),
@@ -152,7 +148,7 @@ class CompressConfig:
         check_seed(self.seed)
         parse_normalize(self.normalize)
         for flag, value, valid in (
-            ("--formulation", self.formulation, FORMULATIONS),
+            ("--formulation", self.formulation, tuple(FORMULATIONS)),
             ("--metric", self.metric, METRICS),
             ("--importance", self.importance, IMPORTANCE_METHODS),
             ("--sensitivity", self.sensitivity, (AUTO_SENSITIVITY, *LAYER_SENSITIVITY_METHODS)),
@@ -165,7 +161,7 @@ class CompressConfig:
             raise ProblemError("--metric bops and --interactions need --formulation budget (the paper's energy has neither)")
         if self.formulation == "budget" and self.beta is not None:
             raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
-        if self.formulation == "budget" and self.solver == "rl" and self.search == "qubo":
+        if self.solver == "rl" and self.search == "qubo" and not FORMULATIONS[self.formulation].free_counts:
             raise ProblemError(BUDGET_GRID_REFUSAL)  # before the analysis, not when the sampler is built
         if self.search == "qubo":
             preflight(self.solver, self.solver_options)  # a missing extra or QPU token before any work
@@ -301,45 +297,19 @@ def with_budget_as_ratio(config: CompressConfig, spec: CompressionSpec, log: Log
     return replace(config, target_ratio=full / budget)
 
 
-def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Formulation, dict[str, Any]]:
-    """The QUBO of ``config.formulation`` at the target, and its reference optimum.
-
-    ``paper``: γ bisected so that the optimum reaches the target ratio; the optimum is certified by
-    per-component enumeration. ``budget``: a hard budget of fp32 cost / target ratio (or
-    ``config.budget``); the reference is HiGHS's MILP within ``exact_time_limit`` (certified, or
-    with its proven gap).
-    """
-    formulation: Formulation
-    if config.formulation == "paper":
-        formulation = calibrate_gamma(spec, config.target_ratio, beta=config.beta)
-        start = time.perf_counter()
-        plan, energy = formulation.exact()
-        reference = {
-            "energy": energy,
-            "certified": True,
-            "gap": 0.0,
-            "method": "per-component enumeration",
-            "seconds": time.perf_counter() - start,
-        }
-    else:
-        absolute = None if config.budget is None else parse_budget(config.budget, config.metric)
-        formulation = BudgetFormulation(
-            spec,
-            ratio=config.target_ratio if absolute is None else None,
-            absolute=absolute,
-            metric=config.metric,  # type: ignore[arg-type]
-            time_limit=config.exact_time_limit,
-        )
-        result = formulation.exact_result()
-        plan, energy = formulation.exact()
-        reference = {
-            "energy": energy,
-            "certified": result.certified,
-            "gap": result.gap,
-            "method": result.method,
-            "seconds": result.seconds,
-        }
-    return formulation, {**reference, "plan": plan}
+def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Formulation, Reference]:
+    """The QUBO of ``config.formulation`` at the target (:meth:`Formulation.for_target`), and its
+    reference optimum (the paper form's certified enumeration; the budget form's MILP within
+    ``exact_time_limit``, certified or with its proven gap)."""
+    target = Target(
+        ratio=config.target_ratio,
+        absolute=None if config.budget is None else parse_budget(config.budget, config.metric),
+        metric=config.metric,  # type: ignore[arg-type]
+        beta=config.beta,
+        time_limit=config.exact_time_limit,
+    )
+    formulation = FORMULATIONS[config.formulation].for_target(spec, target)
+    return formulation, formulation.reference()
 
 
 def solve_formulation(
@@ -349,12 +319,11 @@ def solve_formulation(
 
     Polishing (each formulation's ``polish``) is part of the route: for ``paper`` it replaces each
     group's pruned channels by as many least important ones; for ``budget`` it repairs reads into
-    the budget and runs a feasible local search. The figures keep the raw reads' success rate (and
-    feasibility rate) next to the polished ones, so the solver's own share is visible.
+    the budget and runs a feasible local search. The figures keep the raw reads' success rate (and,
+    for a formulation with constraints, feasibility rate) next to the polished ones, so the
+    solver's own share is visible.
     """
-    options = dict(config.solver_options)
-    if isinstance(formulation, BudgetFormulation):
-        options = {**formulation.recommended_sampler_options(config.solver), **options}
+    options = {**formulation.recommended_sampler_options(config.solver), **config.solver_options}
     sampler = make_sampler(config.solver, formulation=formulation, **options)
     sample_kwargs: dict[str, Any] = {}
     if config.num_reads is not None and "num_reads" in sampler.parameters:
@@ -364,13 +333,12 @@ def solve_formulation(
     solve_seconds = time.perf_counter() - start
     if len(raw) == 0:
         raise ProblemError(f"solver {config.solver!r} returned no sample (time limit too short?)")
-    polished = formulation.polish(raw) if isinstance(formulation, PaperFormulation) else formulation.polish(raw, seed=config.seed)
+    polished = formulation.polish(raw, seed=config.seed)
     polish_seconds = time.perf_counter() - start - solve_seconds
 
     def success(sampleset: dimod.SampleSet) -> float:
-        energies, counts = sampleset.record.energy, sampleset.record.num_occurrences
-        if isinstance(formulation, BudgetFormulation):
-            counts = counts * formulation.feasible_reads(sampleset)
+        energies = sampleset.record.energy
+        counts = sampleset.record.num_occurrences * formulation.feasible_reads(sampleset)
         return float(counts[success_mask(energies, reference_energy)].sum()) / float(sampleset.record.num_occurrences.sum())
 
     figures: dict[str, Any] = {
@@ -384,16 +352,14 @@ def solve_formulation(
         "solver_info": {k: v for k, v in raw.info.items() if k == "timing"},
         "polish": polished.info.get("polish", {}),
     }
-    if isinstance(formulation, BudgetFormulation):
-        _, _, figures["feasible_rate_raw"] = formulation.best_feasible(raw)
-        plan, _, figures["feasible_rate"] = formulation.best_feasible(polished)
-        if plan is None:
-            raise ProblemError(f"no read of {config.solver!r} could be repaired into the budget")
-        energy = formulation.energy(plan)
-    else:
-        best = polished.first
-        plan, energy = formulation.decode(best.sample), float(best.energy)
+    _, _, feasible_raw = formulation.best_plan(raw)
+    plan, _, feasible = formulation.best_plan(polished)
+    if plan is None:
+        raise ProblemError(f"no read of {config.solver!r} could be repaired into the budget")
+    if formulation.constrained:
+        figures.update(feasible_rate_raw=feasible_raw, feasible_rate=feasible)
     plan.validate(formulation.spec)
+    energy = formulation.energy(plan)
     figures.update(energy=energy, gap=residual_gap(energy, reference_energy))
     return plan, figures
 
@@ -586,20 +552,18 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
         with timer.stage("build", f"building the {config.formulation} QUBO for {config.target_ratio:g}x ({config.metric})"):
             formulation, reference = build_formulation(spec, config)
             bqm = formulation.bqm
-        exact_plan = reference.pop("plan")
         with timer.stage("solve", f"solving {len(bqm.variables)} variables with {config.solver}"):
-            plan, figures = solve_formulation(formulation, config, reference["energy"])
+            plan, figures = solve_formulation(formulation, config, reference.energy)
         route = {
             "formulation": config.formulation,
             "metric": config.metric,
             "variables": len(bqm.variables),
             "interactions": len(bqm.quadratic),
-            **({"beta": formulation.beta, "gamma": formulation.gamma} if isinstance(formulation, PaperFormulation) else {}),
-            **({"budget": formulation.budget, "penalty": formulation.penalty} if isinstance(formulation, BudgetFormulation) else {}),
+            **formulation.describe(),
             **figures,
-            "exact_energy": reference["energy"],
-            "exact": reference,
-            "exact_plan_matches": plan == exact_plan,
+            "exact_energy": reference.energy,
+            "exact": reference.figures(),
+            "exact_plan_matches": plan == reference.plan,
         }
     else:
         search = SEARCHES[config.search]

@@ -42,10 +42,9 @@ import numpy as np
 
 from qubocompress.errors import DataError, ProblemError, QubocompressError
 from qubocompress.io import write_bytes_atomic, write_json_atomic
-from qubocompress.problem import Formulation
+from qubocompress.problem import FORMULATIONS, Formulation
 from qubocompress.problem.bqm_file import read_bqm
 from qubocompress.problem.budget import BudgetFormulation
-from qubocompress.problem.paper import PaperFormulation
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.problem.synthetic import synthetic_resnet_spec, synthetic_spec
 from qubocompress.problem.target import calibrate_gamma
@@ -126,13 +125,13 @@ class Instance:
         """A new formulation object with the same parameters (nothing cached: for timing the exact solver)."""
         if self.formulation is None:
             return None
-        return formulation_from_parameters(self.formulation.spec, formulation_parameters(self.formulation))
+        return formulation_from_parameters(self.formulation.spec, self.formulation.parameters())
 
     def sidecar(self) -> dict[str, Any]:
         """The JSON sidecar written next to the ``.bqm``."""
         formulation = None
         if self.formulation is not None:
-            formulation = {**formulation_parameters(self.formulation), "target_ratio": self.target_ratio}
+            formulation = {**self.formulation.parameters(), "target_ratio": self.target_ratio}
         return {
             "format": INSTANCE_FORMAT,
             "version": FORMAT_VERSION,
@@ -149,45 +148,18 @@ class Instance:
         }
 
 
-def formulation_parameters(formulation: Formulation) -> dict[str, Any]:
-    """What rebuilds ``formulation`` from its spec (JSON-safe; the budget's resolved penalty
-    included, so the rebuilt BQM does not depend on the MILP's bounds)."""
-    if isinstance(formulation, PaperFormulation):
-        return {"name": "paper", "beta": formulation.beta, "gamma": formulation.gamma}
-    return {
-        "name": "budget",
-        "ratio": formulation.ratio,
-        "absolute": formulation.absolute,
-        "metric": formulation.metric,
-        "bit_options": list(formulation.bit_options),
-        "penalty": formulation.penalty,
-        "time_limit": formulation.time_limit,
-    }
-
-
 def formulation_from_parameters(spec: CompressionSpec, params: dict[str, Any]) -> Formulation:
-    """The formulation of ``spec`` that :func:`formulation_parameters` describes."""
-    if params.get("name") == "paper":
-        return PaperFormulation(spec, beta=float(params["beta"]), gamma=float(params["gamma"]))
-    if params.get("name") == "budget":
-        return BudgetFormulation(
-            spec,
-            ratio=None if params["ratio"] is None else float(params["ratio"]),
-            absolute=None if params["absolute"] is None else float(params["absolute"]),
-            metric=params["metric"],
-            bit_options=[int(b) for b in params["bit_options"]],
-            penalty=float(params["penalty"]),
-            time_limit=float(params["time_limit"]),
-        )
-    raise ValueError(f"unknown formulation {params.get('name')!r}")
+    """The formulation of ``spec`` that its ``parameters()`` describe."""
+    cls = FORMULATIONS.get(params.get("name"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown formulation {params.get('name')!r}")
+    return cls.from_parameters(spec, params)
 
 
 def _reference(formulation: Formulation) -> tuple[float, bool]:
-    """(``E*``, certified): the paper form's enumeration, or the budget MILP's best plan and
-    whether HiGHS proved it (else it is the best known)."""
-    _, energy = formulation.exact()
-    certified = formulation.exact_result().certified if isinstance(formulation, BudgetFormulation) else True
-    return float(energy), certified
+    """(``E*``, certified): the formulation's reference optimum and whether it is proven."""
+    reference = formulation.reference()
+    return float(reference.energy), reference.certified
 
 
 def bqm_bytes(bqm: dimod.BinaryQuadraticModel) -> bytes:

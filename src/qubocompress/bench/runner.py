@@ -44,7 +44,6 @@ from qubocompress.bench.instances import BUILTIN_MODELS, Instance
 from qubocompress.bench.metrics import residual_gap, success_mask, tts99
 from qubocompress.bench.store import ResultStore, RunKey, RunRecord, options_hash
 from qubocompress.errors import QubocompressError, SolverError
-from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
 
 DEFAULT_SOLVER = "sa"
@@ -184,11 +183,7 @@ def _sampler_for(
     A formulation's recommended options for the solver (the budget form's ``sa`` schedule, as
     ``compress`` uses it) come first; the sweep's own options override them.
     """
-    recommended = (
-        instance.formulation.recommended_sampler_options(name)
-        if isinstance(instance.formulation, BudgetFormulation)
-        else {}
-    )
+    recommended = {} if instance.formulation is None else instance.formulation.recommended_sampler_options(name)
     options = {**recommended, **config.solver_options.get(name, {})}
     if name == EXACT_SOLVER:
         fresh = instance.fresh_formulation()
@@ -309,7 +304,7 @@ def _run_once(
     kept = {k: v for k, v in sampleset.info.items() if k not in ("timing", "evaluations", "stopped_by")}
     info.update({"wall_seconds": wall, "timing": _jsonable(timing), "solver_info": _jsonable(kept)})
     info["independent_reads"] = _independent_reads(record)
-    if isinstance(instance.formulation, BudgetFormulation) and energies.size:
+    if instance.formulation is not None and instance.formulation.constrained and energies.size:
         feasible = instance.formulation.feasible_reads(sampleset)
         info["feasible_rate"] = float(occurrences[feasible].sum() / occurrences.sum())
     if "time_limit" in kwargs:

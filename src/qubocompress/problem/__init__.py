@@ -1,5 +1,6 @@
 """Formulations: compression spec -> dimod BQM -> decoded Plan (numpy and dimod only, never torch)."""
 
+from qubocompress.problem.base import Formulation, Reference, Target
 from qubocompress.problem.budget import BudgetFormulation, ExactResult, smallest_plan
 from qubocompress.problem.paper import PaperFormulation, balanced_beta, quant_sensitivity
 from qubocompress.problem.plan import Plan, uniform_plan
@@ -7,19 +8,22 @@ from qubocompress.problem.spec import ChannelGroup, CompressionSpec, Interaction
 from qubocompress.problem.synthetic import synthetic_resnet_spec, synthetic_spec, with_synthetic_measurements
 from qubocompress.problem.target import calibrate_gamma, most_compressed_plan
 
-# Either formulation: what the pipeline builds and a benchmark instance carries.
-Formulation = PaperFormulation | BudgetFormulation
+# Every formulation by its --formulation name: adding one is its module and one entry here.
+FORMULATIONS: dict[str, type[Formulation]] = {cls.name: cls for cls in (PaperFormulation, BudgetFormulation)}
 
 __all__ = [
     "BudgetFormulation",
     "ChannelGroup",
     "CompressionSpec",
     "ExactResult",
+    "FORMULATIONS",
     "Formulation",
     "Interaction",
     "LayerSpec",
     "PaperFormulation",
     "Plan",
+    "Reference",
+    "Target",
     "balanced_beta",
     "calibrate_gamma",
     "most_compressed_plan",

@@ -69,6 +69,7 @@ import dimod
 import numpy as np
 
 from qubocompress.errors import ProblemError
+from qubocompress.problem.base import Formulation, Reference, Target
 from qubocompress.problem.choices import ChoiceModel, Metric, fp32_cost, plan_cost, prune_options
 from qubocompress.problem.local_search import MoveTables, descend_all, iterated_local_search_all, repair_all
 from qubocompress.problem.milp import solve_budget_milp
@@ -177,7 +178,7 @@ def _finite(value: Any) -> float | None:
     return float(value)
 
 
-class BudgetFormulation:
+class BudgetFormulation(Formulation):
     """Minimise the measured damage subject to a hard budget (see the module docstring).
 
     Args:
@@ -191,6 +192,10 @@ class BudgetFormulation:
             weight plus 5 %. A smaller one may make infeasible samples the ground state.
         time_limit: seconds the exact MILP may take (:meth:`exact_result` says if it was certified).
     """
+
+    name = "budget"
+    constrained = True
+    free_counts = False
 
     def __init__(
         self,
@@ -290,6 +295,52 @@ class BudgetFormulation:
         return self.cost(plan) <= self.budget
 
     # --- exact reference ------------------------------------------------------------------------
+
+    @classmethod
+    def for_target(cls, spec: CompressionSpec, target: Target) -> BudgetFormulation:
+        """A hard budget of ``target.absolute``, else of fp32 cost / ``target.ratio``."""
+        if target.beta is not None:
+            raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
+        ratio = target.ratio if target.absolute is None else None
+        return cls(spec, ratio=ratio, absolute=target.absolute, metric=target.metric, time_limit=target.time_limit)
+
+    @classmethod
+    def from_parameters(cls, spec: CompressionSpec, params: Mapping[str, Any]) -> BudgetFormulation:
+        return cls(
+            spec,
+            ratio=None if params["ratio"] is None else float(params["ratio"]),
+            absolute=None if params["absolute"] is None else float(params["absolute"]),
+            metric=params["metric"],
+            bit_options=[int(b) for b in params["bit_options"]],
+            penalty=float(params["penalty"]),
+            time_limit=float(params["time_limit"]),
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        """The budget's settings, its resolved penalty included (so the rebuilt BQM does not depend
+        on the MILP's bounds)."""
+        return {
+            "name": self.name,
+            "ratio": self.ratio,
+            "absolute": self.absolute,
+            "metric": self.metric,
+            "bit_options": list(self.bit_options),
+            "penalty": self.penalty,
+            "time_limit": self.time_limit,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {"budget": self.budget, "penalty": self.penalty}
+
+    def reference(self) -> Reference:
+        """HiGHS's MILP optimum (:meth:`exact_result`), certified or with its proven gap."""
+        result = self.exact_result()
+        plan, energy = self.exact()
+        return Reference(plan, energy, result.certified, result.gap, result.method, result.seconds)
+
+    def best_plan(self, sampleset: dimod.SampleSet) -> tuple[Plan | None, float | None, float]:
+        """:meth:`best_feasible`: an infeasible read is never returned."""
+        return self.best_feasible(sampleset)
 
     def exact(self) -> tuple[Plan, float]:
         """The reference optimum as ``(plan, energy)``: the BQM energy of its encoding.

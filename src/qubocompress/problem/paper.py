@@ -31,12 +31,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import dimod
 import numpy as np
 
 from qubocompress.errors import ProblemError
+from qubocompress.problem.base import Formulation, Reference, Target
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec, LayerSpec
 
@@ -102,7 +103,7 @@ def balanced_beta(spec: CompressionSpec) -> float:
     return float(beta) if np.isfinite(beta) else 1.0
 
 
-class PaperFormulation:
+class PaperFormulation(Formulation):
     """The paper's ``H = L_p + β·L_q − γ·R`` for one spec (see the module docstring).
 
     Args:
@@ -110,6 +111,8 @@ class PaperFormulation:
         beta: weight of the quantization damage; None = :func:`balanced_beta`.
         gamma: weight of the compression reward ``R`` (≥ 0); larger compresses more.
     """
+
+    name = "paper"
 
     def __init__(self, spec: CompressionSpec, beta: float | None = None, gamma: float = 1.0) -> None:
         self.spec = spec
@@ -274,8 +277,38 @@ class PaperFormulation:
         }
         return Plan(pruned=pruned, bits=dict(plan.bits))
 
-    def polish(self, sampleset: dimod.SampleSet) -> dimod.SampleSet:
-        """Every read made canonical (:meth:`canonical`), over the same BQM and reads.
+    @classmethod
+    def for_target(cls, spec: CompressionSpec, target: Target) -> PaperFormulation:
+        """γ bisected so that the optimum reaches ``target.ratio`` (:func:`~qubocompress.problem.target.calibrate_gamma`)."""
+        if target.metric != "bits":
+            raise ProblemError("--metric bops needs --formulation budget (the paper's energy counts weight bits only)")
+        from qubocompress.problem.target import calibrate_gamma  # target.py builds on this module
+
+        return calibrate_gamma(spec, target.ratio, beta=target.beta)
+
+    @classmethod
+    def from_parameters(cls, spec: CompressionSpec, params: Mapping[str, Any]) -> PaperFormulation:
+        return cls(spec, beta=float(params["beta"]), gamma=float(params["gamma"]))
+
+    def parameters(self) -> dict[str, Any]:
+        return {"name": self.name, **self.describe()}
+
+    def describe(self) -> dict[str, Any]:
+        return {"beta": self.beta, "gamma": self.gamma}
+
+    def reference(self) -> Reference:
+        """The certified optimum by per-component enumeration (:meth:`exact`)."""
+        return self._reference
+
+    @cached_property
+    def _reference(self) -> Reference:
+        start = time.perf_counter()
+        plan, energy = self.exact()
+        return Reference(plan, energy, True, 0.0, "per-component enumeration", time.perf_counter() - start)
+
+    def polish(self, sampleset: dimod.SampleSet, seed: int | None = None) -> dimod.SampleSet:
+        """Every read made canonical (:meth:`canonical`), over the same BQM and reads (deterministic:
+        ``seed`` is not used).
 
         Single-flip samplers see the swap of a pruned channel for a less important kept one as two
         moves across a barrier (the count changes in between), and the energy differences between

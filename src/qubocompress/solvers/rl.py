@@ -48,7 +48,6 @@ import dimod
 import numpy as np
 
 from qubocompress.errors import SolverError
-from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.target import most_compressed_plan
 from qubocompress.solvers.base import (
@@ -258,7 +257,7 @@ class ReinforcementLearningSampler(dimod.Sampler):
     def __init__(self, formulation: Any | None, **defaults: Any) -> None:
         if formulation is None or not all(hasattr(formulation, key) for key in ("spec", "encode", "bqm")):
             raise SolverError(NEEDS_FORMULATION)
-        if isinstance(formulation, BudgetFormulation):
+        if not formulation.free_counts:
             raise SolverError(BUDGET_GRID_REFUSAL)
         require_all(RL_REQUIRES, "rl")
         self.formulation = formulation
