@@ -64,7 +64,9 @@ def run_route(model: str, ratio: float, route: str, args: argparse.Namespace) ->
         seed=args.seed,
         out=out,
     )
-    return compress(config, log=lambda line: print(f"  [{model} {ratio:g}x {route}] {line}", file=sys.stderr, flush=True))
+    return compress(
+        config, log=lambda line: print(f"  [{model} {ratio:g}x {route}] {line}", file=sys.stderr, flush=True)
+    )
 
 
 def route_seconds(metrics: dict) -> tuple[float, float]:
@@ -110,8 +112,17 @@ def main(argv: list[str] | None = None) -> int:
                 qubo_cold, qubo_warm = route_seconds(qubo)
                 rows.append((model, f"{ratio:g}x", "fp32", f"{100 * fp32:.2f}", "", "", "", "", ""))
                 rows.append(
-                    (model, f"{ratio:g}x", f"uniform {base['bit_width']}b + {100 * base['prune_ratio']:.0f}% L1",
-                     f"{100 * base['test_acc']:.2f}", f"{100 * (base['test_acc'] - fp32):+.2f}", "", f"{base['ratio']:.1f}x", "", "")
+                    (
+                        model,
+                        f"{ratio:g}x",
+                        f"uniform {base['bit_width']}b + {100 * base['prune_ratio']:.0f}% L1",
+                        f"{100 * base['test_acc']:.2f}",
+                        f"{100 * (base['test_acc'] - fp32):+.2f}",
+                        "",
+                        f"{base['ratio']:.1f}x",
+                        "",
+                        "",
+                    )
                 )
                 for route, metrics in results.items():
                     compressed = metrics["compressed"]
@@ -119,17 +130,30 @@ def main(argv: list[str] | None = None) -> int:
                     damage = "" if args.sensitivity == "measured" else f", {args.sensitivity}"
                     label = f"QUBO budget (sa{damage})" if route == "qubo" else route
                     rows.append(
-                        (model, f"{ratio:g}x", label, f"{100 * compressed['test_acc']:.2f}",
-                         f"{100 * (compressed['test_acc'] - fp32):+.2f}",
-                         f"{100 * (compressed['test_acc'] - base['test_acc']):+.2f}",
-                         f"{compressed['ratio']:.1f}x", f"{cold:.0f} s ({cold / qubo_cold:.2f}x QUBO)",
-                         f"{warm:.0f} s ({warm / qubo_warm:.1f}x QUBO)")
+                        (
+                            model,
+                            f"{ratio:g}x",
+                            label,
+                            f"{100 * compressed['test_acc']:.2f}",
+                            f"{100 * (compressed['test_acc'] - fp32):+.2f}",
+                            f"{100 * (compressed['test_acc'] - base['test_acc']):+.2f}",
+                            f"{compressed['ratio']:.1f}x",
+                            f"{cold:.0f} s ({cold / qubo_cold:.2f}x QUBO)",
+                            f"{warm:.0f} s ({warm / qubo_warm:.1f}x QUBO)",
+                        )
                     )
     except QubocompressError as exc:
         print(f"compare_searches: error: {exc}", file=sys.stderr)
         return exc.exit_code
     header = (
-        "model", "target", "route", "top-1 %", "vs fp32", "vs uniform", "ratio", "search time",
+        "model",
+        "target",
+        "route",
+        "top-1 %",
+        "vs fp32",
+        "vs uniform",
+        "ratio",
+        "search time",
         "search time, analysis cached",
     )
     print(markdown_table(header, rows))

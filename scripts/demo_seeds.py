@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from qubocompress.bench.metrics import residual_gap, success_mask
+from qubocompress.solvers.metrics import residual_gap, success_mask
 from qubocompress.errors import QubocompressError
 from qubocompress.problem.paper import PaperFormulation
 from qubocompress.problem.spec import CompressionSpec
@@ -28,7 +28,9 @@ from qubocompress.solvers.registry import make_sampler
 def main(argv: list[str] | None = None) -> int:
     """Print one row per seed and a verdict; exit 0 when every seed's best polished read is optimal."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="results folder of `qubocompress demo` or `compress` (paper formulation)")
+    parser.add_argument(
+        "run", type=Path, help="results folder of `qubocompress demo` or `compress` (paper formulation)"
+    )
     parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
     args = parser.parse_args(argv)
     try:
@@ -59,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         gaps = [residual_gap(s.first.energy, optimum) for s in (raw, polished)]
         all_optimal &= bool(success_mask([polished.first.energy], optimum)[0])
         print(f"{seed:4d}  {gaps[0]:9.2e}  {gaps[1]:12.2e}  {rates[0]:7.3f}  {rates[1]:12.3f}  {seconds:7.1f}")
-    print("every seed reached the certified optimum (after polishing)" if all_optimal else "some seed missed the optimum")
+    print(
+        "every seed reached the certified optimum (after polishing)" if all_optimal else "some seed missed the optimum"
+    )
     return 0 if all_optimal else 1
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 
 from qubocompress.bench.instances import builtin_budget_instance
-from qubocompress.bench.metrics import success_mask
+from qubocompress.solvers.metrics import success_mask
 from qubocompress.errors import ProblemError, QubocompressError
 from qubocompress.report import markdown_table
 from qubocompress.solvers.registry import make_sampler
@@ -75,14 +75,16 @@ def main(argv: list[str] | None = None) -> int:
                 at_optimum += int(polished.record.num_occurrences[optimal].sum())
                 total += int(polished.record.num_occurrences.sum())
                 solved += bool(optimal.any())
-            rows.append((
-                f"{chains}:{rounds}:{'auto' if kick is None else kick}",
-                str(polished.info["polish"]["kick"]),
-                f"{at_optimum} / {total}",
-                f"{at_optimum / total:.3f}",
-                f"{solved} / {len(reads)}",
-                f"{seconds / len(reads):.2f}",
-            ))
+            rows.append(
+                (
+                    f"{chains}:{rounds}:{'auto' if kick is None else kick}",
+                    str(polished.info["polish"]["kick"]),
+                    f"{at_optimum} / {total}",
+                    f"{at_optimum / total:.3f}",
+                    f"{solved} / {len(reads)}",
+                    f"{seconds / len(reads):.2f}",
+                )
+            )
     except QubocompressError as exc:
         print(f"polish_settings: error: {exc}", file=sys.stderr)
         return exc.exit_code

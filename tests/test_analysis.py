@@ -20,8 +20,13 @@ class Sequential(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 4, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(6 * 7 * 7, 12), nn.ReLU(), nn.Linear(12, 3))
 
@@ -199,12 +204,23 @@ def test_a_layer_whose_weight_is_parametrized_is_kept_as_it_is_and_listed():
 
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), weight_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.ReLU(),
-        nn.Flatten(), nn.Linear(4 * 8 * 8, 3),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        weight_norm(nn.Conv2d(4, 4, 3, padding=1)),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
     ).eval()
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
     graph, spec = analyse_model(
-        model, (x, y), (1, 8, 8), fake_quantize, "toy", layer_sensitivity="fisher", b_max=4, bit_levels=2,
+        model,
+        (x, y),
+        (1, 8, 8),
+        fake_quantize,
+        "toy",
+        layer_sensitivity="fisher",
+        b_max=4,
+        bit_levels=2,
         prune_options=(0.0, 0.5),
     )
     assert [layer.name for layer in spec.layers] == ["0", "5"]

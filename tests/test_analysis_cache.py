@@ -27,7 +27,14 @@ OPTIONS = {"importance": "l1", "layer_sensitivity": "measured", "b_max": 4, "pru
 
 def _spec(model: torch.nn.Module, calib: tuple[torch.Tensor, torch.Tensor], measure_damage: bool = True):
     return analyse_model(
-        model, calib, (1, 8, 8), fake_quantize, "toy", b_max=4, bit_levels=2, prune_options=(0.0, 0.5),
+        model,
+        calib,
+        (1, 8, 8),
+        fake_quantize,
+        "toy",
+        b_max=4,
+        bit_levels=2,
+        prune_options=(0.0, 0.5),
         measure_damage=measure_damage,
     )[1]
 

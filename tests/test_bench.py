@@ -24,7 +24,7 @@ from qubocompress.bench.instances import (
     save_instance,
     size_series_instance,
 )
-from qubocompress.bench.metrics import residual_gap, residual_gaps, success_mask, success_probability, tts99
+from qubocompress.solvers.metrics import residual_gap, residual_gaps, success_mask, success_probability, tts99
 from qubocompress.bench.plots import write_plots
 from qubocompress.bench.runner import Budget, SweepConfig, run_sweep, summarize, tts_ratio_lines
 from qubocompress.bench.store import ResultStore, RunKey, RunRecord
@@ -447,8 +447,24 @@ def test_cli_bench_quick(tiny_quick: None, tmp_path: Path, capsys: pytest.Captur
     }
     assert (out / "results.csv").read_text().splitlines()[0].startswith("instance,variables,")
     # the saved instances can be rerun; the store already has every run
-    assert main(["bench", "--instances", str(out / "instances"), "--solvers", "sa,exact", "--seeds", "2",
-                 "--num-reads", "10", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--instances",
+                str(out / "instances"),
+                "--solvers",
+                "sa,exact",
+                "--seeds",
+                "2",
+                "--num-reads",
+                "10",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "0 runs now, 6 from earlier" in capsys.readouterr().out
 
 
@@ -518,7 +534,6 @@ def test_store_file_that_is_not_sqlite(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["bench", "--instances", str(path), "--solvers", "exact", "--out", str(out), "--fresh"]) == 0
 
 
-
 def test_offline_sweeps_leave_out_the_cloud_solvers() -> None:
     offline = runner.offline_solvers()
     assert "qpu" not in offline and "hybrid" not in offline
@@ -568,8 +583,19 @@ def test_budget_sweep_reports_feasibility_and_the_polished_route_reaches_the_opt
 def test_rl_refuses_the_budget_formulation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SolverError, match="budget formulation's option grid cannot encode"):
         registry.make_sampler("rl", tiny_budget_instance().formulation)
-    argv = ["bench", "--formulation", "budget", "--instances", "lenet5", "--target-ratio", "16", "--solvers", "rl",
-            "--out", str(tmp_path / "o")]
+    argv = [
+        "bench",
+        "--formulation",
+        "budget",
+        "--instances",
+        "lenet5",
+        "--target-ratio",
+        "16",
+        "--solvers",
+        "rl",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 2  # named explicitly: an error, not a skip
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("qubocompress: error: solver 'rl' walks") and "Traceback" not in "\n".join(err)
@@ -577,8 +603,22 @@ def test_rl_refuses_the_budget_formulation(tmp_path: Path, capsys: pytest.Captur
 
 def test_cli_bench_budget_on_a_builtin_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
-    argv = ["bench", "--formulation", "budget", "--instances", "vgg", "--target-ratio", "24", "--solvers", "sa,exact",
-            "--seeds", "1", "--polish", "--out", str(out)]
+    argv = [
+        "bench",
+        "--formulation",
+        "budget",
+        "--instances",
+        "vgg",
+        "--target-ratio",
+        "24",
+        "--solvers",
+        "sa,exact",
+        "--seeds",
+        "1",
+        "--polish",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "vgg-budget-24x" in printed and "feasible" in printed

@@ -52,7 +52,17 @@ def specs(draw: st.DrawFn, interactions: bool | None = None, max_layers: int = 4
             g = draw(st.integers(0, len(groups) - 1))
             size = groups[g].size
             layers.append(
-                LayerSpec(f"l{n}", "conv", size, size, groups=size, kernel_area=9, out_group=g, in_group=g, quant_damage=damage)
+                LayerSpec(
+                    f"l{n}",
+                    "conv",
+                    size,
+                    size,
+                    groups=size,
+                    kernel_area=9,
+                    out_group=g,
+                    in_group=g,
+                    quant_damage=damage,
+                )
             )
             continue
         out_group = None if shape == "classifier" else draw(st.integers(0, len(groups) - 1))
@@ -74,19 +84,31 @@ def specs(draw: st.DrawFn, interactions: bool | None = None, max_layers: int = 4
                 quant_damage=damage,
             )
         )
-    spec = CompressionSpec("random", tuple(layers), tuple(groups), b_max=b_max, bit_levels=min(3, int(math.log2(b_max))))
+    spec = CompressionSpec(
+        "random", tuple(layers), tuple(groups), b_max=b_max, bit_levels=min(3, int(math.log2(b_max)))
+    )
     if interactions is None:
         interactions = draw(st.booleans())
     terms = []
     if interactions:
         families = [f"bits:{layer.name}" for layer in layers] + [f"prune:{g.name}" for g in groups if g.prune_options]
-        for first, second in draw(st.lists(st.tuples(st.sampled_from(families), st.sampled_from(families)), max_size=4)):
+        for first, second in draw(
+            st.lists(st.tuples(st.sampled_from(families), st.sampled_from(families)), max_size=4)
+        ):
             shape_of = [spec._family_size(f) for f in (first, second)]
             table = np.array(
-                draw(st.lists(st.floats(-0.5, 0.5, **FLOATS), min_size=shape_of[0] * shape_of[1], max_size=shape_of[0] * shape_of[1]))
+                draw(
+                    st.lists(
+                        st.floats(-0.5, 0.5, **FLOATS),
+                        min_size=shape_of[0] * shape_of[1],
+                        max_size=shape_of[0] * shape_of[1],
+                    )
+                )
             ).reshape(shape_of)
             terms.append(Interaction(first, second, table))
-    return CompressionSpec("random", tuple(layers), tuple(groups), b_max=b_max, bit_levels=spec.bit_levels, interactions=tuple(terms))
+    return CompressionSpec(
+        "random", tuple(layers), tuple(groups), b_max=b_max, bit_levels=spec.bit_levels, interactions=tuple(terms)
+    )
 
 
 @st.composite
@@ -199,7 +221,9 @@ def test_decode_of_a_broken_sample_is_deterministic_and_infeasible() -> None:
     doubled[extra] = 1
     assert not formulation.is_feasible(doubled)
     assert formulation.decode(doubled) == formulation.decode(doubled)
-    assert formulation.bqm.energy(doubled) >= formulation.exact()[1] + formulation.penalty - 1e-7 * scale_of(formulation)
+    assert formulation.bqm.energy(doubled) >= formulation.exact()[1] + formulation.penalty - 1e-7 * scale_of(
+        formulation
+    )
 
 
 def test_encode_rejects_plans_off_the_grid() -> None:
@@ -212,7 +236,9 @@ def test_encode_rejects_plans_off_the_grid() -> None:
         formulation.encode(Plan(pruned={**plan.pruned, group.name: (int(group.prune_order()[0]),)}, bits=plan.bits))
     most = int(group.prune_order()[-1])
     with pytest.raises(ProblemError, match="other than its 2 least important ones"):
-        formulation.encode(Plan(pruned={**plan.pruned, group.name: (int(group.prune_order()[0]), most)}, bits=plan.bits))
+        formulation.encode(
+            Plan(pruned={**plan.pruned, group.name: (int(group.prune_order()[0]), most)}, bits=plan.bits)
+        )
     assert not formulation.feasible(Plan(pruned=plan.pruned, bits={**plan.bits, "classifier": 7}))
 
 
@@ -326,7 +352,9 @@ def test_unreachable_budget_names_the_smallest_plan() -> None:
 
 def test_unreachable_absolute_and_bops_budgets_say_what_is_needed() -> None:
     spec = synthetic_spec(prune_steps=4, seed=0)
-    with pytest.raises(ProblemError, match=r"budget of 1000 bits is not reachable: the smallest plan on offer needs \d+ bits"):
+    with pytest.raises(
+        ProblemError, match=r"budget of 1000 bits is not reachable: the smallest plan on offer needs \d+ bits"
+    ):
         BudgetFormulation(spec, absolute=1000)
     with pytest.raises(ProblemError, match=r"budget 1e\+06x is not reachable: .*x fewer BOPs than fp32"):
         BudgetFormulation(spec, ratio=1e6, metric="bops")
@@ -462,25 +490,76 @@ def test_repair_restarts_a_row_that_no_single_move_makes_cheaper() -> None:
     # found by hypothesis: with BOPs rounded up to 4 coarse units, some plans over the budget
     # cannot get cheaper by changing one choice (each change saves less than a unit)
     layer = {"kind": "conv", "kernel_area": 9, "in_features_per_channel": 1, "quant_damage": [0.0, 0.0, 0.0, 0.0, 0.0]}
-    spec = CompressionSpec.from_dict({
-        "model": "random", "b_max": 5, "bit_levels": 2, "activation_bits": 32, "interactions": [],
-        "groups": [
-            {"name": "g0", "importance": [0.0] * 5, "max_pruned": 1, "members": [], "prune_options": [0, 1],
-             "prune_damage": [0.0, 0.0]},
-            {"name": "g1", "importance": [0.0] * 2, "max_pruned": 1, "members": [], "prune_options": [],
-             "prune_damage": []},
-        ],
-        "layers": [
-            {**layer, "name": "l0", "out_channels": 2, "in_channels": 1, "groups": 1, "out_positions": 1,
-             "out_group": 1, "in_group": None},
-            {**layer, "name": "l1", "out_channels": 5, "in_channels": 5, "groups": 5, "out_positions": 1,
-             "out_group": 0, "in_group": 0},
-            {**layer, "name": "l2", "out_channels": 5, "in_channels": 5, "groups": 5, "out_positions": 1,
-             "out_group": 0, "in_group": 0},
-            {**layer, "name": "l3", "out_channels": 5, "in_channels": 1, "groups": 1, "out_positions": 16,
-             "out_group": 0, "in_group": None, "quant_damage": [0.0, 0.0, 1.0, 0.0, 1.0]},
-        ],
-    })
+    spec = CompressionSpec.from_dict(
+        {
+            "model": "random",
+            "b_max": 5,
+            "bit_levels": 2,
+            "activation_bits": 32,
+            "interactions": [],
+            "groups": [
+                {
+                    "name": "g0",
+                    "importance": [0.0] * 5,
+                    "max_pruned": 1,
+                    "members": [],
+                    "prune_options": [0, 1],
+                    "prune_damage": [0.0, 0.0],
+                },
+                {
+                    "name": "g1",
+                    "importance": [0.0] * 2,
+                    "max_pruned": 1,
+                    "members": [],
+                    "prune_options": [],
+                    "prune_damage": [],
+                },
+            ],
+            "layers": [
+                {
+                    **layer,
+                    "name": "l0",
+                    "out_channels": 2,
+                    "in_channels": 1,
+                    "groups": 1,
+                    "out_positions": 1,
+                    "out_group": 1,
+                    "in_group": None,
+                },
+                {
+                    **layer,
+                    "name": "l1",
+                    "out_channels": 5,
+                    "in_channels": 5,
+                    "groups": 5,
+                    "out_positions": 1,
+                    "out_group": 0,
+                    "in_group": 0,
+                },
+                {
+                    **layer,
+                    "name": "l2",
+                    "out_channels": 5,
+                    "in_channels": 5,
+                    "groups": 5,
+                    "out_positions": 1,
+                    "out_group": 0,
+                    "in_group": 0,
+                },
+                {
+                    **layer,
+                    "name": "l3",
+                    "out_channels": 5,
+                    "in_channels": 1,
+                    "groups": 1,
+                    "out_positions": 16,
+                    "out_group": 0,
+                    "in_group": None,
+                    "quant_damage": [0.0, 0.0, 1.0, 0.0, 1.0],
+                },
+            ],
+        }
+    )
     formulation = BudgetFormulation(spec, ratio=5.0, metric="bops", bit_options=(2, 3, 4, 5))
     model, capacity = formulation.model.in_units(formulation.unit), formulation.budget // formulation.unit
     tables = MoveTables(model)
@@ -513,7 +592,9 @@ def test_polish_is_deterministic_and_never_worse_than_descent() -> None:
     formulation = BudgetFormulation(synthetic_spec(prune_steps=4, seed=6), ratio=24.0)
     rng = np.random.default_rng(1)
     index = np.stack([rng.integers(k, size=8) for k in formulation.model.counts], axis=1)
-    reads = dimod.SampleSet.from_samples_bqm((formulation._encode_rows(index), list(formulation.variables)), formulation.bqm)
+    reads = dimod.SampleSet.from_samples_bqm(
+        (formulation._encode_rows(index), list(formulation.variables)), formulation.bqm
+    )
     once = formulation.polish(reads, chains=4, chain_length=5)
     again = formulation.polish(reads, chains=4, chain_length=5)
     assert np.array_equal(once.record.sample, again.record.sample)
@@ -611,7 +692,9 @@ def test_an_unproven_milp_reports_its_gap_and_a_missing_one_falls_back(monkeypat
     spec = synthetic_spec(channels=(4, 8), prune_steps=2, seed=1)
     optimum = BudgetFormulation(spec, ratio=8.0).exact_result()
     index = BudgetFormulation(spec, ratio=8.0).model.index_of(optimum.plan)
-    monkeypatch.setattr(budget_module, "solve_budget_milp", lambda *a: MilpOutcome(index, optimum.objective - 0.1, False))
+    monkeypatch.setattr(
+        budget_module, "solve_budget_milp", lambda *a: MilpOutcome(index, optimum.objective - 0.1, False)
+    )
     unproven = BudgetFormulation(spec, ratio=8.0).exact_result()
     assert not unproven.certified and unproven.gap == pytest.approx(0.1 / optimum.objective)
     assert unproven.bound == pytest.approx(optimum.objective - 0.1)

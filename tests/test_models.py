@@ -367,7 +367,9 @@ def test_bad_training_settings() -> None:
 def test_unwritable_cache(data: Dataset, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(ModelError, match="model cache is not writable: .*file is a file, not a folder; set QUBOCOMPRESS_CACHE"):
+    with pytest.raises(
+        ModelError, match="model cache is not writable: .*file is a file, not a folder; set QUBOCOMPRESS_CACHE"
+    ):
         load_or_train("lenet5", data, config=replace(FAST, epochs=1), cache_dir=blocker)
 
 

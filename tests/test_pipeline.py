@@ -148,9 +148,7 @@ def test_the_default_sensitivity_follows_the_formulation_and_an_explicit_one_win
 
 
 @pytest.mark.parametrize("method", ["ga-acc", "rl-acc"])
-def test_accuracy_in_the_loop_searches_compress_within_the_budget(
-    data_dir: Path, tmp_path: Path, method: str
-) -> None:
+def test_accuracy_in_the_loop_searches_compress_within_the_budget(data_dir: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / method
     extra = ("--target-ratio", "10", "--search", method, "--search-evaluations", "12", "--finetune-epochs", "0")
     assert run(*compress_args(data_dir, out, *extra), "--no-baseline") == 0
@@ -169,7 +167,9 @@ def test_accuracy_in_the_loop_searches_compress_within_the_budget(
     assert search["route_seconds"] == pytest.approx(timing["analysis"] + timing["search"] + timing["evaluate"])
 
 
-def test_a_repeated_analysis_comes_from_the_cache_unless_refused(budget_run: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_a_repeated_analysis_comes_from_the_cache_unless_refused(
+    budget_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
     extra = ("--target-ratio", "12", "--formulation", "budget", "--finetune-epochs", "0", "--no-baseline")
     assert run(*compress_args(data_dir, tmp_path / "again", *extra)) == 0
     first = json.loads((budget_run / "metrics.json").read_text())["qubo"]
@@ -215,8 +215,15 @@ def test_an_absolute_budget_is_the_hard_budget(data_dir: Path, tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "text, metric, value",
-    [("64KiB", "bits", 64 * 1024 * 8), ("50kB", "bits", 400_000), ("1.5 MiB", "bits", 1.5 * 8 * 1024**2),
-     ("320000bit", "bits", 320_000), ("40000B", "bits", 320_000), ("2.5G", "bops", 2.5e9), ("3e6", "bops", 3e6)],
+    [
+        ("64KiB", "bits", 64 * 1024 * 8),
+        ("50kB", "bits", 400_000),
+        ("1.5 MiB", "bits", 1.5 * 8 * 1024**2),
+        ("320000bit", "bits", 320_000),
+        ("40000B", "bits", 320_000),
+        ("2.5G", "bops", 2.5e9),
+        ("3e6", "bops", 3e6),
+    ],
 )
 def test_budget_amounts_are_read_in_the_metric_unit(text: str, metric: str, value: float) -> None:
     assert parse_budget(text, metric) == pytest.approx(value)
@@ -237,12 +244,30 @@ def test_ablation_runs_every_combination_at_the_same_budget(
 ) -> None:
     out = tmp_path / "ablation"
     code = run(
-        "ablate", "--model", "lenet5", "--data", data_dir, "--out", out, "--target-ratio", "10",
-        "--importances", "l1,taylor", "--sensitivities", "hessian", "--pairs", "both",
+        "ablate",
+        "--model",
+        "lenet5",
+        "--data",
+        data_dir,
+        "--out",
+        out,
+        "--target-ratio",
+        "10",
+        "--importances",
+        "l1,taylor",
+        "--sensitivities",
+        "hessian",
+        "--pairs",
+        "both",
     )
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "ablation.json").read_text())
-    assert [(r["importance"], r["pairs"]) for r in rows] == [("l1", False), ("l1", True), ("taylor", False), ("taylor", True)]
+    assert [(r["importance"], r["pairs"]) for r in rows] == [
+        ("l1", False),
+        ("l1", True),
+        ("taylor", False),
+        ("taylor", True),
+    ]
     assert all(r["ratio"] >= 10.0 and r["sensitivity"] == "hessian" and r["finetune_epochs"] == 0 for r in rows)
     for row in rows:
         spec = CompressionSpec.from_json((out / row["name"] / "spec.json").read_text())
@@ -334,7 +359,10 @@ def test_corrupt_idx_file_is_a_one_line_error(
         (("--target-ratio", "0.5"), ("--target-ratio must be a number > 1",)),
         (("--metric", "bops"), ("--formulation budget",)),
         (("--formulation", "budget", "--beta", "2"), ("no beta",)),
-        (("--formulation", "budget", "--solver", "rl"), ("solver 'rl' walks the paper formulation's", "option grid cannot encode")),
+        (
+            ("--formulation", "budget", "--solver", "rl"),
+            ("solver 'rl' walks the paper formulation's", "option grid cannot encode"),
+        ),
         (("--checkpoint", "a.pt", "--weights", "b.pt"), ("either --checkpoint or --weights",)),
         (("--exact-time-limit", "0"), ("--exact-time-limit must be a positive number",)),
         (("--search", "ga-acc", "--search-evaluations", "0"), ("--search-evaluations must be >= 1",)),
@@ -386,7 +414,7 @@ def test_output_folder_that_is_a_file_is_a_one_line_error(
 # --- user models --------------------------------------------------------------------------------
 
 
-USER_MODULE = '''
+USER_MODULE = """
 import torch
 from torch import nn
 
@@ -405,7 +433,7 @@ def broken():
 
 def two_classes():
     return make(classes=2)
-'''
+"""
 
 
 @pytest.fixture
@@ -467,7 +495,7 @@ def test_bad_user_models_are_one_line_errors(
 def test_a_plan_at_the_optimum_up_to_rounding_has_no_gap() -> None:
     """With no damage anywhere (a model the compression cannot hurt), every plan within the budget
     is optimal; energies differ only by the penalty's float rounding (~1e-23). The figures use the
-    benchmark's tolerance (bench.metrics), not a gap relative to a rounding residue."""
+    benchmark's tolerance (solvers.metrics), not a gap relative to a rounding residue."""
     spec = with_synthetic_measurements(synthetic_spec(seed=0), interactions=False)
     spec = replace(
         spec,
@@ -485,7 +513,9 @@ def test_the_uniform_baseline_of_equal_scores_is_the_one_closest_to_the_target()
     """A model that predicts one class whatever it sees scores the same at every bit-width: the
     baseline is then the largest candidate that reaches the target, not the smallest."""
     data = synthetic_dataset(num_classes=4, n_train=16, n_val=32, n_test=16)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    )
     with torch.no_grad():
         model[4].weight.zero_()
         model[4].bias.copy_(torch.tensor([0.0, 1.0, 0.0, 0.0]))
@@ -493,5 +523,8 @@ def test_the_uniform_baseline_of_equal_scores_is_the_one_closest_to_the_target()
     plan, choice = choose_uniform_plan(model, graph, spec, data, 6.0)
     assert len({row["val_acc_before_finetune"] for row in choice["candidates"]}) == 1
     assert len(choice["candidates"]) > 1
-    ratios = [cost_ratio(spec, uniform_plan(spec, row["bit_width"], row["prune_ratio"]), "bits") for row in choice["candidates"]]
+    ratios = [
+        cost_ratio(spec, uniform_plan(spec, row["bit_width"], row["prune_ratio"]), "bits")
+        for row in choice["candidates"]
+    ]
     assert cost_ratio(spec, plan, "bits") == min(ratios) >= 6.0

@@ -43,8 +43,17 @@ def specs(draw: st.DrawFn, max_group_size: int = 6, max_layers: int = 4, max_bit
         damage = np.array(draw(st.lists(st.floats(-0.1, 3.0, **FLOATS), min_size=b_max, max_size=b_max)))
         if out_group is not None and draw(st.booleans()):  # depthwise conv on its own group
             layers.append(
-                LayerSpec(f"l{n}", "conv", out, out, groups=out, kernel_area=9, out_group=out_group,
-                          in_group=out_group, quant_damage=damage)
+                LayerSpec(
+                    f"l{n}",
+                    "conv",
+                    out,
+                    out,
+                    groups=out,
+                    kernel_area=9,
+                    out_group=out_group,
+                    in_group=out_group,
+                    quant_damage=damage,
+                )
             )
             continue
         in_group = draw(st.none() | st.integers(0, len(groups) - 1)) if groups else None
@@ -75,9 +84,7 @@ def formulations(draw: st.DrawFn, **spec_options: int) -> PaperFormulation:
 
 def random_plan(formulation: PaperFormulation, rng: np.random.Generator) -> Plan:
     spec = formulation.spec
-    pruned = {
-        group.name: tuple(int(i) for i in group.candidates() if rng.random() < 0.5) for group in spec.groups
-    }
+    pruned = {group.name: tuple(int(i) for i in group.candidates() if rng.random() < 0.5) for group in spec.groups}
     bits = {layer.name: int(rng.integers(spec.min_bits, spec.b_max + 1)) for layer in spec.layers}
     return Plan(pruned=pruned, bits=bits)
 

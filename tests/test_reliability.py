@@ -32,7 +32,13 @@ def files_of(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("command", ["compress", "train"])
 def test_a_seed_out_of_range_is_refused_by_the_parser(command, seed, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run(command, "--seed", seed, "--out" if command == "compress" else "--model", tmp_path / "o" if command == "compress" else "lenet5")
+        run(
+            command,
+            "--seed",
+            seed,
+            "--out" if command == "compress" else "--model",
+            tmp_path / "o" if command == "compress" else "lenet5",
+        )
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--seed" in last and ("from 0 to 2,147,483,647" in last or "whole number" in last), last
@@ -53,7 +59,15 @@ def test_a_factory_without_weights_is_refused_before_any_work(user_module, data_
 
 def test_an_untrained_model_near_chance_is_named_in_a_warning(user_module, data_dir, capsys):
     out = user_module / "out"
-    assert run(*compress_args(data_dir, out, "--finetune-epochs", "0", "--no-baseline"), "--model", "usernet:make", "--untrained") == 0
+    assert (
+        run(
+            *compress_args(data_dir, out, "--finetune-epochs", "0", "--no-baseline"),
+            "--model",
+            "usernet:make",
+            "--untrained",
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "warning: the uncompressed model's test top-1" in err and "near chance (25.00%)" in err
     assert json.loads((out / "metrics.json").read_text())["model"]["fp32_near_chance"] is True
@@ -113,7 +127,10 @@ def test_train_save_to_a_bad_place_is_refused_before_training(where, tmp_path, r
     target, needle = {
         "existing folder": (tmp_path, f"cannot write --save {tmp_path}: it is an existing folder"),
         "under a file": (tmp_path / "file" / "m.pt", "file is a file, not a folder"),
-        "read-only": (read_only_dir / "m.pt", f"cannot write --save {read_only_dir / 'm.pt'}: the file system is read-only"),
+        "read-only": (
+            read_only_dir / "m.pt",
+            f"cannot write --save {read_only_dir / 'm.pt'}: the file system is read-only",
+        ),
     }[where]
     assert run("train", "--model", "lenet5", "--save", target) == 2
     assert_one_line_error(capsys, needle)
@@ -139,8 +156,17 @@ def test_outputs_honour_the_umask(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "bits"),
-    [("2GiB", 16 * 2**30), ("2gib", 16 * 2**30), ("1.5MB", 12e6), ("64KB", 512e3), ("64kB", 512e3),
-     ("3GB", 24e9), ("320kbit", 320e3), ("1Mbit", 1e6), ("100bytes", 800)],
+    [
+        ("2GiB", 16 * 2**30),
+        ("2gib", 16 * 2**30),
+        ("1.5MB", 12e6),
+        ("64KB", 512e3),
+        ("64kB", 512e3),
+        ("3GB", 24e9),
+        ("320kbit", 320e3),
+        ("1Mbit", 1e6),
+        ("100bytes", 800),
+    ],
 )
 def test_budget_accepts_decimal_and_binary_units(text, bits):
     assert parse_budget(text, "bits") == pytest.approx(bits)
@@ -187,8 +213,13 @@ def test_an_interrupted_ablation_leaves_the_previous_folder_as_it_was(tmp_path, 
         into.mkdir()
         (into / "metrics.json").write_text("{}")
         return {
-            "compressed": {"test_acc_before_finetune": 0.5, "test_acc": 0.5, "finetune_epochs": 0, "ratio": 8.0,
-                           "cost_ratio": 8.0},
+            "compressed": {
+                "test_acc_before_finetune": 0.5,
+                "test_acc": 0.5,
+                "finetune_epochs": 0,
+                "ratio": 8.0,
+                "cost_ratio": 8.0,
+            },
             "qubo": {"energy": 1.0, "exact": {"certified": True}},
             "timing": {"analysis": 1.0},
             "model": {"fp32_test_acc": 0.9},

@@ -45,7 +45,9 @@ def test_polish_settings_prints_one_row_per_setting(capsys: pytest.CaptureFixtur
         (["--model", "nope"], "no packaged measured spec for 'nope'"),
     ],
 )
-def test_polish_settings_bad_input_is_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+def test_polish_settings_bad_input_is_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     assert load_script("polish_settings").main(["--model", "lenet5", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]

@@ -148,11 +148,7 @@ def test_smallest_genome_is_the_cheapest_plan() -> None:
     assert all(space.cost(space.random_genome(rng)) >= space.cost(space.smallest()) for _ in range(50))
 
 
-SPACES = [
-    (spec, metric)
-    for spec in (TINY, VGG, RESNET, DEPTHWISE)
-    for metric in ("bits", "bops")
-]
+SPACES = [(spec, metric) for spec in (TINY, VGG, RESNET, DEPTHWISE) for metric in ("bits", "bops")]
 
 
 @st.composite

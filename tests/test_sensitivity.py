@@ -69,7 +69,9 @@ def dead_channel_net(dead: int = 2, seed: int = 0) -> nn.Module:
 
 def data(n: int = 48, shape=(1, 8, 8), classes: int = 3, seed: int = 0, dtype=torch.float32):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn((n, *shape), generator=generator, dtype=dtype), torch.randint(0, classes, (n,), generator=generator)
+    return torch.randn((n, *shape), generator=generator, dtype=dtype), torch.randint(
+        0, classes, (n,), generator=generator
+    )
 
 
 def randomized(model: nn.Module, seed: int) -> nn.Module:
@@ -159,7 +161,9 @@ def test_contributions_are_the_derivative_of_each_samples_loss_under_a_channel_m
             up = scale_channel_inputs(model, group, channel, 1 + eps)
             down = scale_channel_inputs(model, group, channel, 1 - eps)
             with torch.no_grad():
-                per_sample = (F.cross_entropy(up(x), y, reduction="none") - F.cross_entropy(down(x), y, reduction="none")) / (2 * eps)
+                per_sample = (
+                    F.cross_entropy(up(x), y, reduction="none") - F.cross_entropy(down(x), y, reduction="none")
+                ) / (2 * eps)
             np.testing.assert_allclose(contributions[group_index][:, channel], per_sample.numpy(), rtol=1e-5, atol=1e-9)
     taylor = group_importance(model, graph, "taylor", data=(x, y))
     fisher = group_importance(model, graph, "fisher", data=(x, y))
@@ -225,8 +229,12 @@ def test_hutchinson_trace_matches_the_exact_hessian_within_its_error():
         std_error = math.sqrt((within + across) / samples)
         assert std_error < 0.2 * abs(trace)  # the check below is a real one
         assert abs(estimate[name] - trace) < 4 * std_error, (name, estimate[name], trace, std_error)
-    assert hessian_traces(model, ["fc1", "fc2"], x, y, samples=3, seed=1) == hessian_traces(model, ["fc1", "fc2"], x, y, samples=3, seed=1)
-    assert hessian_traces(model, ["fc1"], x, y, samples=3, seed=1) != hessian_traces(model, ["fc1"], x, y, samples=3, seed=2)
+    assert hessian_traces(model, ["fc1", "fc2"], x, y, samples=3, seed=1) == hessian_traces(
+        model, ["fc1", "fc2"], x, y, samples=3, seed=1
+    )
+    assert hessian_traces(model, ["fc1"], x, y, samples=3, seed=1) != hessian_traces(
+        model, ["fc1"], x, y, samples=3, seed=2
+    )
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -307,7 +315,8 @@ def test_fisher_diagonals_are_the_mean_squared_per_sample_gradient(monkeypatch):
         torch.testing.assert_close(diagonals[name], expected[name], rtol=1e-5, atol=1e-12)
     # batches of 8 (an uneven last one), per-sample gradients formed 3 samples at a time (uneven too)
     monkeypatch.setattr(
-        "qubocompress.analysis.backward.PER_SAMPLE_GRADIENT_FLOATS", 3 * max(model.get_submodule(n).weight.numel() for n in names)
+        "qubocompress.analysis.backward.PER_SAMPLE_GRADIENT_FLOATS",
+        3 * max(model.get_submodule(n).weight.numel() for n in names),
     )
     statistics = backward_statistics(model, x, y, groups=graph.groups, layers=names, batch_size=8)
     assert statistics.samples == 20
@@ -412,7 +421,10 @@ def test_fisher_damage_weights_each_rounding_error_by_its_fisher_entry():
     np.testing.assert_array_equal(damage["head"], fisher_damage(model, diagonals, fake_quantize, 6)["head"])
     for name in names:
         weight = model.get_submodule(name).weight.detach()
-        expected = [float((diagonals[name] * (fake_quantize(weight, b) - weight).double().square()).sum()) / 2 for b in range(1, 7)]
+        expected = [
+            float((diagonals[name] * (fake_quantize(weight, b) - weight).double().square()).sum()) / 2
+            for b in range(1, 7)
+        ]
         np.testing.assert_allclose(damage[name], expected, rtol=1e-12)
         assert damage[name][0] > damage[name][3] > 0
     exact = fisher_damage(model, diagonals, lambda w, bits: w.clone(), 3)
@@ -445,8 +457,16 @@ def test_fisher_analysis_measures_no_loss(monkeypatch):
     model = dead_channel_net(seed=5)
     x, y = data(n=24, seed=5)
     graph, spec = analyse_model(
-        model, (x, y), (1, 8, 8), fake_quantize, "toy", importance="taylor", layer_sensitivity="fisher",
-        b_max=4, bit_levels=2, prune_options=(0.0, 0.25, 0.5),
+        model,
+        (x, y),
+        (1, 8, 8),
+        fake_quantize,
+        "toy",
+        importance="taylor",
+        layer_sensitivity="fisher",
+        b_max=4,
+        bit_levels=2,
+        prune_options=(0.0, 0.25, 0.5),
     )
     contributions = backward_statistics(model, x, y, groups=graph.groups).contributions
     for group, columns in zip(spec.groups, contributions):
@@ -631,12 +651,17 @@ def test_prune_pairs_between_feeding_groups_match_physical_pruning():
 
     def pruned_loss(pruned: dict[str, int]) -> float:
         plan = Plan(
-            pruned={n: tuple(int(c) for c in np.argsort(importance[names.index(n)], kind="stable")[:k]) for n, k in pruned.items()},
+            pruned={
+                n: tuple(int(c) for c in np.argsort(importance[names.index(n)], kind="stable")[:k])
+                for n, k in pruned.items()
+            },
             bits={},
         )
         return mean_loss(prune_model(model, graph, plan), x, y) - base
 
-    terms, cost = measure_interactions(model, graph, x, y, fake_quantize, b_max=2, bits=(2,), max_passes=10_000, prune=choices)
+    terms, cost = measure_interactions(
+        model, graph, x, y, fake_quantize, b_max=2, bits=(2,), max_passes=10_000, prune=choices
+    )
     assert cost.skipped_pairs == 0
     assert {(t.first, t.second) for t in terms if t.first.startswith("prune:")} <= {
         (f"prune:{names[g]}", f"prune:{names[h]}") for g, h in feeding_pairs(graph)
@@ -704,8 +729,18 @@ def test_analyse_model_builds_a_valid_spec(importance, sensitivity):
     assert all(layer.quant_damage.shape == (4,) for layer in spec.layers)
     assert spec.interactions and len(lines) == 1 and "forward passes" in lines[0]
     again = analyse_model(
-        model, (x, y), (1, 8, 8), fake_quantize, "toy", importance=importance, layer_sensitivity=sensitivity,
-        b_max=4, bit_levels=2, prune_options=(0.0, 0.25, 0.5), interactions=True, interaction_passes=40,
+        model,
+        (x, y),
+        (1, 8, 8),
+        fake_quantize,
+        "toy",
+        importance=importance,
+        layer_sensitivity=sensitivity,
+        b_max=4,
+        bit_levels=2,
+        prune_options=(0.0, 0.25, 0.5),
+        interactions=True,
+        interaction_passes=40,
         hessian_samples=2,
     )[1]
     assert again.to_json() == spec.to_json()

@@ -97,7 +97,9 @@ def test_tokens_come_from_the_same_places_as_the_samplers(name: str, dwave_env: 
     preflight(name, {"client_config": {"config_file": str(other)}})
     with pytest.raises(SolverError, match=NO_TOKEN):
         preflight(name, {"client_config": {"config_file": str(other), "profile": "empty"}})
-    with pytest.raises(SolverError, match=f"^solver '{name}': D-Wave config profile 'missing' not found; fix DWAVE_PROFILE"):
+    with pytest.raises(
+        SolverError, match=f"^solver '{name}': D-Wave config profile 'missing' not found; fix DWAVE_PROFILE"
+    ):
         preflight(name, {"client_config": {"config_file": str(other), "profile": "missing"}})
 
 
@@ -123,7 +125,9 @@ def test_bad_config_sources_are_one_line_errors(
 
 
 def test_unknown_names_are_refused_like_make_sampler(dwave_env: Path) -> None:
-    with pytest.raises(SolverError, match="^unknown solver 'nope'; choose one of: sa, tabu, .*, exact, random, ga, rl$"):
+    with pytest.raises(
+        SolverError, match="^unknown solver 'nope'; choose one of: sa, tabu, .*, exact, random, ga, rl$"
+    ):
         preflight("nope")
 
 

@@ -61,7 +61,9 @@ class StandInHybrid(dimod.Sampler):
 
     def sample(self, bqm: dimod.BinaryQuadraticModel, time_limit: float | None = None) -> dimod.SampleSet:
         best = SteepestDescentSolver().sample(bqm, num_reads=1, seed=0)
-        best.info.update(run_time=time_limit * 1e6, qpu_access_time=40_000, charge_time=time_limit * 1e6, problem_id="x")
+        best.info.update(
+            run_time=time_limit * 1e6, qpu_access_time=40_000, charge_time=time_limit * 1e6, problem_id="x"
+        )
         return best
 
 
@@ -243,9 +245,7 @@ def test_rl_learns_better_plans_than_random() -> None:
 
 def test_ga_improves_on_random_plans_and_reports_its_budget() -> None:
     formulation = PaperFormulation(synthetic_spec(seed=3), gamma=5.0)
-    sampleset = GeneticAlgorithmSampler(population=20, generations=30, patience=None).sample(
-        formulation.bqm, seed=1
-    )
+    sampleset = GeneticAlgorithmSampler(population=20, generations=30, patience=None).sample(formulation.bqm, seed=1)
     info = sampleset.info
     assert info["stopped_by"] == "evaluations" and info["generations"] == 30
     # the first generation is the random initial population; every later one adds 20 children
@@ -392,7 +392,9 @@ def test_hybrid_reports_its_timing_in_seconds() -> None:
 def test_registry_order_and_unknown_solver() -> None:
     assert SOLVER_NAMES == ("sa", "tabu", "greedy", "sqa", "sb", "qpu", "hybrid", "exact", "random", "ga", "rl")
     with pytest.raises(
-        SolverError, match="unknown solver 'annealer'; choose one of: sa, tabu, greedy, sqa, sb, qpu, hybrid, exact, random, ga, rl$"
+        SolverError,
+        match="unknown solver 'annealer'; choose one of: sa, tabu, greedy, sqa, sb, qpu, hybrid, exact, random, ga, "
+        "rl$",
     ):
         make_sampler("annealer")
 
@@ -409,9 +411,7 @@ def test_registry_order_and_unknown_solver() -> None:
         ("rl", "gymnasium", "solver 'rl' needs gymnasium: pip install 'qubocompress[rl]'"),
     ],
 )
-def test_missing_package_names_the_extra(
-    monkeypatch: pytest.MonkeyPatch, name: str, module: str, message: str
-) -> None:
+def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch, name: str, module: str, message: str) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
     with pytest.raises(SolverError, match=f"^{message.replace('[', '.').replace(']', '.')}$"):
         make_sampler(name, tiny_formulation())
@@ -444,7 +444,9 @@ def test_no_network_is_one_clear_line(no_dwave_config: pytest.MonkeyPatch, name:
     no_dwave_config.setenv("DWAVE_API_TOKEN", "DEV-0000000000000000000000000000000000000000")
     no_dwave_config.setenv("DWAVE_API_ENDPOINT", "http://127.0.0.1:9/")  # closed port: nothing answers
     start = time.perf_counter()
-    with pytest.raises(SolverError, match=f"^solver {name!r} cannot reach the D-Wave API .*try `dwave ping`$") as caught:
+    with pytest.raises(
+        SolverError, match=f"^solver {name!r} cannot reach the D-Wave API .*try `dwave ping`$"
+    ) as caught:
         make_sampler(name, client_config={"http_retry_total": 0})
     assert "\n" not in str(caught.value)
     assert time.perf_counter() - start < 15
@@ -457,8 +459,12 @@ def test_cloud_failures_become_one_line_solver_errors() -> None:
     from qubocompress.solvers.qpu import cloud_error
 
     expected = {
-        cloud.SolverAuthenticationError("Invalid token"): "the D-Wave API rejected the token (Invalid token); run `dwave setup",
-        cloud.SolverNotFoundError("no such solver"): "no D-Wave solver matches the request (no such solver); see `dwave solvers`",
+        cloud.SolverAuthenticationError(
+            "Invalid token"
+        ): "the D-Wave API rejected the token (Invalid token); run `dwave setup",
+        cloud.SolverNotFoundError(
+            "no such solver"
+        ): "no D-Wave solver matches the request (no such solver); see `dwave solvers`",
         cloud.SolverOfflineError("down"): "the D-Wave solver is offline (down); try again later",
         cloud.SolverFailureError("bad parameter"): "rejected or failed the problem (bad parameter)",
         ConfigFileParseError("line 3"): "cannot read the D-Wave config file (line 3)",

@@ -118,8 +118,12 @@ def test_sa_defaults_and_overrides() -> None:
 def test_sa_beta_range_is_dwaves_default_computed_faster(seed: int) -> None:
     rng = np.random.default_rng(seed)
     if seed % 2:  # integer biases: several spins share the smallest gap (the cold end counts them)
-        bqm = dimod.BQM({i: float(rng.integers(-2, 3)) for i in range(9)},
-                        {(i, i + 1): float(rng.integers(-1, 2)) for i in range(8)}, 0.0, "SPIN")
+        bqm = dimod.BQM(
+            {i: float(rng.integers(-2, 3)) for i in range(9)},
+            {(i, i + 1): float(rng.integers(-1, 2)) for i in range(8)},
+            0.0,
+            "SPIN",
+        )
     else:
         bqm = dimod.generators.gnp_random_bqm(25, 0.4, "BINARY", random_state=seed)
     np.testing.assert_allclose(ising_beta_range(bqm), default_beta_range(bqm), rtol=1e-12)
@@ -241,7 +245,9 @@ def test_registry_builds_each_solver() -> None:
 
 
 def test_registry_rejects_unknown_names_and_options() -> None:
-    with pytest.raises(SolverError, match="unknown solver 'annealer'; choose one of: sa, tabu, .*, exact, random, ga, rl"):
+    with pytest.raises(
+        SolverError, match="unknown solver 'annealer'; choose one of: sa, tabu, .*, exact, random, ga, rl"
+    ):
         make_sampler("annealer")
     with pytest.raises(SolverError, match="solver 'exact' does not accept these options \\(num_reads\\)"):
         make_sampler("exact", num_reads=4)

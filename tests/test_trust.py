@@ -64,11 +64,14 @@ def marker(tmp_path: Path) -> Path:
     return tmp_path / "pwned"
 
 
-@pytest.mark.parametrize("arch_of", [
-    lambda cmd: {"factory": "os:system", "kwargs": {"command": cmd}},
-    lambda cmd: {"factory": "subprocess:getoutput", "kwargs": {"cmd": cmd}},
-    lambda cmd: {"name": "os:system", "kwargs": {"command": cmd}},
-])
+@pytest.mark.parametrize(
+    "arch_of",
+    [
+        lambda cmd: {"factory": "os:system", "kwargs": {"command": cmd}},
+        lambda cmd: {"factory": "subprocess:getoutput", "kwargs": {"cmd": cmd}},
+        lambda cmd: {"name": "os:system", "kwargs": {"command": cmd}},
+    ],
+)
 def test_an_artifact_naming_code_never_runs_it(tmp_path, marker, arch_of):
     hostile = tmp_path / "hostile.qcz"
     hostile.write_bytes(with_header(artifact_bytes(tmp_path), lambda h: h.update(arch=arch_of(f"touch {marker}"))))
@@ -113,8 +116,13 @@ def test_fuzzed_artifacts_are_one_line_errors(tmp_path, cut, flips):
 
 HEADER_EDITS = st.sampled_from(["shape", "bits", "dtype", "name", "tensors", "format", "payload_bytes", "arch"])
 ODD_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True), st.text(max_size=8),
-    st.lists(st.integers(-3, 10**6), max_size=5), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-3, 10**6), max_size=5),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
 )
 
 

@@ -93,7 +93,8 @@ def no_layers():
     return nn.Sequential(nn.Flatten(), nn.ReLU())
 
 
-with_conv1d = lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(2), nn.Conv1d(4, 2, 3), nn.Flatten(), nn.Linear(2 * 34, 3))
+def with_conv1d() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(2), nn.Conv1d(4, 2, 3), nn.Flatten(), nn.Linear(2 * 34, 3))
 
 CONSTANT = 3
 '''
@@ -138,7 +139,9 @@ def test_factory_with_a_state_dict_or_a_checkpoint(package, tmp_path):
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"epoch": 3, "state_dict": reference.state_dict()}, wrapped)
     for weights in (plain, wrapped):
-        model, arch = load_user_model(f"{package}.nets:make", weights=weights, kwargs={"width": 6}, input_shape=(1, 8, 8))
+        model, arch = load_user_model(
+            f"{package}.nets:make", weights=weights, kwargs={"width": 6}, input_shape=(1, 8, 8)
+        )
         assert arch == {"factory": f"{package}.nets:make", "kwargs": {"width": 6}}
         assert not model.training
         with torch.no_grad():
@@ -159,7 +162,10 @@ def test_built_in_model_with_a_qubocompress_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "spec, pattern",
     [
-        ("nosuchpkg_qc.mod:make", r"^cannot import 'nosuchpkg_qc.mod' for --model nosuchpkg_qc.mod:make: No module named 'nosuchpkg_qc'$"),
+        (
+            "nosuchpkg_qc.mod:make",
+            r"^cannot import 'nosuchpkg_qc.mod' for --model nosuchpkg_qc.mod:make: No module named 'nosuchpkg_qc'$",
+        ),
         ("{pkg}.nets:missing", r"^module '{pkg}.nets' has no attribute 'missing' \(from --model {pkg}.nets:missing\)$"),
         ("{pkg}.nets:broken", r"^factory {pkg}.nets:broken raised ValueError: width must be even$"),
         ("{pkg}.nets:not_a_model", r"^factory {pkg}.nets:not_a_model returned a int, not a torch.nn.Module$"),
@@ -179,7 +185,9 @@ def test_bad_models_are_one_line_model_errors(package, spec, pattern):
 def test_factory_that_does_not_run_on_the_input_shape(package):
     with pytest.raises(ModelError) as exc:
         load_user_model(f"{package}.nets:make", input_shape=(3, 8, 8))
-    assert one_line(exc).startswith(f"model {package}.nets:make does not run on inputs of shape (3, 8, 8) (RuntimeError: ")
+    assert one_line(exc).startswith(
+        f"model {package}.nets:make does not run on inputs of shape (3, 8, 8) (RuntimeError: "
+    )
 
 
 @pytest.mark.parametrize(
@@ -212,7 +220,10 @@ def test_bad_weights_are_one_line_model_errors(package, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x00not a torch file" * 10)
     with pytest.raises(ModelError) as exc:
         load_user_model(spec, weights=tmp_path / "junk.pt")
-    assert one_line(exc) == f"weights file {tmp_path / 'junk.pt'} is unreadable: not a torch.save file, or truncated or damaged"
+    assert (
+        one_line(exc)
+        == f"weights file {tmp_path / 'junk.pt'} is unreadable: not a torch.save file, or truncated or damaged"
+    )
     torch.save({"step": torch.zeros(1), "lr": 0.1}, tmp_path / "odd.pt")
     with pytest.raises(ModelError, match="holds no state_dict"):
         load_user_model(spec, weights=tmp_path / "odd.pt")
@@ -321,7 +332,15 @@ def test_torchscript_model_is_analysed_for_bits_only(package, tmp_path, kind):
     for ours, theirs in zip(spec.layers, reference_spec.layers):
         np.testing.assert_allclose(ours.quant_damage, theirs.quant_damage, atol=1e-6)
     _, hessian_spec = analyse_model(
-        model, (x, y), (1, 8, 8), fake_quantize, "ts", b_max=4, bit_levels=2, layer_sensitivity="hessian", hessian_samples=2
+        model,
+        (x, y),
+        (1, 8, 8),
+        fake_quantize,
+        "ts",
+        b_max=4,
+        bit_levels=2,
+        layer_sensitivity="hessian",
+        hessian_samples=2,
     )
     assert all(np.isfinite(layer.quant_damage).all() for layer in hessian_spec.layers)
 
@@ -340,7 +359,8 @@ def test_torchscript_artifact_is_small_and_loads_with_equal_outputs(package, tmp
         load_artifact(artifact)
     assert one_line(exc) == (
         f"{artifact} holds TorchScript code, which loading would "
-        "run: pass trust_torchscript=True only for a file you trust (its checksum shows it is undamaged, not who wrote it)"
+        "run: pass trust_torchscript=True only for a file you trust (its checksum shows it is undamaged, "
+        "not who wrote it)"
     )
     loaded, _ = load_artifact(artifact, trust_torchscript=True)
     assert isinstance(loaded, torch.jit.ScriptModule) and not loaded.training

@@ -1,7 +1,8 @@
 """The ablation: one budget, every filter importance × layer sensitivity, with and without pairwise terms.
 
 Each combination is a full ``compress`` run of the ``budget`` formulation (same model, data, seed,
-budget and fine-tuning; no uniform baseline), written to ``<out>/<importance>-<sensitivity>[-pairs]``; the folder is published whole at the end.
+budget and fine-tuning; no uniform baseline), written to ``<out>/<importance>-<sensitivity>[-pairs]``;
+the folder is published whole at the end.
 What differs between rows is only how the damage the QUBO minimises was estimated, so the
 accuracies say which estimate leads to the better plan.
 """

@@ -43,7 +43,9 @@ def _seed(text: str) -> int:
     try:
         return check_seed(int(text))
     except (ValueError, ProblemError) as exc:
-        raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, ProblemError) else f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            str(exc) if isinstance(exc, ProblemError) else f"expected a whole number, got {text!r}"
+        ) from None
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +63,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         help="input preprocessing the model expects: mean-std (per channel, from the train split), none (pixels "
         "in [0, 1]), or MEAN,STD (two numbers, or M1,..,MC,S1,..,SC per channel)",
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="seed of training, solver and fine-tuning (0 to 2^31 - 1)")
+    parser.add_argument(
+        "--seed", type=_seed, default=0, help="seed of training, solver and fine-tuning (0 to 2^31 - 1)"
+    )
 
 
 def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route_choices: bool = True) -> None:
@@ -83,7 +87,10 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
         help=f"built-in model ({', '.join(MODELS)}), package.module:factory (with --weights), or a TorchScript file",
     )
     parser.add_argument(
-        "--weights", type=Path, default=None, help="state_dict (torch.save) for --model; a built-in model is then not trained"
+        "--weights",
+        type=Path,
+        default=None,
+        help="state_dict (torch.save) for --model; a built-in model is then not trained",
     )
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="compress this checkpoint (from `qubocompress train --save`)"
@@ -291,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(LAYER_SENSITIVITY_METHODS),
         help="comma-separated layer sensitivities",
     )
-    ablate.add_argument(
-        "--pairs", default="both", choices=("both", "off", "on"), help="pairwise (CLADO-style) terms"
-    )
+    ablate.add_argument("--pairs", default="both", choices=("both", "off", "on"), help="pairwise (CLADO-style) terms")
     ablate.set_defaults(formulation="budget", finetune_epochs=0, no_baseline=True)
     from qubocompress.bench.cli import add_bench_parser
 
@@ -395,7 +400,11 @@ def main(argv: list[str] | None = None) -> int:
             from qubocompress.pipeline import CompressConfig
 
             config = CompressConfig(
-                data=args.data, normalize=args.normalize, seed=args.seed, out=args.out, finetune_epochs=DEMO_FINETUNE_EPOCHS
+                data=args.data,
+                normalize=args.normalize,
+                seed=args.seed,
+                out=args.out,
+                finetune_epochs=DEMO_FINETUNE_EPOCHS,
             )
             return _run_compress(config)
         if args.command == "compress":

@@ -31,7 +31,7 @@ from qubocompress.apply.artifact import load_artifact, save_artifact
 from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
-from qubocompress.bench.metrics import residual_gap, success_mask
+from qubocompress.solvers.metrics import residual_gap, success_mask
 from qubocompress.data.datasets import Dataset, Split, load_dataset, parse_normalize
 from qubocompress.errors import ArtifactError, ProblemError
 from qubocompress.limits import check_seed
@@ -83,7 +83,9 @@ def parse_budget(text: str, metric: str) -> float:
     units = SIZE_UNITS if metric == "bits" else COUNT_UNITS
     if match is None or match.group(2) not in units:
         example = (
-            "a size such as 64KiB, 50kB, 1.5MB, 2GiB, 40000B or 320kbit" if metric == "bits" else "a count such as 2.5e9 or 2.5G"
+            "a size such as 64KiB, 50kB, 1.5MB, 2GiB, 40000B or 320kbit"
+            if metric == "bits"
+            else "a count such as 2.5e9 or 2.5G"
         )
         raise ProblemError(f"--budget {text!r} with --metric {metric}: give {example}")
     value = float(match.group(1)) * units[match.group(2)]
@@ -158,7 +160,9 @@ class CompressConfig:
             if value not in valid:
                 raise ProblemError(f"unknown {flag} {value!r}; choose one of: {', '.join(valid)}")
         if self.formulation == "paper" and (self.metric != "bits" or self.interactions):
-            raise ProblemError("--metric bops and --interactions need --formulation budget (the paper's energy has neither)")
+            raise ProblemError(
+                "--metric bops and --interactions need --formulation budget (the paper's energy has neither)"
+            )
         if self.formulation == "budget" and self.beta is not None:
             raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
         if self.solver == "rl" and self.search == "qubo" and not FORMULATIONS[self.formulation].free_counts:
@@ -179,7 +183,9 @@ class CompressConfig:
         if self.budget is not None:
             parse_budget(self.budget, self.metric)
         elif not math.isfinite(self.target_ratio) or self.target_ratio <= 1.0:
-            raise ProblemError(f"--target-ratio must be a number > 1 (e.g. 16 for 16x smaller), got {self.target_ratio}")
+            raise ProblemError(
+                f"--target-ratio must be a number > 1 (e.g. 16 for 16x smaller), got {self.target_ratio}"
+            )
         if self.search_evaluations < 1:
             raise ProblemError(f"--search-evaluations must be >= 1, got {self.search_evaluations}")
         if self.num_reads is not None and self.num_reads < 1:
@@ -339,7 +345,9 @@ def solve_formulation(
     def success(sampleset: dimod.SampleSet) -> float:
         energies = sampleset.record.energy
         counts = sampleset.record.num_occurrences * formulation.feasible_reads(sampleset)
-        return float(counts[success_mask(energies, reference_energy)].sum()) / float(sampleset.record.num_occurrences.sum())
+        return float(counts[success_mask(energies, reference_energy)].sum()) / float(
+            sampleset.record.num_occurrences.sum()
+        )
 
     figures: dict[str, Any] = {
         "solver": config.solver,
@@ -535,7 +543,9 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
             "weights, or another label order"
         )
 
-    measured = f"{config.sensitivity} damage" if config.search == "qubo" else f"no damage: {config.search} scores plans itself"
+    measured = (
+        f"{config.sensitivity} damage" if config.search == "qubo" else f"no damage: {config.search} scores plans itself"
+    )
     with timer.stage("analysis", f"analysing the model ({config.importance} importance, {measured})"):
         graph, spec, analysis_info = analyse(model, dataset, config, model_name, log)
     for line in frozen_lines(graph.frozen_reasons):
@@ -549,7 +559,9 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
 
     route: dict[str, Any]
     if config.search == "qubo":
-        with timer.stage("build", f"building the {config.formulation} QUBO for {config.target_ratio:g}x ({config.metric})"):
+        with timer.stage(
+            "build", f"building the {config.formulation} QUBO for {config.target_ratio:g}x ({config.metric})"
+        ):
             formulation, reference = build_formulation(spec, config)
             bqm = formulation.bqm
         with timer.stage("solve", f"solving {len(bqm.variables)} variables with {config.solver}"):
@@ -573,8 +585,12 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
             f"{len(val)} validation images",
         ):
             result = search(  # type: ignore[operator]
-                spec, val_accuracy, config.target_ratio, metric=config.metric,
-                max_evaluations=config.search_evaluations, seed=config.seed,
+                spec,
+                val_accuracy,
+                config.target_ratio,
+                metric=config.metric,
+                max_evaluations=config.search_evaluations,
+                seed=config.seed,
             )
         plan = result.plan
         route = {"metric": config.metric, **{k: v for k, v in result.to_dict().items() if k != "plan"}}
@@ -688,7 +704,9 @@ def summary_text(metrics: dict[str, Any]) -> str:
     ]
     base = metrics.get("baseline_uniform")
     if base:
-        rows.append(row(f"uniform {base['bit_width']}b + {100 * base['prune_ratio']:.0f}% L1", base, str(base["bit_width"])))
+        rows.append(
+            row(f"uniform {base['bit_width']}b + {100 * base['prune_ratio']:.0f}% L1", base, str(base["bit_width"]))
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.append("")

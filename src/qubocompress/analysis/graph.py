@@ -150,7 +150,6 @@ class ModelGraph:
         raise ModelError(f"no compressible layer named {name!r}")
 
 
-
 def _not_compressed_reason(module: nn.Module) -> str | None:
     """Why a module with weights of its own is left alone, or None (no weights, a norm, or compressible)."""
     kind = getattr(module, "original_name", None) or type(module).__name__
@@ -426,7 +425,9 @@ class _Tracer:
             return self._unsupported(inputs, f"module {name} ({type(module).__name__})")
         target = node.target
         label = target if isinstance(target, str) else getattr(target, "__name__", str(target))
-        if target in CHANNEL_PRESERVING_FUNCTIONS or (node.op == "call_method" and target in CHANNEL_PRESERVING_METHODS):
+        if target in CHANNEL_PRESERVING_FUNCTIONS or (
+            node.op == "call_method" and target in CHANNEL_PRESERVING_METHODS
+        ):
             return first
         if target in ELEMENTWISE_JOIN or (node.op == "call_method" and target in ELEMENTWISE_JOIN_METHODS):
             return self._join(inputs, shape, f"{label} at {node.name}")
@@ -498,7 +499,9 @@ class _Tracer:
         in_channels = cin // per_channel
         if groups > 1 and groups == cin == cout:
             # depthwise: output channel i is input channel i, so the conv carries the group through
-            gid = first.group if first.group is not None else self._new(cout, frozen=f"depthwise {name} reads the input")
+            gid = (
+                first.group if first.group is not None else self._new(cout, frozen=f"depthwise {name} reads the input")
+            )
             self._record(gid).depthwise.append(name)
             self._add_layer(name, kind, cout, cin, groups, kernel_area, 1, out_positions, gid, gid)
             return _Channels(gid)
@@ -516,9 +519,16 @@ class _Tracer:
     def _add_layer(self, name, kind, cout, cin, groups, kernel_area, per_channel, out_positions, out_gid, in_gid):
         self.layers.append(
             dict(
-                name=name, kind=kind, out_channels=cout, in_channels=cin, groups=groups,
-                kernel_area=kernel_area, in_features_per_channel=per_channel,
-                out_positions=out_positions, out_group=out_gid, in_group=in_gid,
+                name=name,
+                kind=kind,
+                out_channels=cout,
+                in_channels=cin,
+                groups=groups,
+                kernel_area=kernel_area,
+                in_features_per_channel=per_channel,
+                out_positions=out_positions,
+                out_group=out_gid,
+                in_group=in_gid,
             )
         )
 

@@ -89,9 +89,7 @@ def _channel_tensor(group: PruningGroup, channels: Sequence[int]) -> torch.Tenso
 
 
 @contextmanager
-def masked_channels(
-    model: nn.Module, graph: ModelGraph, channels: Mapping[int, Sequence[int]]
-) -> Iterator[nn.Module]:
+def masked_channels(model: nn.Module, graph: ModelGraph, channels: Mapping[int, Sequence[int]]) -> Iterator[nn.Module]:
     """Within the block, ``model`` computes as if the channels were pruned.
 
     ``channels`` maps a group index of ``graph`` to the channel indices to remove. The consumers'

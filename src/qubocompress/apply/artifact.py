@@ -82,6 +82,7 @@ _RAW_DTYPES = {
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 SCRIPT_ENTRY = "@torchscript"
 
+
 def pack_codes(qt: QuantizedTensor) -> bytes:
     """The codes of ``qt`` packed at exactly ``qt.bits`` bits each (``ceil(n*bits/8)`` bytes)."""
     codes = qt.codes.reshape(-1).to(torch.int32).numpy()

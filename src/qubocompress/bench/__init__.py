@@ -1,7 +1,7 @@
 """The solver benchmark: metrics (p_s, TTS99, gap), instance files, a resumable SQLite store, sweeps, plots.
 
 ``qubocompress bench`` (:mod:`qubocompress.bench.cli`) runs it; the metrics are defined once in
-:mod:`qubocompress.bench.metrics`. No torch at import time (plots import matplotlib when used).
+:mod:`qubocompress.solvers.metrics`. No torch at import time (plots import matplotlib when used).
 """
 
 from qubocompress.bench.instances import (
@@ -13,7 +13,7 @@ from qubocompress.bench.instances import (
     save_instance,
     size_series_instance,
 )
-from qubocompress.bench.metrics import residual_gap, success_mask, success_probability, tts99
+from qubocompress.solvers.metrics import residual_gap, success_mask, success_probability, tts99
 from qubocompress.bench.runner import Budget, SweepConfig, run_sweep, summarize
 from qubocompress.bench.store import ResultStore
 

@@ -110,8 +110,6 @@ CSV_COLUMNS = (
 )
 
 
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

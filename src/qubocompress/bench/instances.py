@@ -168,9 +168,7 @@ def bqm_bytes(bqm: dimod.BinaryQuadraticModel) -> bytes:
         return handle.read()
 
 
-def instance_from_formulation(
-    name: str, formulation: Formulation, source: str, target_ratio: float | None
-) -> Instance:
+def instance_from_formulation(name: str, formulation: Formulation, source: str, target_ratio: float | None) -> Instance:
     """An instance of a formulation, with its reference optimum as ``E*``.
 
     ``build_seconds`` times the BQM construction (if the formulation has not built it yet).
@@ -218,9 +216,7 @@ def _variable_count(spec: CompressionSpec) -> int:
     return sum(g.max_pruned for g in spec.groups) + spec.bit_levels * len(spec.layers)
 
 
-def size_series_instance(
-    variables: int, seed: int = 0, target_ratio: float = DEFAULT_TARGET_RATIO
-) -> Instance:
+def size_series_instance(variables: int, seed: int = 0, target_ratio: float = DEFAULT_TARGET_RATIO) -> Instance:
     """A synthetic VGG-like instance with at least ``variables`` variables, named ``synthetic-n<variables>``."""
     if variables < MIN_SERIES_SIZE:
         raise ProblemError(f"size-series instances need at least {MIN_SERIES_SIZE} variables, got {variables}")
@@ -433,9 +429,7 @@ def _instance_from_sidecar(sidecar: dict[str, Any], bqm: dimod.BinaryQuadraticMo
     )
 
 
-def _bare_instance(
-    name: str, bqm: dimod.BinaryQuadraticModel, path: Path, exact_time_limit: float
-) -> Instance:
+def _bare_instance(name: str, bqm: dimod.BinaryQuadraticModel, path: Path, exact_time_limit: float) -> Instance:
     """A BQM file without sidecar: E* from the generic exact solver within ``exact_time_limit`` seconds."""
     from qubocompress.solvers.exact import ExactSampler
 

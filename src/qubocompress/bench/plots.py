@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from qubocompress.bench.metrics import residual_gaps  # noqa: E402
+from qubocompress.solvers.metrics import residual_gaps  # noqa: E402
 from qubocompress.bench.store import ResultStore  # noqa: E402
 from qubocompress.io import write_bytes_atomic  # noqa: E402
 

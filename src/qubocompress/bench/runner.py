@@ -17,7 +17,7 @@ kept in the run's info; the solver's own ``info["stopped_by"]`` says what actual
 The exact solver runs once per instance (seed 0) on a freshly built formulation, so its time is
 its own (the certified optimum is not reused from the instance's cache).
 
-Aggregation (see :mod:`qubocompress.bench.metrics` for the definitions), per instance × solver:
+Aggregation (see :mod:`qubocompress.solvers.metrics` for the definitions), per instance × solver:
 ``E*`` (certified, or the best energy any run found), best energy and residual gap (best, and
 median over runs), ``p_s_read``, ``p_s_run``, mean/median solve seconds per run, TTS99 per read
 and per run, evaluations, stopped_by, and the ratio of the solver's TTS99 to the default
@@ -41,7 +41,7 @@ import dimod
 import numpy as np
 
 from qubocompress.bench.instances import BUILTIN_MODELS, Instance
-from qubocompress.bench.metrics import residual_gap, success_mask, tts99
+from qubocompress.solvers.metrics import residual_gap, success_mask, tts99
 from qubocompress.bench.store import ResultStore, RunKey, RunRecord, options_hash
 from qubocompress.errors import QubocompressError, SolverError
 from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
@@ -88,9 +88,7 @@ class Budget:
     def __post_init__(self) -> None:
         if self.mode not in ("equal", "fixed", "converge"):
             raise SolverError(f"unknown budget mode {self.mode!r}; use equal, fixed or converge")
-        if self.mode == "fixed" and not (
-            self.seconds is not None and math.isfinite(self.seconds) and self.seconds > 0
-        ):
+        if self.mode == "fixed" and not (self.seconds is not None and math.isfinite(self.seconds) and self.seconds > 0):
             raise SolverError(f"time limit must be a number of seconds > 0, got {self.seconds}")
         if not (math.isfinite(self.factor) and self.factor > 0):
             raise SolverError(f"budget factor must be a number > 0, got {self.factor}")

@@ -188,9 +188,7 @@ def parse_normalize(value: NormalizeSpec) -> Preprocessing:
     raise DataError(f"--normalize must be {NORMALIZE_FORMS}; got {value!r}")
 
 
-def _explicit_preprocessing(
-    mean: list[float], std: list[float], text: str, given: NormalizeSpec
-) -> Preprocessing:
+def _explicit_preprocessing(mean: list[float], std: list[float], text: str, given: NormalizeSpec) -> Preprocessing:
     """A "values" Preprocessing after checking that every number is finite and every std > 0."""
     if not all(math.isfinite(v) for v in mean + std):
         raise DataError(f"--normalize takes finite numbers only; got {given!r}")
@@ -267,16 +265,14 @@ def synthetic_dataset(
     phase = rng.uniform(0, 2 * math.pi, total)
     frequency = 4.0 * 2 * math.pi
     stripes = 0.5 + 0.5 * np.sin(
-        frequency * (np.cos(angle)[:, None, None] * rows + np.sin(angle)[:, None, None] * cols)
-        + phase[:, None, None]
+        frequency * (np.cos(angle)[:, None, None] * rows + np.sin(angle)[:, None, None] * cols) + phase[:, None, None]
     )
     spot_angle = 2 * math.pi * labels / num_classes
     jitter = rng.uniform(-2, 2, (total, 2)) / np.array([height, width])
     centre_r = 0.5 + 0.28 * np.sin(spot_angle) + jitter[:, 0]
     centre_c = 0.5 + 0.28 * np.cos(spot_angle) + jitter[:, 1]
     blob = np.exp(
-        -((rows[None] - centre_r[:, None, None]) ** 2 + (cols[None] - centre_c[:, None, None]) ** 2)
-        / (2 * 0.1**2)
+        -((rows[None] - centre_r[:, None, None]) ** 2 + (cols[None] - centre_c[:, None, None]) ** 2) / (2 * 0.1**2)
     )
     gains = rng.uniform(0.6, 1.0, (total, channels, 1, 1))
     pixels = gains * (0.5 * stripes + blob)[:, None] + rng.normal(0, 0.25, (total, channels, height, width))
@@ -322,9 +318,7 @@ def _assemble(
     val = Split(val_x.sub_(shift).div_(scale), labels[torch.from_numpy(val_idx)].clone())
     test = Split(((test_images - shift) / scale).contiguous(), test_labels.clone())
     calib_rng = np.random.default_rng(SPLIT_SEED + 1)
-    calib_idx = torch.from_numpy(
-        np.sort(calib_rng.choice(len(train), size=min(CALIB_SIZE, len(train)), replace=False))
-    )
+    calib_idx = torch.from_numpy(np.sort(calib_rng.choice(len(train), size=min(CALIB_SIZE, len(train)), replace=False)))
     calib = Split(train.x[calib_idx], train.y[calib_idx])
     return Dataset(
         name=name,
@@ -431,9 +425,7 @@ def _load_idx_directory(directory: Path, preprocessing: Preprocessing) -> Datase
     for role in ("train_images", "test_images"):
         array, path = arrays[role], files[role]
         if array.ndim != 3 or array.dtype != np.uint8:
-            raise DataError(
-                f"{path} holds {array.dtype} data of shape {array.shape}; expected uint8 images N×H×W"
-            )
+            raise DataError(f"{path} holds {array.dtype} data of shape {array.shape}; expected uint8 images N×H×W")
     for role in ("train_labels", "test_labels"):
         array, path = arrays[role], files[role]
         if array.ndim != 1 or array.dtype.kind not in "iu":

@@ -85,14 +85,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     found = len(data) - header_bytes
     shape_text = "x".join(str(d) for d in dims)
     if found < expected or stream_truncated:
-        raise DataError(
-            f"{path} is truncated: expected {expected} bytes of data for shape {shape_text}, "
-            f"found {found}"
-        )
+        raise DataError(f"{path} is truncated: expected {expected} bytes of data for shape {shape_text}, found {found}")
     if found > expected:
-        raise DataError(
-            f"{path} is corrupt: {found - expected} unexpected bytes after the {shape_text} data"
-        )
+        raise DataError(f"{path} is corrupt: {found - expected} unexpected bytes after the {shape_text} data")
     array = np.frombuffer(data, dtype=dtype, count=math.prod(dims), offset=header_bytes)
     return array.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
-

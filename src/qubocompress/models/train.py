@@ -291,9 +291,7 @@ def train(
                     # would then pick the layout from its strides, not from ours.
                     inputs = inputs.clone(memory_format=memory_format)
                     logits = model(inputs.to(device))
-                    loss = F.cross_entropy(
-                        logits, split.y[index].to(device), label_smoothing=config.label_smoothing
-                    )
+                    loss = F.cross_entropy(logits, split.y[index].to(device), label_smoothing=config.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -371,6 +369,7 @@ def load_state(
     given memory only once its every tensor matches ``state``, so a file's sizes cannot make it
     allocate more than the file holds."""
     expected = model.state_dict()
+
     def shown(key: str) -> str:  # a name read from a file may hold any character
         return key if key.isprintable() else repr(key)
 
@@ -387,9 +386,7 @@ def load_state(
             more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
             problems.append(f"{label}: {', '.join(items[:3])}{more}")
     if problems:
-        raise ModelError(
-            f"{what} {path} does not match the {arch_name} architecture ({'; '.join(problems)})"
-        )
+        raise ModelError(f"{what} {path} does not match the {arch_name} architecture ({'; '.join(problems)})")
     if any(tensor.is_meta for tensor in expected.values()):
         model.to_empty(device="cpu")
     model.load_state_dict(state)
@@ -398,9 +395,7 @@ def load_state(
 def _dataset_kwargs(dataset: Dataset) -> dict[str, int]:
     channels, height, width = dataset.input_shape
     if height != width:
-        raise ModelError(
-            f"built-in models need square images; data set {dataset.name} has {height}x{width} images"
-        )
+        raise ModelError(f"built-in models need square images; data set {dataset.name} has {height}x{width} images")
     return {"num_classes": dataset.num_classes, "in_channels": channels, "input_size": height}
 
 
@@ -437,8 +432,7 @@ def load_checkpoint(
     elif is_state_dict(payload):
         if name is None or dataset is None:
             raise ModelError(
-                f"checkpoint {path} is a bare state_dict; give the model name and data set so its "
-                "architecture is known"
+                f"checkpoint {path} is a bare state_dict; give the model name and data set so its architecture is known"
             )
         arch = {"name": name, "kwargs": _dataset_kwargs(dataset)}
         state, metrics = payload, {}
@@ -504,7 +498,9 @@ def load_or_train(
     try:
         check_writable_file(path, "the model cache")
     except ArtifactError as exc:  # before the training, not after it
-        raise ModelError(f"the model cache is not writable: {exc}; set QUBOCOMPRESS_CACHE to a writable folder") from None
+        raise ModelError(
+            f"the model cache is not writable: {exc}; set QUBOCOMPRESS_CACHE to a writable folder"
+        ) from None
     if progress is not None:
         progress(f"training {name} on {dataset.name} ({config.epochs} epochs, seed {seed})")
     history = train(model, dataset, config, progress)
@@ -518,5 +514,7 @@ def load_or_train(
     try:
         save_checkpoint(path, model, arch, metrics)
     except ArtifactError as exc:
-        raise ModelError(f"the model cache is not writable: {exc}; set QUBOCOMPRESS_CACHE to a writable folder") from None
+        raise ModelError(
+            f"the model cache is not writable: {exc}; set QUBOCOMPRESS_CACHE to a writable folder"
+        ) from None
     return model, {**metrics, "arch": arch, "cached": False, "cache_path": path, "history": history}

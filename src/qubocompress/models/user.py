@@ -190,7 +190,8 @@ def rebuild_model(arch: Mapping[str, Any], factory: Factory | str | None = None)
     if factory is None:
         raise ModelError(
             f"its model is built by {recorded}, and loading never imports or calls what a file names: pass "
-            f"that factory yourself (load_artifact(path, factory=...) in Python, --model {recorded} on the command line)"
+            f"that factory yourself (load_artifact(path, factory=...) in Python, --model {recorded} on the "
+            "command line)"
         )
     if factory_label(factory) != recorded:
         raise ModelError(f"it records the factory {recorded}, not {factory_label(factory)}")
@@ -278,7 +279,8 @@ def load_script_archive(archive: bytes, state: Mapping[str, torch.Tensor]) -> to
     if expected != set(state):
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         raise ModelError(
-            f"the stored tensors do not fit the TorchScript model (missing: {missing[:3]}, unexpected: {unexpected[:3]})"
+            "the stored tensors do not fit the TorchScript model "
+            f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})"
         )
     owners = dict(module.named_modules())  # ScriptModules have no get_submodule
     for key, value in state.items():

@@ -101,9 +101,7 @@ class VGG(nn.Module):
                 nn.Linear(hidden, num_classes),
             )
         elif head == "gap":
-            self.classifier = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)
-            )
+            self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
         else:
             raise ModelError(f"unknown vgg head {head!r}; use 'fc' or 'gap'")
 
@@ -143,9 +141,7 @@ class ResNet20(nn.Module):
     Stages 2 and 3 halve the resolution (28 → 14 → 7), then global average pool and fc.
     """
 
-    def __init__(
-        self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16) -> None:
         super().__init__()
         _check_common("resnet20", num_classes, in_channels, input_size, min_size=4)
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
@@ -178,9 +174,7 @@ def _depthwise_separable(in_channels: int, out_channels: int, stride: int) -> nn
             [
                 (
                     "dw",
-                    nn.Conv2d(
-                        in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=False
-                    ),
+                    nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=False),
                 ),
                 ("dw_bn", nn.BatchNorm2d(in_channels)),
                 ("dw_relu", nn.ReLU()),
@@ -199,9 +193,7 @@ class MobileNet(nn.Module):
     (28 → 14 → 7), then global average pool and fc.
     """
 
-    def __init__(
-        self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16) -> None:
         super().__init__()
         _check_common("mobilenet", num_classes, in_channels, input_size, min_size=4)
         plan = ((2 * width, 1), (4 * width, 2), (4 * width, 1), (8 * width, 2), (8 * width, 1), (8 * width, 1))

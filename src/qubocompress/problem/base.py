@@ -20,6 +20,7 @@ from qubocompress.problem.choices import Metric
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec
 
+
 @dataclass(frozen=True)
 class Target:
     """What a formulation is built for.

@@ -574,8 +574,8 @@ class BudgetFormulation(Formulation):
                     block = slice(starts[k], starts[k + 1])
                     linear[block] += half
                     quadratic[block, block] += 2.0 * half * np.triu(o[:, None] == o[None, :], 1)
-                quadratic[starts[k1] : starts[k1 + 1], starts[k2] : starts[k2 + 1]] -= 2.0 * half * (
-                    o1[:, None] == o2[None, :]
+                quadratic[starts[k1] : starts[k1 + 1], starts[k2] : starts[k2 + 1]] -= (
+                    2.0 * half * (o1[:, None] == o2[None, :])
                 )
         rows, cols = np.nonzero(quadratic)
         return dimod.BinaryQuadraticModel.from_numpy_vectors(

@@ -197,7 +197,7 @@ class ChoiceModel:
             for state in itertools.product(*(range(int(self.counts[a])) for a in axes)):
                 picked = dict(zip(axes, state))
 
-                def value(c: int | None, default: int) -> int:
+                def value(c: int | None, default: int, picked: dict[int, int] = picked) -> int:
                     if c is None:
                         return default
                     return self.choices[c].options[picked.get(c, 0)]
@@ -296,7 +296,9 @@ class ChoiceModel:
                 name = self.spec.layers[choice.owner].name
                 value = plan.bits[name]
                 if value not in choice.options:
-                    raise ProblemError(f"plan gives layer {name!r} {value} bits; the options are {list(choice.options)}")
+                    raise ProblemError(
+                        f"plan gives layer {name!r} {value} bits; the options are {list(choice.options)}"
+                    )
             else:
                 group = self.spec.groups[choice.owner]
                 pruned = plan.pruned.get(group.name, ())
@@ -332,4 +334,3 @@ class ChoiceModel:
             if term.first in position and term.second in position and term.table.size:
                 total += float(term.table[position[term.first], position[term.second]])
         return total
-

@@ -98,9 +98,13 @@ def solve_budget_milp(model: ChoiceModel, budget: int, time_limit: float) -> Mil
             np.concatenate([cell.size.ravel() for cell in model.cells]).astype(np.float64) / scale_cost,
         )
     count = len(rows)
-    matrix = scipy.sparse.csr_array(
-        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(count, columns)
-    ) if rows else None
+    matrix = (
+        scipy.sparse.csr_array(
+            (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(count, columns)
+        )
+        if rows
+        else None
+    )
     lower = np.zeros(count)
     upper = np.zeros(count)
     lower[:one_hot_rows] = upper[:one_hot_rows] = 1.0

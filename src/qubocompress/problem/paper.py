@@ -218,9 +218,7 @@ class PaperFormulation(Formulation):
         """The plan a sample (label -> 0/1) stands for; every group appears in ``pruned``."""
         try:
             pruned = {
-                group.name: tuple(
-                    int(i) for i, lab in zip(self._candidates[g], self._prune_labels[g]) if sample[lab]
-                )
+                group.name: tuple(int(i) for i, lab in zip(self._candidates[g], self._prune_labels[g]) if sample[lab])
                 for g, group in enumerate(self.spec.groups)
             }
             bits = {
@@ -279,7 +277,7 @@ class PaperFormulation(Formulation):
 
     @classmethod
     def for_target(cls, spec: CompressionSpec, target: Target) -> PaperFormulation:
-        """γ bisected so that the optimum reaches ``target.ratio`` (:func:`~qubocompress.problem.target.calibrate_gamma`)."""
+        """γ bisected so that the optimum reaches ``target.ratio`` (:func:`.target.calibrate_gamma`)."""
         if target.metric != "bits":
             raise ProblemError("--metric bops needs --formulation budget (the paper's energy counts weight bits only)")
         from qubocompress.problem.target import calibrate_gamma  # target.py builds on this module

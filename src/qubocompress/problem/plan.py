@@ -109,4 +109,3 @@ def uniform_plan(spec: CompressionSpec, bits: int, prune_ratio: float) -> Plan:
         count = min(int(round(prune_ratio * group.size)), group.max_pruned)
         pruned[group.name] = tuple(int(i) for i in group.prune_order()[:count])
     return Plan(pruned=pruned, bits={layer.name: bits for layer in spec.layers})
-

@@ -66,12 +66,11 @@ class ChannelGroup:
             )
         options = self.prune_options
         if options and (
-            options[0] != 0
-            or any(b <= a for a, b in zip(options, options[1:]))
-            or options[-1] > self.max_pruned
+            options[0] != 0 or any(b <= a for a, b in zip(options, options[1:])) or options[-1] > self.max_pruned
         ):
             raise ProblemError(
-                f"channel group {self.name!r}: prune options {list(options)} must rise from 0 to at most {self.max_pruned}"
+                f"channel group {self.name!r}: prune options {list(options)} must rise from 0 to at most "
+                f"{self.max_pruned}"
             )
         if self.prune_damage.size not in (0, len(options)):
             raise ProblemError(f"channel group {self.name!r}: prune_damage needs one entry per prune option")

@@ -138,7 +138,9 @@ def synthetic_spec(
         previous = out
     features_per_channel = pooled_size**2
     if hidden:
-        importance = rng.lognormal(0.0, 0.3) * rng.lognormal(0.0, 0.4, size=hidden) / np.sqrt(previous * features_per_channel)
+        importance = (
+            rng.lognormal(0.0, 0.3) * rng.lognormal(0.0, 0.4, size=hidden) / np.sqrt(previous * features_per_channel)
+        )
         groups.append(
             ChannelGroup(
                 name="hidden",

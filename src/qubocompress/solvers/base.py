@@ -102,8 +102,10 @@ def time_limit_seconds(value: Any, who: str) -> float | None:
     """A wall-clock limit in seconds (> 0, finite) or None, else a SolverError ``"<who>: time_limit ..."``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
-        math.isfinite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.number))
+        or not (math.isfinite(value) and value > 0)
     ):
         raise SolverError(f"{who}: time_limit must be a positive number of seconds, got {value!r}")
     return float(value)
@@ -146,9 +148,7 @@ class BinaryQuadratic:
         size = len(self.variables)
         low, high = np.minimum(rows, cols), np.maximum(rows, cols)
         self.linear = np.asarray(linear, dtype=np.float64)
-        self.upper = scipy.sparse.csr_array(
-            (np.asarray(biases, dtype=np.float64), (low, high)), shape=(size, size)
-        )
+        self.upper = scipy.sparse.csr_array((np.asarray(biases, dtype=np.float64), (low, high)), shape=(size, size))
         self.offset = float(offset)
 
     @property

@@ -56,9 +56,7 @@ def _enumerate(linear: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, float
     chunk = max(1, ENUMERATION_CHUNK // 2**low)
     for start in range(0, 2**high, chunk):
         high_states = _bit_rows(min(chunk, 2**high - start), high, start)
-        high_energy = high_states @ linear[low:] + np.einsum(
-            "si,ij,sj->s", high_states, upper[low:, low:], high_states
-        )
+        high_energy = high_states @ linear[low:] + np.einsum("si,ij,sj->s", high_states, upper[low:, low:], high_states)
         energies = high_energy[:, None] + low_energy[None, :] + (high_states @ cross) @ low_states.T
         flat = int(np.argmin(energies))
         if energies.flat[flat] < best_energy:

@@ -92,5 +92,10 @@ class HybridSampler(dimod.Sampler):
             "timing": {TIMING_FIELDS[key]: float(value) * 1e-6 for key, value in raw.items()},
         }
         return timed_sampleset(
-            bqm, result.record.sample, list(result.variables), seconds, info, num_occurrences=result.record.num_occurrences
+            bqm,
+            result.record.sample,
+            list(result.variables),
+            seconds,
+            info,
+            num_occurrences=result.record.num_occurrences,
         )

@@ -222,7 +222,10 @@ class LayerEnvironment:
                 out_group = layer.out_group
                 kept = 1.0 if out_group is None else 1.0 - self.counts.get(out_group, 0) / layer.out_channels
                 self.removed_share[self.layer] = 1.0 - kept * bits / spec.b_max
-                self.previous = [bucket / world.prune_levels, (bits - spec.min_bits) / max(spec.b_max - spec.min_bits, 1)]
+                self.previous = [
+                    bucket / world.prune_levels,
+                    (bits - spec.min_bits) / max(spec.b_max - spec.min_bits, 1),
+                ]
                 self.layer += 1
                 if self.layer < len(spec.layers):
                     return self._observation(), 0.0, False, False, {}

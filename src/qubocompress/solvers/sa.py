@@ -7,7 +7,8 @@ near-equal importance costs two flips through a higher energy, so many reads end
 from the optimum (relative gap ~1e-5). dwave's default geometric schedule spends most sweeps far
 above the pruning variables' energy scale (its hot end is set by the bit variables' much larger
 biases), and its hot sweeps are expensive on the dense groups: at 10,000 sweeps it was 12–38×
-slower per read for at most 4.6× the success rate, a 5–10× longer time-to-solution. With the linear schedule the success rate per read rose from ~0.003
+slower per read for at most 4.6× the success rate, a 5–10× longer time-to-solution. With the
+linear schedule the success rate per read rose from ~0.003
 (1,000 sweeps) to ~0.1 (10,000) on the 1813-variable spec, and it stayed between 0.05 and 0.77
 on every instance tried; longer or colder schedules did not raise it further, so reliability
 comes from reads: at a success rate of 0.05 per read, 300 reads all miss with probability
@@ -39,7 +40,9 @@ def ising_beta_range(bqm: dimod.BinaryQuadraticModel) -> tuple[float, float]:
     it. dwave computes the same with a Python loop over the couplings: 0.9 s of a 1.2 s solve of
     a 460,000-coupling budget QUBO (measured), ~0.01 s here.
     """
-    ising = bqm if bqm.vartype is dimod.SPIN else bqm.change_vartype(dimod.SPIN, inplace=False)  # (.spin is a slow view)
+    ising = (
+        bqm if bqm.vartype is dimod.SPIN else bqm.change_vartype(dimod.SPIN, inplace=False)
+    )  # (.spin is a slow view)
     h, (rows, cols, j), _ = ising.to_numpy_vectors()
     n = len(h)
     magnitudes = np.abs(np.asarray(j, dtype=np.float64))

@@ -122,9 +122,10 @@ class SimulatedBifurcationSampler(dimod.Sampler):
         threads = torch.get_num_threads()
         torch.set_num_threads(params["threads"])
         try:
-            with torch.random.fork_rng(devices=devices, enabled=seed is not None), warnings.catch_warnings(
-                record=True
-            ) as caught:
+            with (
+                torch.random.fork_rng(devices=devices, enabled=seed is not None),
+                warnings.catch_warnings(record=True) as caught,
+            ):
                 warnings.simplefilter("always")
                 if seed is not None:
                     torch.manual_seed(seed)

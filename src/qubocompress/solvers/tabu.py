@@ -43,4 +43,6 @@ class TabuSearchSampler(WrappedSampler):
             raise SolverError(f"tabu search: num_restarts must be an integer >= 0, got {restarts!r}")
         timeout = options.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise SolverError(f"tabu search: timeout must be None or a positive number of milliseconds, got {timeout!r}")
+            raise SolverError(
+                f"tabu search: timeout must be None or a positive number of milliseconds, got {timeout!r}"
+            )

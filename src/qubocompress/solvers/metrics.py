@@ -90,9 +90,7 @@ def tts99(t_run: float, p_s: float, confidence: float = TARGET_CONFIDENCE) -> fl
     return t_run * max(1.0, repetitions)
 
 
-def residual_gaps(
-    energies: Sequence[float] | np.ndarray, e_star: float, rel_tol: float = REL_TOL
-) -> np.ndarray:
+def residual_gaps(energies: Sequence[float] | np.ndarray, e_star: float, rel_tol: float = REL_TOL) -> np.ndarray:
     """``(E − E*) / |E*|`` of every energy; exactly 0 within the success tolerance of ``E*``.
 
     Energies within the tolerance (either side: rounding) count as the optimum, gap 0. An energy
