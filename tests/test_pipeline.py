@@ -14,7 +14,7 @@ from torch import nn
 
 from qubocompress.ablation import ablate
 from qubocompress.analysis.analyse import analyse_model
-from qubocompress.apply.artifact import load_artifact
+from qubocompress.apply.model_file import load_model_file
 from qubocompress.apply.quantize import fake_quantize
 from qubocompress.cli import main
 from qubocompress.data.datasets import load_dataset, synthetic_dataset
@@ -37,7 +37,7 @@ from qubocompress.problem.synthetic import synthetic_spec, with_synthetic_measur
 
 from test_data import write_idx
 
-RESULT_FILES = ("metrics.json", "plan.json", "spec.json", "qubo.bqm", "model.qcz", "summary.txt")
+RESULT_FILES = ("metrics.json", "plan.json", "spec.json", "qubo.bqm", "model.safetensors", "summary.txt")
 
 
 def _as_uint8(x: torch.Tensor) -> np.ndarray:
@@ -96,7 +96,7 @@ def test_paper_run_writes_every_result_and_reaches_the_certified_optimum(paper_r
     assert compressed["test_acc"] > 0.5
     assert len(compressed["finetune_history"]) == 1
     # the artifact is really smaller on disk and gives the reported accuracy back
-    assert compressed["artifact_bytes"] * 4 < metrics["model"]["fp32_state_dict_bytes"]
+    assert compressed["model_file_bytes"] * 4 < metrics["model"]["fp32_state_dict_bytes"]
     assert compressed["reloaded_test_acc"] == pytest.approx(compressed["test_acc"], abs=1e-9)
     base = metrics["baseline_uniform"]
     assert base["ratio"] >= 8.0 and base["bit_width"] in {c["bit_width"] for c in base["candidates"]}
@@ -109,7 +109,7 @@ def test_plan_file_matches_the_artifact_and_the_spec(paper_run: Path, data_dir: 
     plan = Plan.from_dict(json.loads((paper_run / "plan.json").read_text()))
     spec = CompressionSpec.from_json((paper_run / "spec.json").read_text())
     plan.validate(spec)
-    model, info = load_artifact(paper_run / "model.qcz")
+    model, info = load_model_file(paper_run / "model.safetensors")
     assert info["plan"] == plan.to_dict()
     dataset = load_dataset(str(data_dir))
     metrics = json.loads((paper_run / "metrics.json").read_text())
@@ -464,7 +464,7 @@ def test_user_factory_with_weights_is_compressed(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"]["name"] == "usernet:make"
     assert metrics["compressed"]["ratio"] >= 6.0
-    model, info = load_artifact(out / "model.qcz", factory="usernet:make")
+    model, info = load_model_file(out / "model.safetensors", factory="usernet:make")
     assert Plan.from_dict(info["plan"]).bits == Plan.from_dict(json.loads((out / "plan.json").read_text())).bits
 
 

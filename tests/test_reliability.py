@@ -83,7 +83,7 @@ def test_an_interrupted_run_leaves_the_previous_folder_as_it_was(data_dir, tmp_p
     before = files_of(out)
     pipeline = sys.modules["qubocompress.pipeline"]
 
-    def interrupt(*args, **kwargs):  # the baseline runs after model.qcz was written
+    def interrupt(*args, **kwargs):  # the baseline runs after the model file was made
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "choose_uniform_plan", interrupt)
@@ -104,7 +104,7 @@ def test_a_second_run_on_the_same_folder_is_refused_at_once(data_dir, tmp_path, 
 def test_a_killed_runs_leftovers_are_removed_by_the_next(tmp_path):
     target = tmp_path / "run"
     (tmp_path / ".run.partial-abc").mkdir()
-    (tmp_path / ".run.partial-abc" / "model.qcz").write_bytes(b"half")
+    (tmp_path / ".run.partial-abc" / "model.safetensors").write_bytes(b"half")
     with run_folder(target) as folder:
         write_text_atomic(folder / "metrics.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
@@ -192,9 +192,9 @@ def test_normalize_is_checked_first_and_recorded_in_metrics_and_the_model_file(d
     assert run(*compress_args(data_dir, out, "--finetune-epochs", "0", "--no-baseline"), "--normalize", "none") == 0
     data = json.loads((out / "metrics.json").read_text())["data"]
     assert data["normalize"] == "none" and data["mean"] == [0.0] and data["std"] == [1.0]
-    from qubocompress.apply.artifact import load_artifact
+    from qubocompress.apply.model_file import load_model_file
 
-    _, stored = load_artifact(out / "model.qcz")
+    _, stored = load_model_file(out / "model.safetensors")
     assert (stored["normalize"], stored["mean"], stored["std"]) == ("none", [0.0], [1.0])
 
 

@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compress",
         help="compress a model to a target size with a QUBO solver",
         description="Analyse the model, build the QUBO, solve it, prune and quantize the model by the "
-        "plan, fine-tune, and write plan.json, metrics.json, spec.json, qubo.bqm and model.qcz.",
+        "plan, fine-tune, and write plan.json, metrics.json, spec.json, qubo.bqm and model.safetensors.",
         formatter_class=fmt,
     )
     _add_compress_args(compress, Path("runs/latest"))
@@ -363,7 +363,8 @@ def _run_compress(config: Any) -> int:
 
     metrics = compress(config, log=_log)
     print(summary_text(metrics), end="")
-    files = "metrics.json, plan.json, spec.json, " + ("qubo.bqm, " if config.search == "qubo" else "") + "model.qcz"
+    qubo = "qubo.bqm, " if config.search == "qubo" else ""
+    files = f"metrics.json, plan.json, spec.json, {qubo}model.safetensors"
     print(f"results in {config.out}/ ({files})")
     return 0
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import re
@@ -27,7 +28,7 @@ from qubocompress.analysis.graph import ModelGraph, trace_model
 from qubocompress.analysis.importance import IMPORTANCE_METHODS
 from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
 from qubocompress.analysis.spec import DEFAULT_PRUNE_FRACTIONS
-from qubocompress.apply.artifact import load_artifact, save_artifact
+from qubocompress.apply.model_file import model_file_bytes, read_model_file
 from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
@@ -38,7 +39,7 @@ from qubocompress.limits import check_seed
 from qubocompress.io import prepare_output_dir, run_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train
-from qubocompress.models.user import arch_label, is_factory_spec, load_user_model
+from qubocompress.models.user import arch_label, factory_label, is_factory_spec, load_user_model
 from qubocompress.models.zoo import MODELS
 from qubocompress.problem import FORMULATIONS, Formulation, Reference, Target
 from qubocompress.problem.choices import fp32_cost, plan_cost
@@ -380,13 +381,22 @@ def apply_plan(
     epochs: int,
     seed: int,
     log: Log,
-) -> tuple[nn.Module, dict[str, float]]:
-    """Prune and quantize ``model`` by ``plan``, fine-tune it, and measure test accuracy (once
-    when there is no fine-tuning: before and after are then the same model)."""
+    measure: Callable[[nn.Module], float] | None = None,
+    tune: Callable[[nn.Module], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune and quantize ``model`` by ``plan``, fine-tune it (``epochs`` of ours, or the user's
+    ``tune``), and measure its accuracy (``measure``, default top-1 on the test split; once when
+    there is no fine-tuning: before and after are then the same model)."""
+    measure = measure or (lambda candidate: evaluate(candidate, dataset.test))
     pruned = prune_model(model, graph, plan)
-    before = evaluate(quantize_model_weights(pruned, plan.bits), dataset.test)
-    history = finetune(pruned, plan.bits, dataset.train, epochs=epochs, seed=seed, progress=log)
-    after = evaluate(quantize_model_weights(pruned, plan.bits), dataset.test) if epochs else before
+    before = measure(quantize_model_weights(pruned, plan.bits))
+    history: list[dict[str, float]] = []
+    if tune is not None:
+        tune(pruned)
+        epochs = 0
+    else:
+        history = finetune(pruned, plan.bits, dataset.train, epochs=epochs, seed=seed, progress=log)
+    after = measure(quantize_model_weights(pruned, plan.bits)) if epochs or tune is not None else before
     return pruned, {
         "test_acc_before_finetune": before,
         "test_acc": after,
@@ -504,30 +514,130 @@ def load_model(config: CompressConfig, dataset: Dataset, log: Log) -> tuple[nn.M
     return model, {**info, "test_acc": evaluate(model, dataset.test)}
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """The figures of one compression run (what metrics.json holds), the headline ones typed.
+
+    Attributes:
+        fp32_test_acc: top-1 of the uncompressed model on the test split, 0..1.
+        test_acc: top-1 of the compressed model after fine-tuning, 0..1.
+        test_acc_before_finetune: its top-1 before fine-tuning, 0..1.
+        ratio: fp32 weight bits over the compressed model's.
+        model_file_bytes: bytes of the compressed model's file.
+        figures: everything, as metrics.json has it.
+    """
+
+    fp32_test_acc: float
+    test_acc: float
+    test_acc_before_finetune: float
+    ratio: float
+    model_file_bytes: int
+    figures: dict[str, Any]
+
+    @classmethod
+    def of(cls, figures: dict[str, Any]) -> Metrics:
+        compressed = figures["compressed"]
+        return cls(
+            fp32_test_acc=figures["model"]["fp32_test_acc"],
+            test_acc=compressed["test_acc"],
+            test_acc_before_finetune=compressed["test_acc_before_finetune"],
+            ratio=compressed["ratio"],
+            model_file_bytes=compressed["model_file_bytes"],
+            figures=figures,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every figure, as metrics.json holds them."""
+        return self.figures
+
+
+MODEL_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    """What a compression run gives: the compressed model and everything its results folder holds.
+
+    Attributes:
+        model: the compressed ``nn.Module`` (pruned shapes, quantized weights), in eval mode.
+        plan: the plan it was made by.
+        metrics: the run's figures.
+        spec: the analysed problem.
+        bqm: the QUBO that was solved (None for the ga-acc / rl-acc searches).
+        model_file: the bytes of the model file (``model.safetensors``, :mod:`qubocompress.apply.model_file`).
+    """
+
+    model: nn.Module
+    plan: Plan
+    metrics: Metrics
+    spec: CompressionSpec
+    bqm: dimod.BinaryQuadraticModel | None
+    model_file: bytes
+
+    def save(self, out: str | Path) -> Path:
+        """Write the results folder ``out`` whole (:func:`qubocompress.io.run_folder`): what
+        ``qubocompress compress --out`` writes. Returns the folder."""
+        with run_folder(out) as folder:
+            self.write_into(folder)
+        return Path(out)
+
+    def write_into(self, folder: Path) -> None:
+        """Write the result's files into the existing ``folder``."""
+        write_bytes_atomic(folder / MODEL_FILE, self.model_file)
+        write_json_atomic(folder / "plan.json", self.plan.to_dict())
+        write_json_atomic(folder / "spec.json", self.spec.to_dict())
+        if self.bqm is not None:
+            write_bytes_atomic(folder / "qubo.bqm", dimod_bytes(self.bqm))
+        write_json_atomic(folder / "metrics.json", self.metrics.to_dict())
+        write_text_atomic(folder / "summary.txt", summary_text(self.metrics.to_dict()))
+
+
 def compress(config: CompressConfig, log: Log = print, into: Path | None = None) -> dict[str, Any]:
     """Run the whole job and publish its results folder ``config.out`` whole at the end
     (:func:`qubocompress.io.run_folder`); returns the metrics. ``into``: write the files there
     instead, for a caller that publishes a folder holding this run (the ablation)."""
     config.validate()
-    config = replace(config, sensitivity=config.layer_sensitivity())
     if into is not None:
-        return _compress_into(config, prepare_output_dir(into), log)
-    with run_folder(config.out) as out:
-        return _compress_into(config, out, log)
+        result = run_compression(config, log)
+        result.write_into(prepare_output_dir(into))
+        return result.metrics.to_dict()
+    with run_folder(config.out) as out:  # held from the start: a second run on it is refused at once
+        result = run_compression(config, log)
+        result.write_into(out)
+    return result.metrics.to_dict()
 
 
-def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any]:
-    """The job of :func:`compress` on a validated ``config``, its files written to ``out``."""
+def run_compression(
+    config: CompressConfig,
+    log: Log = print,
+    model: nn.Module | None = None,
+    dataset: Dataset | None = None,
+    test_accuracy: Callable[[nn.Module], float] | None = None,
+    tune: Callable[[nn.Module], None] | None = None,
+) -> CompressResult:
+    """The job on a valid ``config``, nothing written: data, model, analysis, search, apply, measure.
+
+    ``model`` / ``dataset``: use these instead of loading ``config.model`` / ``config.data``.
+    ``test_accuracy(model) -> float`` replaces the top-1 on the test split in every figure;
+    ``tune(model)`` replaces the fine-tuning of a compressed model (in place, quantization kept).
+    """
+    config = replace(config, sensitivity=config.layer_sensitivity())
     timer = Timer(log)
     torch.manual_seed(config.seed)
 
     with timer.stage("data", "loading data"):
-        dataset = load_dataset(config.data, config.normalize)
+        if dataset is None:
+            dataset = load_dataset(config.data, config.normalize)
         if dataset.note:
             log(dataset.note)
-    with timer.stage("model", model_source(config)):
-        model, model_info = load_model(config, dataset, log)
+    measure = test_accuracy or (lambda candidate: evaluate(candidate, dataset.test))
+    with timer.stage("model", "using the given model" if model is not None else model_source(config)):
+        if model is None:
+            model, model_info = load_model(config, dataset, log)
+        else:
+            model_info = {"arch": {"factory": factory_label(type(model)), "kwargs": {}}}
         model.eval()
+        model_info["test_acc"] = measure(model)
     arch = model_info.get("arch") or {"name": config.model, "kwargs": {}}
     model_name = arch_label(arch)
     scripted = isinstance(model, torch.jit.ScriptModule)
@@ -609,14 +719,13 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
     if scripted and config.finetune_epochs:
         log("  a TorchScript model is quantized as it is, without fine-tuning (its code cannot be rewritten)")
     with timer.stage("apply", f"applying the plan and fine-tuning {epochs} epoch(s)"):
-        compressed, accuracy = apply_plan(model, graph, plan, dataset, epochs, config.seed, log)
+        compressed, accuracy = apply_plan(model, graph, plan, dataset, epochs, config.seed, log, measure, tune)
 
-    artifact_path = out / "model.qcz"
-    artifact_bytes = save_artifact(
-        artifact_path, compressed, plan.bits, arch, metadata={"plan": plan.to_dict(), **preprocessing_of(dataset)}
+    model_file = model_file_bytes(
+        compressed, plan.bits, arch, metadata={"plan": plan.to_dict(), **preprocessing_of(dataset)}
     )
-    reloaded, _ = load_artifact(artifact_path, factory=arch.get("factory"), trust_torchscript=True)  # its own file
-    reloaded_acc = evaluate(reloaded, dataset.test)
+    reloaded, _ = read_model_file(model_file, Path(MODEL_FILE), factory_of(model, arch), trust_torchscript=True)
+    reloaded_acc = measure(reloaded)
 
     metrics: dict[str, Any] = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
@@ -641,7 +750,7 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
             **size_summary(spec, plan),
             "cost_ratio": cost_ratio(spec, plan, config.metric),
             **accuracy,
-            "artifact_bytes": artifact_bytes,
+            "model_file_bytes": len(model_file),
             "reloaded_test_acc": reloaded_acc,
         },
         "timing": timer.seconds,
@@ -650,7 +759,7 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
     if config.baseline and not scripted:
         with timer.stage("baseline", "uniform baseline at the same ratio (one bit-width, one L1 prune ratio)"):
             base_plan, choice = choose_uniform_plan(model, graph, spec, dataset, config.target_ratio, config.metric)
-            _, base_acc = apply_plan(model, graph, base_plan, dataset, epochs, config.seed, log)
+            _, base_acc = apply_plan(model, graph, base_plan, dataset, epochs, config.seed, log, measure, tune)
         metrics["baseline_uniform"] = {
             **choice,
             **size_summary(spec, base_plan),
@@ -659,13 +768,24 @@ def _compress_into(config: CompressConfig, out: Path, log: Log) -> dict[str, Any
         }
         metrics["timing"] = timer.seconds
 
-    write_json_atomic(out / "plan.json", plan.to_dict())
-    write_json_atomic(out / "spec.json", spec.to_dict())
-    if config.search == "qubo":
-        write_bytes_atomic(out / "qubo.bqm", dimod_bytes(bqm))
-    write_json_atomic(out / "metrics.json", metrics)
-    write_text_atomic(out / "summary.txt", summary_text(metrics))
-    return metrics
+    final = quantize_model_weights(compressed, plan.bits).eval()
+    return CompressResult(final, plan, Metrics.of(metrics), spec, bqm if config.search == "qubo" else None, model_file)
+
+
+def factory_of(model: nn.Module, arch: dict[str, Any]) -> Callable[..., nn.Module] | str | None:
+    """What rebuilds the unpruned ``model`` of ``arch`` when its own file is read back: the
+    user's factory spec, or a copy of the model given as an object; None for a built-in one."""
+    if "factory" not in arch:
+        return None
+    if arch["factory"] != factory_label(type(model)):
+        return str(arch["factory"])
+    template = copy.deepcopy(model)
+
+    def rebuild(**kwargs: Any) -> nn.Module:  # named as the model's class, as the file records it
+        return template
+
+    rebuild.__module__, rebuild.__qualname__ = type(model).__module__, type(model).__qualname__
+    return rebuild
 
 
 def dimod_bytes(bqm: dimod.BinaryQuadraticModel) -> bytes:
@@ -741,8 +861,8 @@ def summary_text(metrics: dict[str, Any]) -> str:
         f"analysis + search + one evaluation otherwise){cached}"
     )
     lines.append(
-        f"artifact: {c['artifact_bytes']:,} bytes on disk vs {m['fp32_state_dict_bytes']:,} for the fp32 state_dict "
-        f"({m['fp32_state_dict_bytes'] / max(c['artifact_bytes'], 1):.1f}x smaller)"
+        f"{MODEL_FILE}: {c['model_file_bytes']:,} bytes on disk vs {m['fp32_state_dict_bytes']:,} for the fp32 "
+        f"state_dict ({m['fp32_state_dict_bytes'] / max(c['model_file_bytes'], 1):.1f}x smaller)"
     )
     lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timing"].items()))
     return "\n".join(lines) + "\n"

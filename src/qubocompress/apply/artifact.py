@@ -43,9 +43,9 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ from qubocompress.apply.quantize import (
     quantized_layers,
 )
 from qubocompress.errors import ArtifactError, ModelError
-from qubocompress.io import jsonable, atomic_write
+from qubocompress.io import jsonable, write_bytes_atomic
 from qubocompress.models.train import load_state
 from qubocompress.models.user import Factory, arch_label, load_script_archive, rebuild_model, script_archive
 
@@ -139,20 +139,18 @@ def _normalised_arch(arch: Any) -> dict[str, Any]:
     )
 
 
-def save_artifact(
-    path: str | os.PathLike[str],
+def artifact_bytes(
     model: nn.Module,
     bits: Mapping[str, int],
     arch: Mapping[str, Any],
     metadata: Mapping[str, Any] | None = None,
-) -> int:
-    """Write ``model`` (already pruned) with its weights quantized to ``bits`` to ``path``.
+) -> bytes:
+    """The artifact file of ``model`` (already pruned) with its weights quantized to ``bits``.
 
     ``bits``: layer name -> bit-width (32 or absent: float32). ``arch``: the dict that rebuilds
     the original unpruned model (see the module docstring); for ``{"torchscript": True}``
     ``model`` must be the ScriptModule, whose code is stored too. ``metadata``: any JSON-ready
-    dict (plan, metrics), returned by :func:`load_artifact`. Written atomically. Returns the file
-    size in bytes.
+    dict (plan, preprocessing), returned by :func:`load_artifact`.
     """
     stored_arch = _normalised_arch(arch)
     entries, chunks = _encode(model, bits)
@@ -173,25 +171,25 @@ def save_artifact(
         header_bytes = json.dumps(header, separators=(",", ":"), default=jsonable).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"artifact arch/metadata must be JSON-serialisable: {exc}") from exc
-    return _write_atomic(Path(path), [_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *chunks])
+    body = b"".join([_PREFIX.pack(MAGIC, len(header_bytes)), header_bytes, *chunks])
+    return body + _CRC.pack(zlib.crc32(body))
 
 
-def _write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
-    """Write ``chunks`` and their CRC32 to ``path`` atomically; returns the bytes written."""
+def save_artifact(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    bits: Mapping[str, int],
+    arch: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+) -> int:
+    """Write :func:`artifact_bytes` to ``path`` atomically; returns the file size in bytes."""
+    path = Path(path)
     if not path.parent.is_dir():
         raise ArtifactError(f"cannot write artifact {path}: {path.parent} is not an existing directory")
-
-    def write(handle: BinaryIO) -> None:
-        crc = 0
-        for chunk in chunks:
-            handle.write(chunk)
-            crc = zlib.crc32(chunk, crc)
-        handle.write(_CRC.pack(crc))
-
-    return atomic_write(path, write)
+    return write_bytes_atomic(path, artifact_bytes(model, bits, arch, metadata))
 
 
-def _read_header(path: Path, data: bytes) -> tuple[dict[str, Any], memoryview]:
+def _read_header(path: str, data: bytes) -> tuple[dict[str, Any], memoryview]:
     """Check magic, lengths and checksum; return the header and the payload."""
     if len(data) < len(MAGIC) and data and MAGIC.startswith(data):
         raise ArtifactError(f"{path} is truncated ({len(data)} bytes); write the artifact again")
@@ -322,24 +320,35 @@ def _shrink_to(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 
 
 def load_artifact(
-    path: str | os.PathLike[str], factory: Factory | str | None = None, *, trust_torchscript: bool = False
+    path: str | os.PathLike[str],
+    factory: Factory | str | None = None,
+    *,
+    trust_torchscript: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Read an artifact written by :func:`save_artifact`: the pruned, dequantized model (in eval
-    mode) and the stored metadata.
+    mode) and the stored metadata (see :func:`read_artifact`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact {path}: {exc.strerror or exc}") from exc
+    return read_artifact(data, str(path), factory, trust_torchscript=trust_torchscript)
+
+
+def read_artifact(
+    data: bytes, label: str, factory: Factory | str | None = None, *, trust_torchscript: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and metadata of the artifact ``data`` (``label`` names it in errors).
 
     Loading never imports or calls anything the file names. A built-in model is rebuilt from the
     fixed table of built-in models; a user model only by ``factory``, the callable (or
     ``package.module:factory``) that builds the unpruned model, which must be the one the file
     records (:func:`qubocompress.models.user.rebuild_model`); a TorchScript model, whose stored code
     loading would run, only with ``trust_torchscript=True``. The checksum detects damage, not who
-    wrote the file. Raises ArtifactError when the file is missing, not an artifact, truncated or
-    corrupt, or does not fit the rebuilt architecture, or when the architecture cannot be rebuilt.
+    wrote the file. Raises ArtifactError when the data is not an artifact, truncated or corrupt,
+    or does not fit the rebuilt architecture, or when the architecture cannot be rebuilt.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"cannot read artifact {path}: {exc.strerror or exc}") from exc
+    path = label
     header, payload = _read_header(path, data)
     try:
         arch = _normalised_arch(header["arch"])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.data
 import torch.nn.functional as F
 
 from qubocompress.data.idx import read_idx
@@ -294,6 +295,78 @@ def synthetic_dataset(
         source=f"synthetic(num_classes={num_classes}, shape={shape}, seed={seed})",
         preprocessing=preprocessing,
     )
+
+
+def dataset_from_tensors(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    normalize: NormalizeSpec = NORMALIZE_NONE,
+    name: str = "tensors",
+) -> Dataset:
+    """A data set of the caller's own images ``(x, y)``: x float N×C×H×W as the model takes them
+    (``normalize`` "none", the default, keeps them as they are), y integer labels 0..K-1. The
+    validation split is cut from ``train`` as for every data set, the calibration split drawn from
+    the rest. A DataError (one line) for the wrong shapes, types or labels."""
+    arrays = []
+    for role, (x, y) in (("train", train), ("test", test)):
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            raise DataError(f"the {role} data must be tensors (x, y), got {type(x).__name__} and {type(y).__name__}")
+        if x.ndim != 4 or not x.is_floating_point():
+            raise DataError(
+                f"the {role} images must be a float tensor N×C×H×W, got {x.dtype} of shape {tuple(x.shape)}"
+            )
+        if y.ndim != 1 or y.is_floating_point() or y.is_complex() or len(y) != len(x):
+            raise DataError(
+                f"the {role} labels must be {len(x)} integers (one per image), got {y.dtype} of shape {tuple(y.shape)}"
+            )
+        arrays.append((x.detach().cpu().float(), y.detach().cpu().long()))
+    (train_x, train_y), (test_x, test_y) = arrays
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(f"train images are {tuple(train_x.shape[1:])} but test images are {tuple(test_x.shape[1:])}")
+    if len(train_y) == 0 or len(test_y) == 0:
+        raise DataError("the train or the test data holds no samples")
+    num_classes = int(train_y.max()) + 1
+    low = int(torch.cat([train_y, test_y]).min())
+    high = int(test_y.max())
+    if low < 0 or high >= num_classes:
+        raise DataError(
+            f"labels must lie in 0..{num_classes - 1} (the classes of the train labels), got {min(low, high)}"
+        )
+    train_idx, val_idx = _train_val_indices(len(train_y), name)
+    return _assemble(
+        name=name,
+        images=train_x.clone(),
+        labels=train_y,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        test_images=test_x,
+        test_labels=test_y,
+        classes=tuple(str(k) for k in range(num_classes)),
+        source=f"tensors given in Python ({len(train_y)} train, {len(test_y)} test)",
+        preprocessing=parse_normalize(normalize),
+    )
+
+
+def stacked_tensors(source: object, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of a pair of tensors, a ``torch.utils.data.Dataset`` of ``(image, label)`` items,
+    or a ``DataLoader`` of such batches, stacked into two tensors (the data must fit in memory)."""
+    if isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(t, torch.Tensor) for t in source):
+        return source[0], source[1]
+    if isinstance(source, torch.utils.data.DataLoader):
+        batches = list(source)
+    elif isinstance(source, torch.utils.data.Dataset):
+        batches = [torch.utils.data.default_collate([source[i] for i in range(len(source))])]  # type: ignore[arg-type]
+    else:
+        raise DataError(
+            f"the {role} data must be a pair of tensors (x, y), a torch Dataset or a DataLoader, "
+            f"got {type(source).__name__}"
+        )
+    try:
+        images = torch.cat([torch.as_tensor(batch[0]) for batch in batches])
+        labels = torch.cat([torch.as_tensor(batch[1]) for batch in batches])
+    except (TypeError, IndexError, RuntimeError, ValueError) as exc:
+        raise DataError(f"the {role} data must yield (image, label) pairs of one shape ({exc})") from None
+    return images, labels
 
 
 def _assemble(

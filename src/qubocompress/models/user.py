@@ -116,7 +116,7 @@ def load_user_model(
         _load_weights(module, Path(weights), model)
     module.eval()
     if input_shape is not None:
-        _check_runs(module, tuple(input_shape), model, num_classes)
+        check_runs(module, tuple(input_shape), model, num_classes)
     return module, arch
 
 
@@ -221,7 +221,7 @@ def _load_weights(module: nn.Module, path: Path, label: str) -> None:
     load_state(module, payload, path, label)
 
 
-def _check_runs(module: nn.Module, input_shape: tuple[int, ...], label: str, num_classes: int | None) -> None:
+def check_runs(module: nn.Module, input_shape: tuple[int, ...], label: str, num_classes: int | None) -> None:
     """The model runs on two inputs of ``input_shape`` and returns a (2, K) tensor of logits,
     K >= ``num_classes`` when given; else a ModelError."""
     parameter = next(module.parameters(), None)
