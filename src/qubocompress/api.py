@@ -10,7 +10,6 @@ option. Progress goes to the ``qubocompress`` logger; errors are :class:`Qubocom
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +25,8 @@ from qubocompress.data.datasets import SPLIT_SEED, Dataset, dataset_from_tensors
 from qubocompress.errors import DataError, ModelError, ProblemError
 from qubocompress.io import run_folder
 from qubocompress.models.user import check_runs, factory_label
-from qubocompress.pipeline import CompressConfig, CompressResult, factory_of, run_compression
+from qubocompress.pipeline import LOGGER, CompressConfig, CompressResult, factory_of, run_compression
 
-LOGGER = logging.getLogger("qubocompress")
 # A single (x, y) pair is split into train and test with this share held out for the test.
 TEST_SHARE_DENOMINATOR = 6
 OPTIONS = tuple(f.name for f in dataclasses.fields(CompressConfig) if f.name not in ("model", "data", "out"))

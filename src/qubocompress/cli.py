@@ -7,6 +7,8 @@ code 2; Ctrl-C ends with 130. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,8 +27,20 @@ DEMO_FINETUNE_EPOCHS = 1
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+LOGGER = logging.getLogger("qubocompress")
+
+
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    LOGGER.info(message)
+
+
+def _install_log_handler(quiet: bool) -> None:
+    """Progress lines of the ``qubocompress`` logger to stderr (only warnings and errors if ``quiet``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(logging.WARNING if quiet else logging.INFO)
+    LOGGER.propagate = False
 
 
 def _positive_float(text: str) -> float:
@@ -63,6 +77,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         help="input preprocessing the model expects: mean-std (per channel, from the train split), none (pixels "
         "in [0, 1]), or MEAN,STD (two numbers, or M1,..,MC,S1,..,SC per channel)",
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines: warnings and errors only")
     parser.add_argument(
         "--seed", type=_seed, default=0, help="seed of training, solver and fine-tuning (0 to 2^31 - 1)"
     )
@@ -244,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         "searched as a QUBO (quantum annealer, classical or quantum-inspired solvers).",
         formatter_class=HelpFormatter,
     )
+    from qubocompress import __version__
+
+    parser.add_argument("--version", action="version", version=f"qubocompress {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = HelpFormatter
 
@@ -267,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _add_compress_args(compress, Path("runs/latest"))
+    compress.add_argument(
+        "--json", action="store_true", help="print the metrics (metrics.json) as JSON on stdout instead of the table"
+    )
 
     train = sub.add_parser(
         "train",
@@ -358,10 +379,14 @@ def _compress_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _run_compress(config: Any) -> int:
+def _run_compress(config: Any, as_json: bool = False) -> int:
+    from qubocompress.io import jsonable
     from qubocompress.pipeline import compress, summary_text
 
     metrics = compress(config, log=_log)
+    if as_json:
+        print(json.dumps(metrics, indent=2, default=jsonable))
+        return 0
     print(summary_text(metrics), end="")
     qubo = "qubo.bqm, " if config.search == "qubo" else ""
     files = f"metrics.json, plan.json, spec.json, {qubo}model.safetensors"
@@ -396,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qubocompress`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _install_log_handler(quiet=getattr(args, "quiet", False))
     try:
         if args.command == "demo":
             from qubocompress.pipeline import CompressConfig
@@ -409,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return _run_compress(config)
         if args.command == "compress":
-            return _run_compress(_compress_config(args))
+            return _run_compress(_compress_config(args), as_json=args.json)
         if args.command == "train":
             return _run_train(args)
         if args.command == "ablate":

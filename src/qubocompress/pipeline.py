@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import math
 import re
 import time
@@ -51,6 +52,9 @@ from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler, preflight
 from qubocompress.solvers.rl import BUDGET_GRID_REFUSAL
 
 Log = Callable[[str], None]
+# A library does not print: progress goes to this logger unless the caller passes its own ``log``
+# (the command line installs a handler that writes it to stderr).
+LOGGER = logging.getLogger("qubocompress")
 
 # --sensitivity's default: fisher for the budget formulation (its damage of the prune options as
 # well, in one backward pass: the same or better plans after fine-tuning on the built-in nets at a
@@ -592,7 +596,7 @@ class CompressResult:
         write_text_atomic(folder / "summary.txt", summary_text(self.metrics.to_dict()))
 
 
-def compress(config: CompressConfig, log: Log = print, into: Path | None = None) -> dict[str, Any]:
+def compress(config: CompressConfig, log: Log = LOGGER.info, into: Path | None = None) -> dict[str, Any]:
     """Run the whole job and publish its results folder ``config.out`` whole at the end
     (:func:`qubocompress.io.run_folder`); returns the metrics. ``into``: write the files there
     instead, for a caller that publishes a folder holding this run (the ablation)."""
@@ -609,7 +613,7 @@ def compress(config: CompressConfig, log: Log = print, into: Path | None = None)
 
 def run_compression(
     config: CompressConfig,
-    log: Log = print,
+    log: Log = LOGGER.info,
     model: nn.Module | None = None,
     dataset: Dataset | None = None,
     test_accuracy: Callable[[nn.Module], float] | None = None,

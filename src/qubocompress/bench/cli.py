@@ -23,6 +23,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import math
 import sys
 import time
@@ -111,7 +112,7 @@ CSV_COLUMNS = (
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logging.getLogger("qubocompress").info(message)
 
 
 def add_bench_parser(subparsers: Any, formatter_class: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
