@@ -23,6 +23,7 @@ from qubocompress.analysis.sensitivity import (
 from qubocompress.analysis.spec import build_spec, prune_option_counts
 from qubocompress.errors import ProblemError
 from qubocompress.problem.spec import CompressionSpec
+from qubocompress.progress import track
 
 
 def analyse_model(
@@ -104,7 +105,7 @@ def analyse_model(
         base = mean_loss(model, x, y)
         damages = [
             prune_damage(model, graph, index, counts, x, y, scores[index], base_loss=base)
-            for index, counts in enumerate(options)
+            for index, counts in track(list(enumerate(options)), "measuring each group's pruning damage")
         ]
     terms = ()
     if interactions:

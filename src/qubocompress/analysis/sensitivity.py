@@ -52,6 +52,7 @@ from qubocompress.analysis.backward import backward_statistics, evaluating, laye
 from qubocompress.analysis.graph import ModelGraph
 from qubocompress.analysis.masking import masked_channels
 from qubocompress.errors import ProblemError
+from qubocompress.progress import track
 
 Quantizer = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -125,7 +126,7 @@ def quant_damage(
     """
     base = mean_loss(model, x, y) if base_loss is None else base_loss
     damage = {}
-    for name in layer_names:
+    for name in track(layer_names, "measuring each layer's quantization damage"):
         row = np.zeros(b_max)
         for bits in bit_widths or range(1, b_max + 1):
             with quantized_weights(model, {name: bits}, quantizer):

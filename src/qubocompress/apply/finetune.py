@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from qubocompress.apply.quantize import fake_quantize, quantized_layers
 from qubocompress.errors import DataError, ModelError
 from qubocompress.models.train import augment_batch, training_layout
+from qubocompress.progress import track
 
 Progress = Callable[[str], None]
 MOMENTUM = 0.9
@@ -182,10 +183,11 @@ def _train(
     step = 0
     history: list[dict[str, float]] = []
     model.train()
-    for epoch in range(1, epochs + 1):
+    for epoch in track(range(1, epochs + 1), "fine-tuning"):
         started = time.perf_counter()
         loss_sum, correct, seen, batches = 0.0, 0, 0, 0
-        for index in _batches(n, batch_size, generator):
+        batch_count = _batch_count(n, batch_size)
+        for index in track(_batches(n, batch_size, generator), f"  epoch {epoch}/{epochs}", batch_count):
             inputs = train.x[index]
             if augment and inputs.ndim == 4:
                 inputs = augment_batch(inputs, generator, shift_pixels(min(inputs.shape[2:])), hflip=False)

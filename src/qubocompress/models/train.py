@@ -29,6 +29,7 @@ from qubocompress.errors import ArtifactError, ModelError
 from qubocompress.io import check_writable_file, os_reason, write_bytes_atomic
 from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.zoo import build_model
+from qubocompress.progress import track
 
 Progress = Callable[[str], None]
 CACHE_FORMAT_VERSION = 1
@@ -277,12 +278,12 @@ def train(
             max_momentum=config.momentum,
         )
         try:
-            for epoch in range(1, config.epochs + 1):
+            for epoch in track(range(1, config.epochs + 1), "training"):
                 started = time.perf_counter()
                 model.train()
                 order = torch.randperm(count, generator=generator)
                 loss_sum = 0.0
-                for step in range(steps_per_epoch):
+                for step in track(range(steps_per_epoch), f"  epoch {epoch}/{config.epochs}"):
                     index = order[step * batch_size : (step + 1) * batch_size]
                     inputs = split.x[index]
                     if config.augment:

@@ -1,0 +1,67 @@
+"""Progress bars on the long steps (training, fine-tuning, the analysis passes, the searches).
+
+Shown only when the command line turns them on (:func:`enable`; a library shows none unless
+asked) and stderr is an interactive terminal: never in a pipe, a log file or under ``--quiet``.
+One rich display holds every open bar, so bars nest (an epoch's batches under the epochs).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_state: dict[str, Any] = {"enabled": False, "display": None, "open": 0}
+
+
+def enable(on: bool = True) -> None:
+    """Show progress bars from now on (when stderr is a terminal), or stop showing them."""
+    _state["enabled"] = on
+
+
+def shown() -> bool:
+    """Whether bars are drawn now: enabled and stderr an interactive terminal."""
+    return bool(_state["enabled"]) and sys.stderr.isatty()
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """``items`` as they are, with a transient bar ``description`` advancing by one per item."""
+    if not shown():
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if _state["display"] is None:
+        display = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        display.start()
+        _state["display"] = display
+    display = _state["display"]
+    task = display.add_task(description, total=total if total is not None else _length(items))
+    _state["open"] += 1
+    try:
+        for item in items:
+            yield item
+            display.advance(task)
+    finally:
+        display.remove_task(task)
+        _state["open"] -= 1
+        if _state["open"] == 0:
+            display.stop()
+            _state["display"] = None
+
+
+def _length(items: Iterable[Any]) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
