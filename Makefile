@@ -35,7 +35,12 @@ data:
 demo: $(STAMP) data
 	$(BIN)/qubocompress demo
 
+# ruff (lint and format) and import-linter (the layer contract in pyproject.toml) first: cheap, and a
+# broken contract fails the run as a failing test does.
 test: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # The solver benchmark (docs/benchmarks.md): bench-quick takes a few minutes, bench the full sweep.

@@ -88,8 +88,8 @@ def test_own_evaluate_and_finetune_are_used(tmp_path):
     x, y = DATA.train.x, DATA.train.y
     out = tmp_path / "out"
     result = qc.compress(
-        trained_net(), (x, y), target_ratio=6, formulation="budget", baseline=False, evaluate=evaluate, finetune=finetune,
-        out=out,
+        trained_net(), (x, y), target_ratio=6, formulation="budget", baseline=False,
+        evaluate=evaluate, finetune=finetune, out=out,
     )  # fmt: skip
     assert calls == {"evaluate": 4, "finetune": 1}  # fp32, before, after, reloaded; one plan fine-tuned
     assert result.metrics.test_acc == 0.5 and (out / "model.safetensors").is_file()

@@ -22,7 +22,6 @@ from torch.nn.utils import parametrize
 
 from qubocompress.analysis.graph import LayerInfo, ModelGraph, PruningGroup, trace_model
 from qubocompress import io as io_module
-from qubocompress.apply import artifact as artifact_module
 from qubocompress.apply.artifact import load_artifact, pack_codes, save_artifact, unpack_codes
 from qubocompress.apply.export import export_onnx
 from qubocompress.apply.finetune import finetune

@@ -1,8 +1,10 @@
-"""The command line as scripts use it: --version, --quiet, --json."""
+"""The command line as scripts use it: --version, --quiet, --json, help that answers at once."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -29,3 +31,26 @@ def test_progress_lines_go_to_stderr_without_quiet(data_dir, tmp_path, capsys):
     assert run(*compress_args(data_dir, tmp_path / "out", "--finetune-epochs", "0", "--no-baseline")) == 0
     captured = capsys.readouterr()
     assert "analysing the model" in captured.err and "top-1 %" in captured.out
+
+
+@pytest.mark.parametrize(
+    "argv, exit_code",
+    [
+        (["--help"], 0),
+        (["compress", "--help"], 0),
+        (["bench", "--help"], 0),
+        (["compress", "--seed", "x"], 2),
+        (["bench", "--seeds", "x"], 2),
+    ],
+)
+def test_help_and_argument_errors_load_neither_torch_nor_scipy_nor_dimod(argv, exit_code):
+    code = (
+        "import sys\n"
+        "from qubocompress.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as exc:\n"
+        "    print(exc.code, sorted(m for m in ('torch', 'scipy', 'dimod') if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stderr.splitlines()[-1] == f"{exit_code} []"

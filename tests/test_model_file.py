@@ -213,11 +213,14 @@ def test_torchscript_loads_only_when_trusted(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch_of_command", [
-    lambda cmd: {"factory": "os:system", "kwargs": {"command": cmd}},
-    lambda cmd: {"factory": "subprocess:getoutput", "kwargs": {"cmd": cmd}},
-    lambda cmd: {"name": "os:system", "kwargs": {"command": cmd}},
-])
+@pytest.mark.parametrize(
+    "arch_of_command",
+    [
+        lambda cmd: {"factory": "os:system", "kwargs": {"command": cmd}},
+        lambda cmd: {"factory": "subprocess:getoutput", "kwargs": {"cmd": cmd}},
+        lambda cmd: {"name": "os:system", "kwargs": {"command": cmd}},
+    ],
+)
 def test_a_model_file_naming_code_never_runs_it(tmp_path, arch_of_command):
     marker = tmp_path / "pwned"
     path = tmp_path / "hostile.safetensors"
@@ -298,15 +301,21 @@ def test_what_only_safetensors_rejects_is_still_one_line(tmp_path):
     assert one_line(exc).startswith(f"{path} is corrupt (safetensors cannot read it: ")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda h: h["fc1.weight.codes"].update(shape=[1]), r"malformed safetensors header: tensor 'fc1.weight.codes' has"),
-    (lambda h: h["fc1.bias"].update(dtype="F16"), "tensor 'fc1.bias' has dtype 'F16', which this format does not"),
-    (lambda h: h["fc2.bias"].update(data_offsets=[0, 16]), "leave a gap or overlap at byte"),
-    (edit_metadata("bits", lambda bits: {**bits, "fc1": 7}), r"malformed metadata: fc1.weight.codes does not hold"),
-    (edit_metadata("shapes", lambda shapes: {}), "malformed metadata: bits and shapes must be dicts over the same"),
-    (edit_metadata("metadata", lambda _: [1]), "malformed metadata: the metadata is a list, not a dict"),
-    (lambda h: h["__metadata__"].update(arch="{"), "malformed metadata: Expecting property name"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda h: h["fc1.weight.codes"].update(shape=[1]),
+            r"malformed safetensors header: tensor 'fc1.weight.codes' has",
+        ),
+        (lambda h: h["fc1.bias"].update(dtype="F16"), "tensor 'fc1.bias' has dtype 'F16', which this format does not"),
+        (lambda h: h["fc2.bias"].update(data_offsets=[0, 16]), "leave a gap or overlap at byte"),
+        (edit_metadata("bits", lambda bits: {**bits, "fc1": 7}), r"malformed metadata: fc1.weight.codes does not hold"),
+        (edit_metadata("shapes", lambda shapes: {}), "malformed metadata: bits and shapes must be dicts over the same"),
+        (edit_metadata("metadata", lambda _: [1]), "malformed metadata: the metadata is a list, not a dict"),
+        (lambda h: h["__metadata__"].update(arch="{"), "malformed metadata: Expecting property name"),
+    ],
+)
 def test_a_signed_header_that_does_not_describe_the_tensors_is_corrupt(tmp_path, edit, message):
     pruned = randomized(SeqNet(), 2)
     path = tmp_path / "m.safetensors"
@@ -401,9 +410,10 @@ def test_plain_safetensors_reads_every_tensor_and_the_metadata(tmp_path):
         np.testing.assert_array_equal(weight.astype(np.float32), reference[f"{layer}.weight"].numpy())
     header, buffer = split(path.read_bytes())  # the checksum from its definition, hashlib only
     header.pop("__metadata__")
-    described = {"metadata": {key: metadata[key] for key in CHECKED_KEYS}, "tensors": {
-        name: [entry["dtype"], entry["shape"]] for name, entry in header.items()
-    }}
+    described = {
+        "metadata": {key: metadata[key] for key in CHECKED_KEYS},
+        "tensors": {name: [entry["dtype"], entry["shape"]] for name, entry in header.items()},
+    }
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, separators=(",", ":")).encode())
     for name in sorted(header):
         begin, end = header[name]["data_offsets"]

@@ -12,9 +12,20 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
+from qubocompress.bench_parser import add_bench_parser
+from qubocompress.config import CompressConfig
 from qubocompress.errors import QubocompressError
+from qubocompress.names import (
+    FORMULATIONS,
+    IMPORTANCES,
+    LAYER_SENSITIVITIES,
+    METRICS,
+    MODELS,
+    SEARCH_METHODS,
+    SENSITIVITIES,
+    SOLVERS,
+)
 
 DEMO_OUT = Path("runs/demo")
 # The demo fine-tunes one epoch (compress: 2) so that a run with a cached model stays under ~3
@@ -87,13 +98,6 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
     """The options of one compression run; ``route_choices`` False leaves out those the ablation
     sets per run or that do not apply to it (formulation, importance, sensitivity, pairwise terms,
     search, the paper's beta, baseline)."""
-    from qubocompress.analysis.importance import IMPORTANCE_METHODS
-    from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
-    from qubocompress.models import MODELS
-    from qubocompress.pipeline import AUTO_SENSITIVITY, METRICS, SEARCH_METHODS, CompressConfig
-    from qubocompress.problem import FORMULATIONS
-    from qubocompress.solvers.registry import SOLVER_NAMES
-
     defaults = CompressConfig()
     _add_data_args(parser)
     parser.add_argument(
@@ -137,20 +141,20 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
         parser.add_argument(
             "--formulation",
             default=defaults.formulation,
-            choices=tuple(FORMULATIONS),
+            choices=FORMULATIONS,
             help="paper: H = L_p + beta*L_q - gamma*R with gamma bisected to the target; budget: least damage "
             "(estimated or measured: --sensitivity) under a hard budget",
         )
         parser.add_argument(
             "--importance",
             default=defaults.importance,
-            choices=IMPORTANCE_METHODS,
+            choices=IMPORTANCES,
             help="filter importance: mean |w|, first-order Taylor, or Fisher",
         )
         parser.add_argument(
             "--sensitivity",
             default=defaults.sensitivity,
-            choices=(AUTO_SENSITIVITY, *LAYER_SENSITIVITY_METHODS),
+            choices=SENSITIVITIES,
             help="layer quantization damage: loss increase measured on the calibration split, weight MSE (put in "
             "nats by one measured pass), Hessian trace x quantization error (Hutchinson), or empirical-Fisher "
             "diagonal x each weight's rounding error (also estimates the prune damage: one backward pass, no "
@@ -161,7 +165,7 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
             action="store_true",
             help="measure pairwise cross-layer damage (CLADO-style) as QUBO couplings (--formulation budget)",
         )
-    parser.add_argument("--solver", default=defaults.solver, help=f"QUBO solver: {', '.join(SOLVER_NAMES)}")
+    parser.add_argument("--solver", default=defaults.solver, help=f"QUBO solver: {', '.join(SOLVERS)}")
     parser.add_argument("--num-reads", type=int, default=None, help="solver reads (default: the solver's own)")
     if route_choices:
         parser.add_argument(
@@ -295,13 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a built-in model, or load it from the cache, and print its accuracy.",
         formatter_class=fmt,
     )
-    from qubocompress.models import MODELS
-
     _add_data_args(train)
     train.add_argument("--model", default="vgg", help=f"built-in model: {', '.join(MODELS)}")
     train.add_argument("--save", type=Path, default=None, help="also write the checkpoint to this file")
-    from qubocompress.analysis.importance import IMPORTANCE_METHODS
-    from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
 
     ablate = sub.add_parser(
         "ablate",
@@ -311,18 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _add_compress_args(ablate, Path("runs/ablation"), route_choices=False)
-    ablate.add_argument(
-        "--importances", default=",".join(IMPORTANCE_METHODS), help="comma-separated filter importances"
-    )
+    ablate.add_argument("--importances", default=",".join(IMPORTANCES), help="comma-separated filter importances")
     ablate.add_argument(
         "--sensitivities",
-        default=",".join(LAYER_SENSITIVITY_METHODS),
+        default=",".join(LAYER_SENSITIVITIES),
         help="comma-separated layer sensitivities",
     )
     ablate.add_argument("--pairs", default="both", choices=("both", "off", "on"), help="pairwise (CLADO-style) terms")
     ablate.set_defaults(formulation="budget", finetune_epochs=0, no_baseline=True)
-    from qubocompress.bench.cli import add_bench_parser
-
     add_bench_parser(sub, fmt)
     return parser
 
@@ -343,9 +339,8 @@ def _run_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compress_config(args: argparse.Namespace) -> Any:
+def _compress_config(args: argparse.Namespace) -> CompressConfig:
     from qubocompress.errors import ProblemError
-    from qubocompress.pipeline import CompressConfig
 
     if args.budget is not None and args.target_ratio is not None:
         raise ProblemError("give either --target-ratio or --budget, not both")
@@ -379,7 +374,7 @@ def _compress_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _run_compress(config: Any, as_json: bool = False) -> int:
+def _run_compress(config: CompressConfig, as_json: bool = False) -> int:
     from qubocompress.io import jsonable
     from qubocompress.pipeline import compress, summary_text
 
@@ -421,11 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qubocompress`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _install_log_handler(quiet=getattr(args, "quiet", False))
+    quiet = getattr(args, "quiet", False)
+    _install_log_handler(quiet)
+    from qubocompress import progress
+
+    progress.enable(not quiet)  # drawn only when stderr is a terminal
     try:
         if args.command == "demo":
-            from qubocompress.pipeline import CompressConfig
-
             config = CompressConfig(
                 data=args.data,
                 normalize=args.normalize,

@@ -9,12 +9,10 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import math
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +24,19 @@ from qubocompress.analysis.analyse import analyse_model
 from qubocompress.analysis.cache import analysis_key, load_cached, store
 from qubocompress.analysis.cache import cache_path as analysis_cache_path
 from qubocompress.analysis.graph import ModelGraph, trace_model
-from qubocompress.analysis.importance import IMPORTANCE_METHODS
-from qubocompress.analysis.sensitivity import LAYER_SENSITIVITY_METHODS
 from qubocompress.analysis.spec import DEFAULT_PRUNE_FRACTIONS
 from qubocompress.apply.model_file import model_file_bytes, read_model_file
 from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
 from qubocompress.solvers.metrics import residual_gap, success_mask
-from qubocompress.data.datasets import Dataset, Split, load_dataset, parse_normalize
+from qubocompress.config import CompressConfig, parse_budget
+from qubocompress.data.datasets import Dataset, Split, load_dataset
 from qubocompress.errors import ArtifactError, ProblemError
-from qubocompress.limits import check_seed
 from qubocompress.io import prepare_output_dir, run_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train
-from qubocompress.models.user import arch_label, factory_label, is_factory_spec, load_user_model
+from qubocompress.models.user import arch_label, factory_label, load_user_model
 from qubocompress.models.zoo import MODELS
 from qubocompress.problem import FORMULATIONS, Formulation, Reference, Target
 from qubocompress.problem.choices import fp32_cost, plan_cost
@@ -48,155 +44,24 @@ from qubocompress.problem.plan import Plan, uniform_plan
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.search import SEARCHES
 from qubocompress.solvers.base import solve
-from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler, preflight
-from qubocompress.solvers.rl import BUDGET_GRID_REFUSAL
+from qubocompress.solvers.registry import make_sampler
 
 Log = Callable[[str], None]
 # A library does not print: progress goes to this logger unless the caller passes its own ``log``
 # (the command line installs a handler that writes it to stderr).
 LOGGER = logging.getLogger("qubocompress")
 
-# --sensitivity's default: fisher for the budget formulation (its damage of the prune options as
-# well, in one backward pass: the same or better plans after fine-tuning on the built-in nets at a
-# fifteenth to a fiftieth of the measured analysis's time, docs/benchmarks.md §3.2.2-3.2.3),
-# measured for the paper's (§1 and the demo rest on it).
-AUTO_SENSITIVITY = "auto"
 # Seed of the one draw of --calibration-samples images from the calibration split.
 CALIBRATION_DRAW_SEED = 0
-SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
 # Validation images that score plans before fine-tuning (the uniform baseline's choice, ga-acc and
 # rl-acc): 2,000 tell apart plans that differ by more than ~1.5 points (2 standard errors at 90 %
 # accuracy) at a fifth of the cost of 10,000.
 VAL_SAMPLES = 2000
-METRICS = ("bits", "bops")
-# Units of an absolute --budget (any case): sizes (weight memory, in bits) for --metric bits, in
-# bytes (B, kB = 1000 B, KiB = 1024 B, ... GB, GiB) or bits (bit, kbit, Mbit, Gbit); counts for bops.
-SIZE_UNITS = {
-    "bit": 1, "bits": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9,
-    "b": 8, "byte": 8, "bytes": 8,
-    "kb": 8 * 10**3, "mb": 8 * 10**6, "gb": 8 * 10**9,
-    "kib": 8 * 2**10, "mib": 8 * 2**20, "gib": 8 * 2**30,
-}  # fmt: skip
-COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-
-
-def parse_budget(text: str, metric: str) -> float:
-    """An absolute budget in the metric's unit: weight bits from a size such as ``64KiB``, ``50kB``,
-    ``40000B`` or ``320000bit`` (``--metric bits``), or bit operations per sample from a count such
-    as ``2.5e9`` or ``2.5G`` (``--metric bops``)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", text.lower())
-    units = SIZE_UNITS if metric == "bits" else COUNT_UNITS
-    if match is None or match.group(2) not in units:
-        example = (
-            "a size such as 64KiB, 50kB, 1.5MB, 2GiB, 40000B or 320kbit"
-            if metric == "bits"
-            else "a count such as 2.5e9 or 2.5G"
-        )
-        raise ProblemError(f"--budget {text!r} with --metric {metric}: give {example}")
-    value = float(match.group(1)) * units[match.group(2)]
-    if not (math.isfinite(value) and value > 0):
-        raise ProblemError(f"--budget must be more than 0, got {text!r}")
-    return value
-
 
 # The stages a search route's time adds up (the ones a route does not run count 0): the QUBO's
 # analysis + build + solve, a search's analysis (trace and channel ranks) + search, and one
 # evaluation of the chosen plan.
 ROUTE_STAGES = ("analysis", "build", "solve", "search", "evaluate")
-
-
-@dataclass
-class CompressConfig:
-    """Everything ``compress`` needs; the CLI flags map one to one onto these fields.
-
-    ``budget`` (an absolute cost, :func:`parse_budget`) replaces ``target_ratio`` when given: the
-    run uses the ratio fp32 cost / budget, and the budget formulation the budget itself.
-    """
-
-    model: str = "vgg"
-    weights: Path | None = None
-    data: str | None = None
-    normalize: str = "mean-std"
-    checkpoint: Path | None = None
-    target_ratio: float = 16.0
-    budget: str | None = None
-    formulation: str = "paper"
-    metric: str = "bits"
-    importance: str = "l1"
-    sensitivity: str = AUTO_SENSITIVITY
-    interactions: bool = False
-    solver: str = "sa"
-    search: str = "qubo"
-    search_evaluations: int = 300
-    seed: int = 0
-    out: Path = Path("runs/latest")
-    finetune_epochs: int = 2
-    beta: float | None = None
-    max_prune_fraction: float = 0.5
-    b_max: int = 8
-    bit_levels: int = 3
-    num_reads: int | None = None
-    baseline: bool = True
-    solver_options: dict[str, Any] = field(default_factory=dict)
-    exact_time_limit: float = 60.0
-    analysis_cache: bool = True
-    calibration_samples: int | None = None
-    untrained: bool = False
-
-    def layer_sensitivity(self) -> str:
-        """The layer sensitivity the analysis uses: ``sensitivity``, with ``auto`` resolved
-        (``fisher`` for the budget formulation, ``measured`` for the paper's)."""
-        if self.sensitivity != AUTO_SENSITIVITY:
-            return self.sensitivity
-        return "fisher" if self.formulation == "budget" else "measured"
-
-    def validate(self) -> None:
-        """Reject impossible settings before any work starts."""
-        check_seed(self.seed)
-        parse_normalize(self.normalize)
-        for flag, value, valid in (
-            ("--formulation", self.formulation, tuple(FORMULATIONS)),
-            ("--metric", self.metric, METRICS),
-            ("--importance", self.importance, IMPORTANCE_METHODS),
-            ("--sensitivity", self.sensitivity, (AUTO_SENSITIVITY, *LAYER_SENSITIVITY_METHODS)),
-            ("--solver", self.solver, SOLVER_NAMES),
-            ("--search", self.search, SEARCH_METHODS),
-        ):
-            if value not in valid:
-                raise ProblemError(f"unknown {flag} {value!r}; choose one of: {', '.join(valid)}")
-        if self.formulation == "paper" and (self.metric != "bits" or self.interactions):
-            raise ProblemError(
-                "--metric bops and --interactions need --formulation budget (the paper's energy has neither)"
-            )
-        if self.formulation == "budget" and self.beta is not None:
-            raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
-        if self.solver == "rl" and self.search == "qubo" and not FORMULATIONS[self.formulation].free_counts:
-            raise ProblemError(BUDGET_GRID_REFUSAL)  # before the analysis, not when the sampler is built
-        if self.search == "qubo":
-            preflight(self.solver, self.solver_options)  # a missing extra or QPU token before any work
-        if self.checkpoint is not None and self.weights is not None:
-            raise ProblemError("give either --checkpoint or --weights, not both")
-        if self.weights is None and not self.untrained and is_factory_spec(self.model):
-            raise ProblemError(
-                f"--model {self.model} without --weights would compress a freshly initialised, untrained model: "
-                "pass its trained state_dict with --weights (or --untrained if that is what you want)"
-            )
-        if not (math.isfinite(self.exact_time_limit) and self.exact_time_limit > 0):
-            raise ProblemError(f"--exact-time-limit must be a positive number of seconds, got {self.exact_time_limit}")
-        if self.finetune_epochs < 0:
-            raise ProblemError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
-        if self.budget is not None:
-            parse_budget(self.budget, self.metric)
-        elif not math.isfinite(self.target_ratio) or self.target_ratio <= 1.0:
-            raise ProblemError(
-                f"--target-ratio must be a number > 1 (e.g. 16 for 16x smaller), got {self.target_ratio}"
-            )
-        if self.search_evaluations < 1:
-            raise ProblemError(f"--search-evaluations must be >= 1, got {self.search_evaluations}")
-        if self.num_reads is not None and self.num_reads < 1:
-            raise ProblemError(f"--num-reads must be >= 1, got {self.num_reads}")
-        if self.calibration_samples is not None and self.calibration_samples < 1:
-            raise ProblemError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
 
 
 class Timer:

@@ -50,7 +50,6 @@ from qubocompress.bench.instances import (
 )
 from qubocompress.bench.runner import (
     BUDGETED_SOLVERS,
-    DEFAULT_EXACT_TIME_LIMIT,
     DEFAULT_SOLVER,
     EXACT_SOLVER,
     Budget,
@@ -62,13 +61,11 @@ from qubocompress.bench.runner import (
     tts_ratio_lines,
 )
 from qubocompress.bench.store import ResultStore
+from qubocompress.bench_parser import FULL_SEEDS, QUICK_SEEDS
 from qubocompress.errors import DataError, SolverError
 from qubocompress.limits import MAX_SEED
 from qubocompress.io import prepare_output_dir, write_json_atomic, write_text_atomic
 
-DEFAULT_OUT = Path("runs/bench")
-FULL_SEEDS = 5
-QUICK_SEEDS = 3
 QUICK_SIZES: tuple[int, ...] = ()
 # --quick keeps every solver's defaults except the two slowest on a 2-core CPU (the default sa,
 # which the target is about, is untouched); the table's options column and a note say so.
@@ -113,122 +110,6 @@ CSV_COLUMNS = (
 
 def _log(message: str) -> None:
     logging.getLogger("qubocompress").info(message)
-
-
-def add_bench_parser(subparsers: Any, formatter_class: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
-    """Register the ``bench`` sub-command on ``subparsers`` (from ``parser.add_subparsers``), its
-    help laid out by ``formatter_class``."""
-    bench = subparsers.add_parser(
-        "bench",
-        help="benchmark the QUBO solvers (success probability, TTS99, gap) on saved instances",
-        description="Run every solver on the benchmark instances with several seeds and report E*, best "
-        "energy, success probability per read and per run, TTS99, residual gap and timings, with each "
-        "solver's TTS99 relative to sa's. Results go to a SQLite file; rerunning resumes.",
-        formatter_class=formatter_class,
-    )
-    bench.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"the built-in models' instances only, {QUICK_SEEDS} seeds, every offline solver, sqa and sb "
-        "with fewer reads/steps: a few minutes",
-    )
-    bench.add_argument(
-        "--solvers",
-        default=None,
-        metavar="LIST",
-        help=f"comma-separated solvers (default: every offline one: {','.join(offline_solvers())}; "
-        "qpu and hybrid only when named)",
-    )
-    bench.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"seeds 0..N-1 per solver (default {FULL_SEEDS}, quick {QUICK_SEEDS})",
-    )
-    bench.add_argument(
-        "--first-seed",
-        type=int,
-        default=0,
-        metavar="S",
-        help="start the seeds at S: S..S+N-1 (other seeds than an earlier sweep's; the results of "
-        "every seed stored in --out are summarised together)",
-    )
-    bench.add_argument(
-        "--instances",
-        default=None,
-        metavar="DIR|NAMES",
-        help="a folder of <name>.bqm (+ .json) files, one .bqm file, or comma-separated names: "
-        f"{', '.join(BUILTIN_MODELS)}, <model>-synthetic, n<variables> (default: the built-in models)",
-    )
-    bench.add_argument(
-        "--sizes",
-        default=None,
-        metavar="LIST",
-        help="synthetic size series, comma-separated variable counts (default "
-        f"{','.join(map(str, SIZE_SERIES))}; quick: none; "
-        "with --instances: none unless given)",
-    )
-    bench.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
-    bench.add_argument(
-        "--time-limit",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="wall-clock budget per run of ga and rl (default: equal to sa's mean run time on the instance)",
-    )
-    bench.add_argument(
-        "--converge", action="store_true", help="let ga and rl run to their own convergence instead of a time budget"
-    )
-    bench.add_argument(
-        "--num-reads",
-        type=int,
-        default=None,
-        help="reads per run of the read-based solvers, not ga/rl/exact (default: each solver's own)",
-    )
-    bench.add_argument(
-        "--polish",
-        action="store_true",
-        help="polish every read as `compress` does (paper form: each group's pruned channels made its least "
-        "important ones) before scoring; its time counts as solve time",
-    )
-    bench.add_argument(
-        "--device", default=None, help="device of the sb solver: cpu or cuda (default: cuda when available)"
-    )
-    bench.add_argument(
-        "--formulation",
-        choices=("paper", "budget"),
-        default="paper",
-        help="paper: the paper's energy, γ calibrated to the target; budget: minimum damage under a hard "
-        "weight-bit budget (built-in models only; E* from the MILP)",
-    )
-    bench.add_argument(
-        "--target-ratio",
-        default=None,
-        metavar="R[,R...]",
-        help=f"compression target(s) vs fp32: γ is calibrated to it (paper; default {DEFAULT_TARGET_RATIO:g}) or "
-        f"the budget is fp32 / R (budget; default {','.join(f'{r:g}' for r in BUDGET_TARGET_RATIOS)})",
-    )
-    bench.add_argument(
-        "--exact-time-limit",
-        type=float,
-        default=DEFAULT_EXACT_TIME_LIMIT,
-        metavar="SECONDS",
-        help="time limit of the generic exact solver on BQMs without a formulation",
-    )
-    resume = bench.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume", dest="fresh", action="store_false", help="keep earlier results and run only what is missing"
-    )
-    resume.add_argument(
-        "--fresh",
-        dest="fresh",
-        action="store_true",
-        help="start over: once the command line is checked, the earlier results.sqlite is moved to "
-        "results.sqlite.previous (replacing an older one)",
-    )
-    bench.set_defaults(fresh=False)
-    return bench
 
 
 def _parse_list(text: str, what: str) -> list[str]:

@@ -1,0 +1,154 @@
+"""What one compression run is asked to do: :class:`CompressConfig` and the budget it is given.
+
+Importable without torch, scipy or dimod, so that the command line builds its parser (and shows
+the defaults) at once; :meth:`CompressConfig.validate` imports the checks it needs when called.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qubocompress.errors import ProblemError
+from qubocompress.limits import check_seed
+from qubocompress.names import (
+    AUTO_SENSITIVITY,
+    FORMULATIONS,
+    IMPORTANCES,
+    METRICS,
+    SEARCH_METHODS,
+    SENSITIVITIES,
+    SOLVERS,
+)
+
+# Units of an absolute --budget (any case): sizes (weight memory, in bits) for --metric bits, in
+# bytes (B, kB = 1000 B, KiB = 1024 B, ... GB, GiB) or bits (bit, kbit, Mbit, Gbit); counts for bops.
+SIZE_UNITS = {
+    "bit": 1, "bits": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9,
+    "b": 8, "byte": 8, "bytes": 8,
+    "kb": 8 * 10**3, "mb": 8 * 10**6, "gb": 8 * 10**9,
+    "kib": 8 * 2**10, "mib": 8 * 2**20, "gib": 8 * 2**30,
+}  # fmt: skip
+COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_budget(text: str, metric: str) -> float:
+    """An absolute budget in the metric's unit: weight bits from a size such as ``64KiB``, ``50kB``,
+    ``40000B`` or ``320000bit`` (``--metric bits``), or bit operations per sample from a count such
+    as ``2.5e9`` or ``2.5G`` (``--metric bops``)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    units = SIZE_UNITS if metric == "bits" else COUNT_UNITS
+    if match is None or match.group(2) not in units:
+        example = (
+            "a size such as 64KiB, 50kB, 1.5MB, 2GiB, 40000B or 320kbit"
+            if metric == "bits"
+            else "a count such as 2.5e9 or 2.5G"
+        )
+        raise ProblemError(f"--budget {text!r} with --metric {metric}: give {example}")
+    value = float(match.group(1)) * units[match.group(2)]
+    if not (math.isfinite(value) and value > 0):
+        raise ProblemError(f"--budget must be more than 0, got {text!r}")
+    return value
+
+
+@dataclass
+class CompressConfig:
+    """Everything ``compress`` needs; the CLI flags map one to one onto these fields.
+
+    ``budget`` (an absolute cost, :func:`parse_budget`) replaces ``target_ratio`` when given: the
+    run uses the ratio fp32 cost / budget, and the budget formulation the budget itself.
+    """
+
+    model: str = "vgg"
+    weights: Path | None = None
+    data: str | None = None
+    normalize: str = "mean-std"
+    checkpoint: Path | None = None
+    target_ratio: float = 16.0
+    budget: str | None = None
+    formulation: str = "paper"
+    metric: str = "bits"
+    importance: str = "l1"
+    sensitivity: str = AUTO_SENSITIVITY
+    interactions: bool = False
+    solver: str = "sa"
+    search: str = "qubo"
+    search_evaluations: int = 300
+    seed: int = 0
+    out: Path = Path("runs/latest")
+    finetune_epochs: int = 2
+    beta: float | None = None
+    max_prune_fraction: float = 0.5
+    b_max: int = 8
+    bit_levels: int = 3
+    num_reads: int | None = None
+    baseline: bool = True
+    solver_options: dict[str, Any] = field(default_factory=dict)
+    exact_time_limit: float = 60.0
+    analysis_cache: bool = True
+    calibration_samples: int | None = None
+    untrained: bool = False
+
+    def layer_sensitivity(self) -> str:
+        """The layer sensitivity the analysis uses: ``sensitivity``, with ``auto`` resolved
+        (``fisher`` for the budget formulation, ``measured`` for the paper's)."""
+        if self.sensitivity != AUTO_SENSITIVITY:
+            return self.sensitivity
+        return "fisher" if self.formulation == "budget" else "measured"
+
+    def validate(self) -> None:
+        """Reject impossible settings before any work starts."""
+        from qubocompress.data.datasets import parse_normalize
+        from qubocompress.models.user import is_factory_spec
+        from qubocompress.problem import FORMULATIONS as FORMULATION_CLASSES
+        from qubocompress.solvers.registry import preflight
+        from qubocompress.solvers.rl import BUDGET_GRID_REFUSAL
+
+        check_seed(self.seed)
+        parse_normalize(self.normalize)
+        for flag, value, valid in (
+            ("--formulation", self.formulation, FORMULATIONS),
+            ("--metric", self.metric, METRICS),
+            ("--importance", self.importance, IMPORTANCES),
+            ("--sensitivity", self.sensitivity, SENSITIVITIES),
+            ("--solver", self.solver, SOLVERS),
+            ("--search", self.search, SEARCH_METHODS),
+        ):
+            if value not in valid:
+                raise ProblemError(f"unknown {flag} {value!r}; choose one of: {', '.join(valid)}")
+        if self.formulation == "paper" and (self.metric != "bits" or self.interactions):
+            raise ProblemError(
+                "--metric bops and --interactions need --formulation budget (the paper's energy has neither)"
+            )
+        if self.formulation == "budget" and self.beta is not None:
+            raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
+        if self.solver == "rl" and self.search == "qubo" and not FORMULATION_CLASSES[self.formulation].free_counts:
+            raise ProblemError(BUDGET_GRID_REFUSAL)  # before the analysis, not when the sampler is built
+        if self.search == "qubo":
+            preflight(self.solver, self.solver_options)  # a missing extra or QPU token before any work
+        if self.checkpoint is not None and self.weights is not None:
+            raise ProblemError("give either --checkpoint or --weights, not both")
+        if self.weights is None and not self.untrained and is_factory_spec(self.model):
+            raise ProblemError(
+                f"--model {self.model} without --weights would compress a freshly initialised, untrained model: "
+                "pass its trained state_dict with --weights (or --untrained if that is what you want)"
+            )
+        if not (math.isfinite(self.exact_time_limit) and self.exact_time_limit > 0):
+            raise ProblemError(f"--exact-time-limit must be a positive number of seconds, got {self.exact_time_limit}")
+        if self.finetune_epochs < 0:
+            raise ProblemError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if self.budget is not None:
+            parse_budget(self.budget, self.metric)
+        elif not math.isfinite(self.target_ratio) or self.target_ratio <= 1.0:
+            raise ProblemError(
+                f"--target-ratio must be a number > 1 (e.g. 16 for 16x smaller), got {self.target_ratio}"
+            )
+        if self.search_evaluations < 1:
+            raise ProblemError(f"--search-evaluations must be >= 1, got {self.search_evaluations}")
+        if self.num_reads is not None and self.num_reads < 1:
+            raise ProblemError(f"--num-reads must be >= 1, got {self.num_reads}")
+        if self.calibration_samples is not None and self.calibration_samples < 1:
+            raise ProblemError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")

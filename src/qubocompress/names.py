@@ -1,0 +1,33 @@
+"""The names users choose among on the command line, importable without torch, scipy or dimod.
+
+The parser shows and checks these, so that ``--help`` and argument errors answer at once. The
+registries that build what a name stands for live in heavy modules (``models.zoo.MODELS``,
+``solvers.registry.SOLVERS``, ``problem.FORMULATIONS``, ...); tests/test_names.py asserts that
+each holds exactly these names, in this order.
+"""
+
+from __future__ import annotations
+
+# Built-in models (models.zoo.MODELS).
+MODELS = ("lenet5", "vgg", "resnet20", "mobilenet")
+# QUBO solvers (solvers.registry.SOLVERS); the cloud ones need a D-Wave Leap token.
+SOLVERS = ("sa", "tabu", "greedy", "sqa", "sb", "qpu", "hybrid", "exact", "random", "ga", "rl")
+CLOUD_SOLVERS = ("qpu", "hybrid")
+OFFLINE_SOLVERS = tuple(name for name in SOLVERS if name not in CLOUD_SOLVERS)
+# QUBO formulations (problem.FORMULATIONS).
+FORMULATIONS = ("paper", "budget")
+# Filter importances (analysis.importance) and layer sensitivities (analysis.sensitivity).
+IMPORTANCES = ("l1", "taylor", "fisher")
+LAYER_SENSITIVITIES = ("measured", "mse", "hessian", "fisher")
+# --sensitivity's default: fisher for the budget formulation (its damage of the prune options as
+# well, in one backward pass: the same or better plans after fine-tuning on the built-in nets at a
+# fifteenth to a fiftieth of the measured analysis's time, docs/benchmarks.md §3.2.2-3.2.3),
+# measured for the paper's (§1 and the demo rest on it).
+AUTO_SENSITIVITY = "auto"
+SENSITIVITIES = (AUTO_SENSITIVITY, *LAYER_SENSITIVITIES)
+# What a budget counts: weight bits or bit operations per sample.
+METRICS = ("bits", "bops")
+# The QUBO route and the accuracy-in-the-loop searches (search.SEARCHES).
+SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
+# The built-in models the solver benchmark covers (bench.instances.BUILTIN_MODELS).
+BENCH_MODELS = ("lenet5", "vgg", "resnet20")
