@@ -54,3 +54,36 @@ def test_help_and_argument_errors_load_neither_torch_nor_scipy_nor_dimod(argv, e
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stderr.splitlines()[-1] == f"{exit_code} []"
+
+
+def test_compress_export_onnx_inspect_and_export(data_dir, tmp_path, capsys):
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from qubocompress.apply.model_file import load_model_file
+
+    out = tmp_path / "out"
+    args = compress_args(data_dir, out, "--finetune-epochs", "0", "--no-baseline", "--export", "onnx", "--json")
+    assert run(*args) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["compressed"]["onnx_bytes"] * 3 < metrics["model"]["fp32_onnx_bytes"]
+    model, _ = load_model_file(out / "model.safetensors")
+    x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], model(x).numpy(), atol=1e-4)
+
+    assert run("inspect", out) == 0
+    table = capsys.readouterr().out
+    assert "shape before" in table and "model.safetensors:" in table
+    assert run("export", out, "--onnx", tmp_path / "again.onnx") == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'again.onnx'}: ")
+    assert (tmp_path / "again.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+
+
+def test_inspect_of_a_damaged_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    assert run("inspect", tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qubocompress: error: ") and "model.safetensors is truncated" in err[0]

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train (or load from cache) the default VGG-style CNN on Fashion-MNIST, compress it "
         "16x with the paper's QUBO solved by simulated annealing, fine-tune 1 epoch, and compare with "
         "the uniform baseline (one bit-width, one L1 prune ratio) at the same size. Same as `compress` "
-        "with its defaults and --finetune-epochs 1.",
+        "with its defaults, --finetune-epochs 1 and --export onnx.",
         formatter_class=fmt,
     )
     _add_data_args(demo)
@@ -292,6 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--json", action="store_true", help="print the metrics (metrics.json) as JSON on stdout instead of the table"
     )
+    compress.add_argument(
+        "--export",
+        choices=("onnx",),
+        default=None,
+        help="also write model.onnx: int4/int8 weights with per-channel DequantizeLinear, runs in onnxruntime",
+    )
+    for name, summary in (
+        ("inspect", "print a model file's layers: shapes before and after pruning, kept filters, bits, bytes"),
+        ("export", "write a run folder's (or model file's) compressed model as ONNX"),
+    ):
+        command = sub.add_parser(name, help=summary, description=summary + ".", formatter_class=fmt)
+        command.add_argument("path", type=Path, help="model.safetensors, or the run folder that holds it")
+        command.add_argument(
+            "--model",
+            default=None,
+            metavar="PKG.MOD:FACTORY",
+            help="the factory of a user model (a file's own names are never imported); built-in models need none",
+        )
+        command.add_argument(
+            "--trust-torchscript", action="store_true", help="load a TorchScript model, whose stored code runs"
+        )
+        if name == "export":
+            command.add_argument("--onnx", type=Path, required=True, metavar="OUT", help="the ONNX file to write")
 
     train = sub.add_parser(
         "train",
@@ -371,6 +394,7 @@ def _compress_config(args: argparse.Namespace) -> CompressConfig:
         num_reads=args.num_reads,
         baseline=not args.no_baseline,
         untrained=args.untrained,
+        export_onnx=getattr(args, "export", None) == "onnx",
     )
 
 
@@ -384,8 +408,21 @@ def _run_compress(config: CompressConfig, as_json: bool = False) -> int:
         return 0
     print(summary_text(metrics), end="")
     qubo = "qubo.bqm, " if config.search == "qubo" else ""
-    files = f"metrics.json, plan.json, spec.json, {qubo}model.safetensors"
+    onnx = ", model.onnx" if config.export_onnx else ""
+    files = f"metrics.json, plan.json, spec.json, {qubo}model.safetensors{onnx}"
     print(f"results in {config.out}/ ({files})")
+    return 0
+
+
+def _run_model_file_command(args: argparse.Namespace) -> int:
+    from qubocompress.apply.inspect import export_model_file, inspect_model_file
+
+    path = args.path / "model.safetensors" if args.path.is_dir() else args.path
+    if args.command == "inspect":
+        print(inspect_model_file(path, args.model, trust_torchscript=args.trust_torchscript).table(), end="")
+        return 0
+    size = export_model_file(path, args.onnx, args.model, trust_torchscript=args.trust_torchscript)
+    print(f"{args.onnx}: {size:,} bytes")
     return 0
 
 
@@ -429,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 out=args.out,
                 finetune_epochs=DEMO_FINETUNE_EPOCHS,
+                export_onnx=True,
             )
             return _run_compress(config)
         if args.command == "compress":
@@ -437,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_train(args)
         if args.command == "ablate":
             return _run_ablate(args)
+        if args.command in ("inspect", "export"):
+            return _run_model_file_command(args)
         if args.command == "bench":
             from qubocompress.bench.cli import run_bench
 

@@ -91,6 +91,7 @@ class CompressConfig:
     analysis_cache: bool = True
     calibration_samples: int | None = None
     untrained: bool = False
+    export_onnx: bool = False
 
     def layer_sensitivity(self) -> str:
         """The layer sensitivity the analysis uses: ``sensitivity``, with ``auto`` resolved

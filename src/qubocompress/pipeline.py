@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import tempfile
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from qubocompress.analysis.cache import cache_path as analysis_cache_path
 from qubocompress.analysis.graph import ModelGraph, trace_model
 from qubocompress.analysis.spec import DEFAULT_PRUNE_FRACTIONS
 from qubocompress.apply.model_file import model_file_bytes, read_model_file
+from qubocompress.apply.export import export_onnx
 from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
@@ -421,6 +423,7 @@ class Metrics:
 
 
 MODEL_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -434,6 +437,8 @@ class CompressResult:
         spec: the analysed problem.
         bqm: the QUBO that was solved (None for the ga-acc / rl-acc searches).
         model_file: the bytes of the model file (``model.safetensors``, :mod:`qubocompress.apply.model_file`).
+        onnx_file: the bytes of ``model.onnx`` (int4/int8 weights, :mod:`qubocompress.apply.export`), when
+            asked for (``export_onnx``).
     """
 
     model: nn.Module
@@ -442,6 +447,7 @@ class CompressResult:
     spec: CompressionSpec
     bqm: dimod.BinaryQuadraticModel | None
     model_file: bytes
+    onnx_file: bytes | None = None
 
     def save(self, out: str | Path) -> Path:
         """Write the results folder ``out`` whole (:func:`qubocompress.io.run_folder`): what
@@ -453,6 +459,8 @@ class CompressResult:
     def write_into(self, folder: Path) -> None:
         """Write the result's files into the existing ``folder``."""
         write_bytes_atomic(folder / MODEL_FILE, self.model_file)
+        if self.onnx_file is not None:
+            write_bytes_atomic(folder / ONNX_FILE, self.onnx_file)
         write_json_atomic(folder / "plan.json", self.plan.to_dict())
         write_json_atomic(folder / "spec.json", self.spec.to_dict())
         if self.bqm is not None:
@@ -591,7 +599,10 @@ def run_compression(
         compressed, accuracy = apply_plan(model, graph, plan, dataset, epochs, config.seed, log, measure, tune)
 
     model_file = model_file_bytes(
-        compressed, plan.bits, arch, metadata={"plan": plan.to_dict(), **preprocessing_of(dataset)}
+        compressed,
+        plan.bits,
+        arch,
+        metadata={"plan": plan.to_dict(), "input_shape": list(dataset.input_shape), **preprocessing_of(dataset)},
     )
     reloaded, _ = read_model_file(model_file, Path(MODEL_FILE), factory_of(model, arch), trust_torchscript=True)
     reloaded_acc = measure(reloaded)
@@ -638,7 +649,26 @@ def run_compression(
         metrics["timing"] = timer.seconds
 
     final = quantize_model_weights(compressed, plan.bits).eval()
-    return CompressResult(final, plan, Metrics.of(metrics), spec, bqm if config.search == "qubo" else None, model_file)
+    onnx_file = None
+    if config.export_onnx:
+        with timer.stage("export", "exporting model.onnx (int4/int8 weights) and an fp32 ONNX for its size"):
+            onnx_file, fp32_onnx = (
+                onnx_bytes(final, dataset.input_shape, plan.bits),
+                onnx_bytes(model, dataset.input_shape),
+            )
+        metrics["compressed"]["onnx_bytes"], metrics["model"]["fp32_onnx_bytes"] = len(onnx_file), len(fp32_onnx)
+        metrics["timing"] = timer.seconds
+    qubo = bqm if config.search == "qubo" else None
+    return CompressResult(final, plan, Metrics.of(metrics), spec, qubo, model_file, onnx_file)
+
+
+def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], bits: dict[str, int] | None = None) -> bytes:
+    """The ONNX file of ``model`` (:func:`qubocompress.apply.export.export_onnx`: weights of ``bits``
+    as int4/int8 with DequantizeLinear; float32 without ``bits``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / ONNX_FILE
+        export_onnx(model, path, input_shape, bits)
+        return path.read_bytes()
 
 
 def factory_of(model: nn.Module, arch: dict[str, Any]) -> Callable[..., nn.Module] | str | None:
@@ -733,5 +763,10 @@ def summary_text(metrics: dict[str, Any]) -> str:
         f"{MODEL_FILE}: {c['model_file_bytes']:,} bytes on disk vs {m['fp32_state_dict_bytes']:,} for the fp32 "
         f"state_dict ({m['fp32_state_dict_bytes'] / max(c['model_file_bytes'], 1):.1f}x smaller)"
     )
+    if "onnx_bytes" in c:
+        lines.append(
+            f"{ONNX_FILE}: {c['onnx_bytes']:,} bytes (int4/int8 weights) vs {m['fp32_onnx_bytes']:,} for the fp32 "
+            f"ONNX ({m['fp32_onnx_bytes'] / max(c['onnx_bytes'], 1):.1f}x smaller)"
+        )
     lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timing"].items()))
     return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
 """What a ``model.safetensors`` holds, layer by layer: shapes before and after pruning, kept filters,
-bits and bytes (``qubocompress inspect FILE``)."""
+bits and bytes (``qubocompress inspect FILE``); and its ONNX export (``qubocompress export``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 import safetensors
 from torch import nn
 
-from qubocompress.apply.model_file import load_model_file
+from qubocompress.apply.export import export_onnx
+from qubocompress.apply.model_file import load_model_file, stored_bits
+from qubocompress.errors import ArtifactError
 from qubocompress.models.user import Factory, rebuild_model
 
 FP32_BYTES = 4
@@ -92,8 +94,8 @@ def inspect_model_file(
     path = Path(path)
     model, _ = load_model_file(path, factory, trust_torchscript=trust_torchscript)
     with safetensors.safe_open(str(path), framework="numpy") as handle:  # checked by the load above
-        fields = handle.metadata()
-    arch, bits = json.loads(fields["arch"]), json.loads(fields["bits"])
+        arch = json.loads(handle.metadata()["arch"])
+    bits = stored_bits(path)
     original = model if arch.get("torchscript") else rebuild_model(arch, factory)  # TorchScript is never pruned
     before = {name: tuple(m.weight.shape) for name, m in _layers(original).items()}
     layers = []
@@ -105,3 +107,19 @@ def inspect_model_file(
         layers.append(LayerSummary(name, before.get(name, shape), shape, width, stored))
     fp32 = FP32_BYTES * sum(tensor.numel() for tensor in original.state_dict().values())
     return ModelFileSummary(path, path.stat().st_size, tuple(layers), fp32)
+
+
+def export_model_file(
+    path: str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    factory: Factory | str | None = None,
+    *,
+    trust_torchscript: bool = False,
+) -> int:
+    """Write the model of the model file ``path`` as ONNX to ``onnx_path`` with its own bits
+    (int4/int8 weights, :func:`~qubocompress.apply.export.export_onnx`); returns the ONNX file's bytes."""
+    model, metadata = load_model_file(path, factory, trust_torchscript=trust_torchscript)
+    shape = metadata.get("input_shape")
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise ArtifactError(f"{path} records no input shape (written before qubocompress recorded it); compress again")
+    return export_onnx(model, onnx_path, tuple(shape), stored_bits(path))

@@ -342,3 +342,10 @@ def _rebuilt(
         reason = _one_line(str(exc))[:300] or type(exc).__name__
         raise ArtifactError(f"{path} does not fit architecture {arch_label(arch)!r}: {reason}") from exc
     return model.eval()
+
+
+def stored_bits(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Layer -> bit-width of every quantized layer of a model file (read it with
+    :func:`load_model_file` first: this trusts the file's checks done there)."""
+    with safetensors.safe_open(str(path), framework="numpy") as handle:
+        return {str(name): int(bits) for name, bits in json.loads(handle.metadata()["bits"]).items()}
