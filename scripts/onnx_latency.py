@@ -2,7 +2,7 @@
 
 Builds the demo's VGG (1×28×28 inputs, 10 classes; random weights, or those of --checkpoint) and a
 demo-like plan: bits 8 8 8 7 3 1 1 8 over its 8 layers and the 10 of its 352 filters with the least
-mean |weight| pruned; or takes a run folder's plan.json and model.qcz (--run). Exports the unpruned
+mean |weight| pruned; or takes a run folder's plan.json and model.safetensors (--run). Exports the unpruned
 float32 model and the compressed one (:func:`qubocompress.apply.export.export_onnx`), prints both
 files' bytes and their ratio, and the median onnxruntime CPU latency (ms per batch, after warm-up)
 at batch 1 and 256 of the float32 file, of the QDQ file in a default session (DequantizeLinear run
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from qubocompress.analysis.graph import trace_model
-from qubocompress.apply.artifact import load_artifact
+from qubocompress.apply.model_file import load_model_file
 from qubocompress.apply.export import export_onnx, onnxruntime_runs_int4
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import quantize_model_weights
@@ -83,7 +83,7 @@ def compressed_model(
             plan = Plan.from_dict(json.loads((run / "plan.json").read_text()))
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"cannot read {run / 'plan.json'}: {exc}") from None
-        model, _ = load_artifact(run / "model.qcz")
+        model, _ = load_model_file(run / "model.safetensors")
         if [name for name, _ in model.named_modules()] != [name for name, _ in fp32.named_modules()]:
             raise ModelError(f"the model of {run} is not the VGG this script compares it with")
         where = f"plan of {run}"
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", type=Path, help="a qubocompress checkpoint of the VGG (default: random weights)"
     )
     parser.add_argument(
-        "--run", type=Path, help="a VGG run folder with plan.json and model.qcz (default: demo-like plan)"
+        "--run", type=Path, help="a VGG run folder with plan.json and model.safetensors (default: demo-like plan)"
     )
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds, one call of each file a round")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds before them")
