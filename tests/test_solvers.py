@@ -251,3 +251,20 @@ def test_registry_rejects_unknown_names_and_options() -> None:
         make_sampler("annealer")
     with pytest.raises(SolverError, match="solver 'exact' does not accept these options \\(num_reads\\)"):
         make_sampler("exact", num_reads=4)
+
+
+def test_polishing_composite_returns_polished_reads_and_keeps_the_raw_ones():
+    from qubocompress.solvers.composites import PolishingComposite
+
+    formulation = small_formulation()
+    composite = PolishingComposite(dimod.RandomSampler(), formulation)
+    dimod.testing.assert_composite_api(composite)
+    assert "seed" in composite.parameters  # the polish is seeded even when the child takes no seed
+    polished = composite.sample(formulation.bqm, num_reads=40, seed=3)
+    raw = polished.info["raw"]
+    assert len(raw) == len(polished) == 40 and "polish_seconds" in polished.info["timing"]
+    assert polished.record.energy.mean() <= raw.record.energy.mean()
+    direct = formulation.polish(raw, seed=3)
+    assert np.array_equal(direct.record.sample, polished.record.sample)
+    empty = PolishingComposite(dimod.NullSampler(), formulation).sample(formulation.bqm)
+    assert len(empty) == 0

@@ -46,6 +46,7 @@ from qubocompress.problem.plan import Plan, uniform_plan
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.search import SEARCHES
 from qubocompress.solvers.base import solve
+from qubocompress.solvers.composites import PolishingComposite
 from qubocompress.solvers.registry import make_sampler
 
 Log = Callable[[str], None]
@@ -202,17 +203,18 @@ def solve_formulation(
     solver's own share is visible.
     """
     options = {**formulation.recommended_sampler_options(config.solver), **config.solver_options}
-    sampler = make_sampler(config.solver, formulation=formulation, **options)
+    sampler = PolishingComposite(make_sampler(config.solver, formulation=formulation, **options), formulation)
     sample_kwargs: dict[str, Any] = {}
     if config.num_reads is not None and "num_reads" in sampler.parameters:
         sample_kwargs["num_reads"] = config.num_reads
     start = time.perf_counter()
-    raw = solve(sampler, formulation.bqm, seed=config.seed, **sample_kwargs)
-    solve_seconds = time.perf_counter() - start
-    if len(raw) == 0:
+    polished = solve(sampler, formulation.bqm, seed=config.seed, **sample_kwargs)
+    seconds = time.perf_counter() - start
+    if len(polished) == 0:
         raise ProblemError(f"solver {config.solver!r} returned no sample (time limit too short?)")
-    polished = formulation.polish(raw, seed=config.seed)
-    polish_seconds = time.perf_counter() - start - solve_seconds
+    raw = polished.info.pop("raw")
+    polish_seconds = polished.info["timing"]["polish_seconds"]
+    solve_seconds = seconds - polish_seconds
 
     def success(sampleset: dimod.SampleSet) -> float:
         energies = sampleset.record.energy

@@ -41,6 +41,7 @@ import dimod
 import numpy as np
 
 from qubocompress.bench.instances import BUILTIN_MODELS, Instance
+from qubocompress.solvers.composites import PolishingComposite
 from qubocompress.solvers.metrics import residual_gap, success_mask, tts99
 from qubocompress.bench.store import ResultStore, RunKey, RunRecord, options_hash
 from qubocompress.errors import QubocompressError, SolverError
@@ -280,11 +281,14 @@ def _run_once(
             kwargs.update(budget_kwargs)
         elif name not in OWN_READS_SOLVERS and config.num_reads is not None and "num_reads" in sampler.parameters:
             kwargs["num_reads"] = config.num_reads
+        polishing = config.polish and name != EXACT_SOLVER and instance.formulation is not None
+        if polishing:
+            sampler = PolishingComposite(sampler, instance.formulation)
         start = time.perf_counter()
         sampleset = sampler.sample(bqm, **kwargs)
-        if config.polish and name != EXACT_SOLVER and instance.formulation is not None and len(sampleset):
-            solve_seconds = sampleset.info.get("timing", {}).get("solve_seconds")
-            sampleset = instance.formulation.polish(sampleset)
+        if polishing and len(sampleset):
+            raw = sampleset.info.pop("raw")
+            solve_seconds = raw.info.get("timing", {}).get("solve_seconds")
             timing = sampleset.info["timing"]
             if solve_seconds is not None:
                 timing["solve_seconds"] = solve_seconds + timing["polish_seconds"]
