@@ -56,3 +56,16 @@ def test_a_bar_closes_when_its_loop_breaks():
             if item == 3:
                 break
         assert progress._state["open"] == 0 and progress._state["display"] is None
+
+
+def test_a_counting_bar_advances_per_call_and_closes():
+    with stderr_as(Terminal()) as screen:
+        progress.enable(True)
+        with progress.counting("plans scored", 3) as advance:
+            for _ in range(3):
+                advance()
+            assert progress._state["open"] == 1
+        assert progress._state["open"] == 0 and progress._state["display"] is None
+    assert screen.getvalue()
+    with progress.counting("not shown") as advance:  # disabled: a no-op
+        advance()

@@ -40,6 +40,7 @@ from qubocompress.models.stats import count_macs, count_params
 from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train
 from qubocompress.models.user import arch_label, factory_label, load_user_model
 from qubocompress.models.zoo import MODELS
+from qubocompress.progress import counting
 from qubocompress.problem import FORMULATIONS, Formulation, Reference, Target
 from qubocompress.problem.choices import fp32_cost, plan_cost
 from qubocompress.problem.plan import Plan, uniform_plan
@@ -573,14 +574,21 @@ def run_compression(
             f"{config.search}: up to {config.search_evaluations} plans pruned, quantized and scored on "
             f"{len(val)} validation images",
         ):
-            result = search(  # type: ignore[operator]
-                spec,
-                val_accuracy,
-                config.target_ratio,
-                metric=config.metric,
-                max_evaluations=config.search_evaluations,
-                seed=config.seed,
-            )
+            with counting(f"{config.search}: plans scored", config.search_evaluations) as advance:
+
+                def scored(candidate: Plan) -> float:
+                    value = val_accuracy(candidate)
+                    advance()
+                    return value
+
+                result = search(  # type: ignore[operator]
+                    spec,
+                    scored,
+                    config.target_ratio,
+                    metric=config.metric,
+                    max_evaluations=config.search_evaluations,
+                    seed=config.seed,
+                )
         plan = result.plan
         route = {"metric": config.metric, **{k: v for k, v in result.to_dict().items() if k != "plan"}}
     with timer.stage("evaluate", "scoring the plan on the validation subset"):

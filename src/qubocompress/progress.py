@@ -8,7 +8,8 @@ One rich display holds every open bar, so bars nest (an epoch's batches under th
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -31,10 +32,38 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     if not shown():
         yield from items
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    with counting(description, total if total is not None else _length(items)) as advance:
+        for item in items:
+            yield item
+            advance()
 
+
+@contextmanager
+def counting(description: str, total: int | None = None) -> Iterator[Callable[[], None]]:
+    """A bar ``description`` for the block; the block calls the yielded ``advance()`` once per step
+    (for work driven by callbacks, such as the plans a search scores). A no-op when not shown."""
+    if not shown():
+        yield lambda: None
+        return
+    display = _display()
+    task = display.add_task(description, total=total)
+    _state["open"] += 1
+    try:
+        yield lambda: display.advance(task)
+    finally:
+        display.remove_task(task)
+        _state["open"] -= 1
+        if _state["open"] == 0:
+            display.stop()
+            _state["display"] = None
+
+
+def _display() -> Any:
+    """The one rich display of every open bar, started with the first."""
     if _state["display"] is None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         display = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -45,19 +74,7 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         )
         display.start()
         _state["display"] = display
-    display = _state["display"]
-    task = display.add_task(description, total=total if total is not None else _length(items))
-    _state["open"] += 1
-    try:
-        for item in items:
-            yield item
-            display.advance(task)
-    finally:
-        display.remove_task(task)
-        _state["open"] -= 1
-        if _state["open"] == 0:
-            display.stop()
-            _state["display"] = None
+    return _state["display"]
 
 
 def _length(items: Iterable[Any]) -> int | None:
