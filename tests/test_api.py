@@ -104,6 +104,13 @@ def test_own_evaluate_and_finetune_are_used(tmp_path):
         (None, (DATA.train.x, DATA.train.y), {"targt_ratio": 8}, "unknown option 'targt_ratio'"),
         (None, (DATA.train.x, DATA.train.y), {"seed": -1}, "--seed must be a whole number"),
         (None, [1, 2, 3], {}, "data must be a name or folder"),
+        (None, (DATA.train.x, DATA.train.y), {"metric": "file"}, "need --formulation budget"),
+        (
+            None,
+            (DATA.train.x, DATA.train.y),
+            {"metric": "file", "formulation": "budget", "search": "ga-acc"},
+            "--metric file budgets the QUBO",
+        ),
     ],
 )
 def test_bad_input_is_one_error(model, data, options, needle):
@@ -119,3 +126,50 @@ def test_a_model_for_other_classes_or_shapes_is_refused_before_the_work():
     wrong_input = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(4))
     with pytest.raises(QubocompressError, match="does not run on inputs of shape"):
         qc.compress(wrong_input, (DATA.train.x, DATA.train.y))
+
+
+@pytest.mark.parametrize("budget", ["6KiB", "4500B"])
+def test_a_file_budget_gives_a_model_file_of_at_most_that_many_bytes(budget, tmp_path):
+    from qubocompress.config import parse_budget
+
+    result = qc.compress(
+        trained_net(), (DATA.train.x, DATA.train.y), budget=budget, metric="file", formulation="budget",
+        finetune_epochs=0, baseline=False, out=tmp_path / "run",
+    )  # fmt: skip
+    limit = parse_budget(budget, "file") / 8
+    on_disk = (tmp_path / "run" / "model.safetensors").stat().st_size
+    assert on_disk == result.metrics.model_file_bytes <= limit
+    compressed = result.metrics.figures["compressed"]
+    assert compressed["cost_ratio"] <= result.metrics.figures["model"]["fp32_state_dict_bytes"] / on_disk
+    summary = (tmp_path / "run" / "summary.txt").read_text()
+    assert "weights / file vs fp32" in summary
+
+
+def test_the_file_cost_of_a_plan_bounds_its_file_from_above_and_closely(tmp_path):
+    """The budget's model of the file is an upper bound on the real file, a few header bytes above it."""
+    from qubocompress.apply.prune import prune_model
+    from qubocompress.data.datasets import dataset_from_tensors
+    from qubocompress.problem.choices import plan_cost
+    from qubocompress.problem.plan import uniform_plan
+    from qubocompress.problem.spec import CompressionSpec
+    from qubocompress.pipeline import file_layout_of, file_metadata
+    from qubocompress.apply.model_file import model_file_bytes
+    from qubocompress.analysis.analyse import analyse_model
+    from qubocompress.apply.quantize import fake_quantize
+    import dataclasses
+
+    net = trained_net()
+    dataset = dataset_from_tensors((DATA.train.x, DATA.train.y), (DATA.test.x, DATA.test.y))
+    graph, spec = analyse_model(
+        net, (DATA.train.x[:64], DATA.train.y[:64]), (1, 28, 28), fake_quantize, "nb", layer_sensitivity="fisher",
+        prune_options=(0.25, 0.5),
+    )  # fmt: skip
+    arch = {"factory": "test_api:NotebookNet", "kwargs": {}}
+    spec = dataclasses.replace(spec, file_layout=file_layout_of(net, graph, spec, arch, dataset))
+    assert isinstance(CompressionSpec.from_dict(spec.to_dict()).file_layout, type(spec.file_layout))
+    for bits in (2, 4, 8):
+        for fraction in (0.0, 0.25, 0.5):
+            plan = uniform_plan(spec, bits, fraction)
+            real = len(model_file_bytes(prune_model(net, graph, plan), plan.bits, arch, file_metadata(plan, dataset)))
+            modelled = plan_cost(spec, plan, "file") // 8
+            assert real <= modelled <= real + 64, (bits, fraction, real, modelled)

@@ -380,7 +380,7 @@ def test_meaningless_ratios_are_rejected(ratio: float) -> None:
         ({"ratio": 8.0, "absolute": 1e5}, "either as a ratio vs fp32 or as an absolute cost, not both or neither"),
         ({"absolute": 0}, "absolute budget must be a finite number > 0"),
         ({"absolute": float("nan")}, "absolute budget must be a finite number > 0"),
-        ({"ratio": 8.0, "metric": "bytes"}, "budget metric must be 'bits' or 'bops'"),
+        ({"ratio": 8.0, "metric": "bytes"}, "budget metric must be 'bits', 'bops' or 'file'"),
         ({"ratio": 8.0, "bit_options": (1, 9)}, r"bit options \[1, 9\] must lie in 1..8"),
         ({"ratio": 8.0, "bit_options": ()}, "bit options must not be empty"),
         ({"ratio": 8.0, "penalty": -1.0}, "penalty must be a finite number > 0"),

@@ -132,10 +132,15 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
         default=None,
         metavar="AMOUNT",
         help="an absolute budget instead of --target-ratio: the compressed layers' weight memory (64KiB, 50kB, "
-        "1.5MB, 2GiB, 40000B, 320kbit), or bit operations per sample with --metric bops (2.5e9, 2.5G)",
+        "1.5MB, 2GiB, 40000B, 320kbit), the model file's size with --metric file, or bit operations per sample "
+        "with --metric bops (2.5e9, 2.5G)",
     )
     parser.add_argument(
-        "--metric", default=defaults.metric, choices=METRICS, help="what the budget counts (bops: --formulation budget)"
+        "--metric",
+        default=defaults.metric,
+        choices=METRICS,
+        help="what the budget counts: weight bits, bit operations per sample (bops), or every byte of "
+        "model.safetensors (file: --budget 32KiB gives a file of at most 32 KiB); bops and file: --formulation budget",
     )
     if route_choices:
         parser.add_argument(

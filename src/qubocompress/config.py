@@ -40,11 +40,11 @@ def parse_budget(text: str, metric: str) -> float:
     ``40000B`` or ``320000bit`` (``--metric bits``), or bit operations per sample from a count such
     as ``2.5e9`` or ``2.5G`` (``--metric bops``)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", text.lower())
-    units = SIZE_UNITS if metric == "bits" else COUNT_UNITS
+    units = COUNT_UNITS if metric == "bops" else SIZE_UNITS
     if match is None or match.group(2) not in units:
         example = (
             "a size such as 64KiB, 50kB, 1.5MB, 2GiB, 40000B or 320kbit"
-            if metric == "bits"
+            if metric != "bops"
             else "a count such as 2.5e9 or 2.5G"
         )
         raise ProblemError(f"--budget {text!r} with --metric {metric}: give {example}")
@@ -122,8 +122,10 @@ class CompressConfig:
                 raise ProblemError(f"unknown {flag} {value!r}; choose one of: {', '.join(valid)}")
         if self.formulation == "paper" and (self.metric != "bits" or self.interactions):
             raise ProblemError(
-                "--metric bops and --interactions need --formulation budget (the paper's energy has neither)"
+                "--metric bops|file and --interactions need --formulation budget (the paper's energy has neither)"
             )
+        if self.metric == "file" and self.search != "qubo":
+            raise ProblemError("--metric file budgets the QUBO's model file; --search ga-acc|rl-acc count bits or bops")
         if self.formulation == "budget" and self.beta is not None:
             raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
         if self.solver == "rl" and self.search == "qubo" and not FORMULATION_CLASSES[self.formulation].free_counts:

@@ -26,7 +26,7 @@ LAYER_SENSITIVITIES = ("measured", "mse", "hessian", "fisher")
 AUTO_SENSITIVITY = "auto"
 SENSITIVITIES = (AUTO_SENSITIVITY, *LAYER_SENSITIVITIES)
 # What a budget counts: weight bits or bit operations per sample.
-METRICS = ("bits", "bops")
+METRICS = ("bits", "bops", "file")
 # The QUBO route and the accuracy-in-the-loop searches (search.SEARCHES).
 SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
 # The built-in models the solver benchmark covers (bench.instances.BUILTIN_MODELS).

@@ -44,7 +44,7 @@ from qubocompress.progress import counting
 from qubocompress.problem import FORMULATIONS, Formulation, Reference, Target
 from qubocompress.problem.choices import fp32_cost, plan_cost
 from qubocompress.problem.plan import Plan, uniform_plan
-from qubocompress.problem.spec import CompressionSpec
+from qubocompress.problem.spec import CompressionSpec, FileLayout
 from qubocompress.search import SEARCHES
 from qubocompress.solvers.base import solve
 from qubocompress.solvers.composites import PolishingComposite
@@ -168,7 +168,7 @@ def with_budget_as_ratio(config: CompressConfig, spec: CompressionSpec, log: Log
     if config.budget is None:
         return config
     budget, full = parse_budget(config.budget, config.metric), fp32_cost(spec, config.metric)
-    unit = "weight bits" if config.metric == "bits" else "BOPs per sample"
+    unit = {"bits": "weight bits", "bops": "BOPs per sample", "file": "bits of model file"}[config.metric]
     if budget >= full:
         raise ProblemError(
             f"--budget {config.budget} ({budget:,.0f} {unit}) is not below the uncompressed model's {full:,} {unit}"
@@ -282,6 +282,41 @@ def apply_plan(
 def validation_subset(dataset: Dataset) -> Split:
     """The first ``VAL_SAMPLES`` validation images: what scores plans before fine-tuning."""
     return Split(dataset.val.x[:VAL_SAMPLES], dataset.val.y[:VAL_SAMPLES])
+
+
+def file_metadata(plan: Plan, dataset: Dataset) -> dict[str, Any]:
+    """What the model file records besides the tensors: the plan, the input shape, the preprocessing."""
+    return {"plan": plan.to_dict(), "input_shape": list(dataset.input_shape), **preprocessing_of(dataset)}
+
+
+def file_layout_of(
+    model: nn.Module, graph: ModelGraph, spec: CompressionSpec, arch: dict[str, Any], dataset: Dataset
+) -> FileLayout:
+    """The model file's bytes beyond the weight codes, for ``--metric file``: per layer, each kept
+    filter's scale, bias and (on one producer per group) its norms' four float32 entries; and the
+    rest of the file with its header at the longest plan (every group at its largest prune option,
+    of its highest indices), so that the cost of every plan is at least its file's size."""
+    modules = dict(model.named_modules())
+    norms = {group.name: group.norms for group in graph.groups}
+    carried: set[int] = set()
+    filter_bytes = []
+    for layer in spec.layers:
+        extra = FP32_BYTES * (1 + (getattr(modules[layer.name], "bias", None) is not None))
+        if layer.out_group is not None and layer.out_group not in carried:
+            carried.add(layer.out_group)
+            for norm in norms.get(spec.groups[layer.out_group].name, ()):
+                per_channel = [t for t in modules[norm].state_dict().values() if t.ndim == 1 and t.is_floating_point()]
+                extra += FP32_BYTES * len(per_channel)
+        filter_bytes.append(extra)
+    longest = Plan(
+        pruned={g.name: tuple(range(g.size - max(g.prune_options or (0,)), g.size)) for g in spec.groups},
+        bits={layer.name: spec.b_max for layer in spec.layers},
+    )
+    full = len(model_file_bytes(model, longest.bits, arch, metadata=file_metadata(longest, dataset)))
+    layout = FileLayout(tuple(filter_bytes), 0, state_dict_bytes(model))
+    unpruned = Plan(pruned={}, bits=longest.bits)
+    modelled = plan_cost(replace(spec, file_layout=layout), unpruned, "file") // 8
+    return replace(layout, fixed_bytes=full - modelled)
 
 
 def preprocessing_of(dataset: Dataset) -> dict[str, Any]:
@@ -426,6 +461,7 @@ class Metrics:
 
 
 MODEL_FILE = "model.safetensors"
+FP32_BYTES = 4
 ONNX_FILE = "model.onnx"
 
 
@@ -540,6 +576,8 @@ def run_compression(
         graph, spec, analysis_info = analyse(model, dataset, config, model_name, log)
     for line in frozen_lines(graph.frozen_reasons):
         log(line)
+    if config.metric == "file":
+        spec = replace(spec, file_layout=file_layout_of(model, graph, spec, arch, dataset))
     config = with_budget_as_ratio(config, spec, log)
 
     val = validation_subset(dataset)
@@ -608,12 +646,9 @@ def run_compression(
     with timer.stage("apply", f"applying the plan and fine-tuning {epochs} epoch(s)"):
         compressed, accuracy = apply_plan(model, graph, plan, dataset, epochs, config.seed, log, measure, tune)
 
-    model_file = model_file_bytes(
-        compressed,
-        plan.bits,
-        arch,
-        metadata={"plan": plan.to_dict(), "input_shape": list(dataset.input_shape), **preprocessing_of(dataset)},
-    )
+    model_file = model_file_bytes(compressed, plan.bits, arch, metadata=file_metadata(plan, dataset))
+    if config.metric == "file" and len(model_file) * 8 > fp32_cost(spec, "file") / config.target_ratio:
+        raise ProblemError(f"the model file takes {len(model_file):,} bytes, over the budget: the file layout is wrong")
     reloaded, _ = read_model_file(model_file, Path(MODEL_FILE), factory_of(model, arch), trust_torchscript=True)
     reloaded_acc = measure(reloaded)
 
@@ -709,7 +744,9 @@ def summary_text(metrics: dict[str, Any]) -> str:
     q, searched = metrics.get("qubo"), metrics.get("search")
     route = q or searched
     bits_metric = route["metric"] == "bits"
-    ratio_title = "ratio vs fp32" if bits_metric else "weights / BOPs vs fp32"
+    ratio_title = (
+        "ratio vs fp32" if bits_metric else f"weights / {'file' if route['metric'] == 'file' else 'BOPs'} vs fp32"
+    )
 
     def ratio(entry: dict[str, Any]) -> str:
         return f"{entry['ratio']:.1f}x" if bits_metric else f"{entry['ratio']:.1f}x / {entry['cost_ratio']:.1f}x"

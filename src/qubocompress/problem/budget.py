@@ -207,8 +207,8 @@ class BudgetFormulation(Formulation):
         penalty: float | None = None,
         time_limit: float = DEFAULT_TIME_LIMIT,
     ) -> None:
-        if metric not in ("bits", "bops"):
-            raise ProblemError(f"budget metric must be 'bits' or 'bops', got {metric!r}")
+        if metric not in ("bits", "bops", "file"):
+            raise ProblemError(f"budget metric must be 'bits', 'bops' or 'file', got {metric!r}")
         if (ratio is None) == (absolute is None):
             raise ProblemError("give the budget either as a ratio vs fp32 or as an absolute cost, not both or neither")
         if penalty is not None and not (_finite(penalty) or 0) > 0:
@@ -251,13 +251,13 @@ class BudgetFormulation(Formulation):
         else:
             pruning = f"up to {max(shares)}% of each group's filters pruned"
         what = f"all layers at {self.bit_options[0]} bits, {pruning}"
-        smaller = "smaller than fp32" if self.metric == "bits" else "fewer BOPs than fp32"
+        smaller = "fewer BOPs than fp32" if self.metric == "bops" else "smaller than fp32"
         best = self.fp32_cost / max(cost, 1)
         if self.ratio is not None:
             raise ProblemError(
                 f"budget {self.ratio:g}x is not reachable: the smallest plan on offer is {best:.1f}x {smaller} ({what})"
             )
-        unit = "bits" if self.metric == "bits" else "BOPs"
+        unit = {"bits": "bits", "bops": "BOPs", "file": "bits of file"}[self.metric]
         raise ProblemError(
             f"budget of {self.absolute:g} {unit} is not reachable: the smallest plan on offer needs {cost} {unit}, "
             f"{best:.1f}x {smaller} ({what})"

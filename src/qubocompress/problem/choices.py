@@ -23,9 +23,9 @@ import numpy as np
 
 from qubocompress.errors import ProblemError
 from qubocompress.problem.plan import Plan
-from qubocompress.problem.spec import FP32_BITS, CompressionSpec
+from qubocompress.problem.spec import FP32_BITS, CompressionSpec, FileLayout
 
-Metric = Literal["bits", "bops"]
+Metric = Literal["bits", "bops", "file"]
 
 
 @dataclass(frozen=True)
@@ -80,22 +80,54 @@ class Cell:
         return np.ravel_multi_index(tuple(index[:, a] for a in self.axes), self.size.shape)
 
 
+def file_layout(spec: CompressionSpec) -> FileLayout:
+    """The spec's file layout; ProblemError when it has none (``--metric file`` needs one)."""
+    if spec.file_layout is None:
+        raise ProblemError("--metric file needs the model file's layout, which this spec does not hold")
+    return spec.file_layout
+
+
 def layer_cost(spec: CompressionSpec, n: int, kept_out: int, kept_in: int, bits: int, metric: Metric) -> int:
-    """Cost of layer n with the given kept channels and bit-width: weight bits or BOPs."""
+    """Cost of layer n with the given kept channels and bit-width: weight bits, BOPs, or the bits
+    its tensors take in the model file (packed codes, then scale, bias and norm per kept filter)."""
     layer = spec.layers[n]
     weights = layer.num_weights(kept_out=kept_out, kept_in=kept_in)
     if metric == "bits":
         return weights * bits
+    if metric == "file":
+        return 8 * (-(-weights * bits // 8) + file_layout(spec).filter_bytes[n] * kept_out)
     return weights * layer.out_positions * bits * spec.activation_bits
 
 
+def fixed_cost(spec: CompressionSpec, metric: Metric) -> int:
+    """The part of every plan's cost that no choice changes: the model file's fixed bytes (in bits)."""
+    return 8 * file_layout(spec).fixed_bytes if metric == "file" else 0
+
+
 def plan_cost(spec: CompressionSpec, plan: Plan, metric: Metric) -> int:
-    """True cost of a plan: :meth:`Plan.weight_bits` or :meth:`Plan.bops`."""
-    return plan.weight_bits(spec) if metric == "bits" else plan.bops(spec)
+    """True cost of a plan: :meth:`Plan.weight_bits`, :meth:`Plan.bops`, or its model file's bits."""
+    if metric == "bits":
+        return plan.weight_bits(spec)
+    if metric == "bops":
+        return plan.bops(spec)
+    return fixed_cost(spec, metric) + sum(
+        layer_cost(
+            spec,
+            n,
+            plan.kept_channels(spec, layer.out_group, layer.out_channels),
+            plan.kept_channels(spec, layer.in_group, layer.in_channels),
+            plan.bits[layer.name],
+            metric,
+        )
+        for n, layer in enumerate(spec.layers)
+    )
 
 
 def fp32_cost(spec: CompressionSpec, metric: Metric) -> int:
-    """Cost of the uncompressed model: fp32 weight bits, or MACs × 32 × activation bits."""
+    """Cost of the uncompressed model: fp32 weight bits, MACs × 32 × activation bits, or the bits of
+    its fp32 ``torch.save(state_dict)``."""
+    if metric == "file":
+        return 8 * file_layout(spec).fp32_bytes
     return spec.fp32_weight_bits() if metric == "bits" else spec.fp32_macs() * FP32_BITS * spec.activation_bits
 
 
@@ -185,7 +217,7 @@ class ChoiceModel:
     def _tabulate_costs(self) -> None:
         spec = self.spec
         self.cells: list[Cell] = []
-        self.constant_cost = 0
+        self.constant_cost = fixed_cost(spec, self.metric)
         touched: set[int] = set()
         for n, layer in enumerate(spec.layers):
             out_c = None if layer.out_group is None else self.choice_of[f"prune:{spec.groups[layer.out_group].name}"]

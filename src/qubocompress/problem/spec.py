@@ -167,6 +167,31 @@ class Interaction:
 
 
 @dataclass(frozen=True)
+class FileLayout:
+    """What the model file holds besides each layer's packed weight codes (``--metric file``).
+
+    Attributes:
+        filter_bytes: per layer (spec order), bytes stored for each kept output filter besides its
+            codes: its float32 scale, its bias, and the BatchNorm parameters and statistics of its
+            channel group (counted on one producer of each group).
+        fixed_bytes: every other byte of the file, at most: the header with the longest plan, the
+            tensors of layers and norms that are never pruned, BatchNorm's batch counters.
+        fp32_bytes: the uncompressed model's ``torch.save(state_dict)`` size, what the ratio is of.
+    """
+
+    filter_bytes: tuple[int, ...]
+    fixed_bytes: int
+    fp32_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"filter_bytes": list(self.filter_bytes), "fixed_bytes": self.fixed_bytes, "fp32_bytes": self.fp32_bytes}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FileLayout:
+        return cls(tuple(int(b) for b in data["filter_bytes"]), int(data["fixed_bytes"]), int(data["fp32_bytes"]))
+
+
+@dataclass(frozen=True)
 class CompressionSpec:
     """Everything a formulation needs about one model, with no reference to torch.
 
@@ -180,6 +205,7 @@ class CompressionSpec:
         activation_bits: bits of the activations used for BOPs (activations are not quantized,
             so 32 is the honest default).
         interactions: measured pairwise damage terms (may be empty).
+        file_layout: the model file's bytes beyond the weight codes (``--metric file``), or None.
     """
 
     model: str
@@ -189,6 +215,7 @@ class CompressionSpec:
     bit_levels: int = 3
     activation_bits: int = FP32_BITS
     interactions: tuple[Interaction, ...] = ()
+    file_layout: FileLayout | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -201,6 +228,8 @@ class CompressionSpec:
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names):
             raise ProblemError("layer names in a spec must be unique")
+        if self.file_layout is not None and len(self.file_layout.filter_bytes) != len(self.layers):
+            raise ProblemError("the file layout must give filter_bytes for every layer of the spec")
         for layer in self.layers:
             for g in (layer.out_group, layer.in_group):
                 if g is not None and not 0 <= g < len(self.groups):
@@ -272,6 +301,7 @@ class CompressionSpec:
             "interactions": [
                 {"first": t.first, "second": t.second, "table": t.table.tolist()} for t in self.interactions
             ],
+            "file_layout": None if self.file_layout is None else self.file_layout.to_dict(),
             "layers": [
                 {
                     "name": layer.name,
@@ -321,6 +351,7 @@ class CompressionSpec:
                 bit_levels=int(data["bit_levels"]),
                 activation_bits=int(data.get("activation_bits", FP32_BITS)),
                 interactions=interactions,
+                file_layout=None if data.get("file_layout") is None else FileLayout.from_dict(data["file_layout"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProblemError(f"malformed compression spec: {exc!r}") from exc
