@@ -173,3 +173,20 @@ def test_the_file_cost_of_a_plan_bounds_its_file_from_above_and_closely(tmp_path
             real = len(model_file_bytes(prune_model(net, graph, plan), plan.bits, arch, file_metadata(plan, dataset)))
             modelled = plan_cost(spec, plan, "file") // 8
             assert real <= modelled <= real + 64, (bits, fraction, real, modelled)
+
+
+def test_a_model_the_onnx_exporter_cannot_translate_is_refused_before_the_analysis(monkeypatch):
+    import qubocompress.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "analyse", lambda *a, **k: pytest.fail("analysed before the export check"))
+
+    class Bessel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(28 * 28, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.special.bessel_j0(self.head(torch.flatten(x, 1)))
+
+    with pytest.raises(QubocompressError, match="cannot export Bessel to ONNX"):
+        qc.compress(Bessel(), (DATA.train.x, DATA.train.y), export_onnx=True, formulation="budget", baseline=False)
