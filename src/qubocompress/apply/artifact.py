@@ -357,23 +357,44 @@ def read_artifact(
         archive = state.pop(SCRIPT_ENTRY).numpy().tobytes() if arch.get("torchscript") else None
     except (KeyError, IndexError, ValueError, TypeError, OverflowError, ArtifactError) as exc:
         raise ArtifactError(f"{path} is corrupt (malformed header: {exc})") from exc
+    return rebuilt_model(path, arch, state, archive, factory, trust_torchscript, what="artifact"), metadata
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (a name read from a file may hold line breaks)."""
+    return " ".join(text.split())
+
+
+def rebuilt_model(
+    label: str | Path,
+    arch: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    archive: bytes | None,
+    factory: Factory | str | None,
+    trust_torchscript: bool,
+    what: str,
+) -> nn.Module:
+    """The model of ``arch`` (or of the TorchScript ``archive``, only when trusted) holding
+    ``state``, in eval mode, under the reading rules of :func:`read_artifact`; every failure is a
+    one-line ArtifactError (``label`` names the file, ``what`` its kind)."""
     try:
         if archive is not None:
             if not trust_torchscript:
                 raise ArtifactError(
-                    f"{path} holds TorchScript code, which loading would run: pass trust_torchscript=True "
+                    f"{label} holds TorchScript code, which loading would run: pass trust_torchscript=True "
                     "only for a file you trust (its checksum shows it is undamaged, not who wrote it)"
                 )
-            return load_script_archive(archive, state), metadata
+            return load_script_archive(archive, state)
         model = rebuild_model(arch, factory)
-    except ModelError as exc:
-        raise ArtifactError(f"{path}: cannot rebuild its {arch_label(arch)} model: {exc}") from exc
+    except ModelError as exc:  # the names in it come from the file and may hold any character
+        name, reason = one_line(arch_label(arch)), one_line(str(exc))
+        raise ArtifactError(f"{label}: cannot rebuild its {name} model: {reason}") from exc
     try:
         _shrink_to(model, state)
-        load_state(model, state, path, repr(arch_label(arch)), what="artifact")
+        load_state(model, state, Path(label), repr(arch_label(arch)), what=what)
     except ModelError as exc:
         raise ArtifactError(str(exc)) from None
     except (RuntimeError, ValueError) as exc:
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ArtifactError(f"{path} does not fit architecture {arch_label(arch)!r}: {reason}") from exc
-    return model.eval(), metadata
+        reason = one_line(str(exc))[:300] or type(exc).__name__
+        raise ArtifactError(f"{label} does not fit architecture {arch_label(arch)!r}: {reason}") from exc
+    return model.eval()

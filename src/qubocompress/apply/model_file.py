@@ -46,12 +46,19 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from qubocompress.apply.artifact import SCRIPT_ENTRY, _normalised_arch, _raw_array, _shrink_to, pack_codes, unpack_codes
+from qubocompress.apply.artifact import (
+    SCRIPT_ENTRY,
+    _normalised_arch,
+    _raw_array,
+    one_line,
+    pack_codes,
+    rebuilt_model,
+    unpack_codes,
+)
 from qubocompress.apply.quantize import MAX_QUANT_BITS, QuantizedTensor, dequantize, quantize_tensor, quantized_layers
-from qubocompress.errors import ArtifactError, ModelError
+from qubocompress.errors import ArtifactError
 from qubocompress.io import jsonable, write_bytes_atomic
-from qubocompress.models.train import load_state
-from qubocompress.models.user import Factory, arch_label, load_script_archive, rebuild_model, script_archive
+from qubocompress.models.user import Factory, script_archive
 
 FORMAT_VERSION = "1"
 FORMAT_KEY = "qubocompress_format"
@@ -293,7 +300,7 @@ def read_model_file(
     try:
         arrays = safetensors.numpy.load(data)
     except SafetensorError as exc:
-        raise ArtifactError(f"{path} is corrupt (safetensors cannot read it: {_one_line(str(exc))[:300]})") from exc
+        raise ArtifactError(f"{path} is corrupt (safetensors cannot read it: {one_line(str(exc))[:300]})") from exc
     try:
         arch = _normalised_arch(json.loads(fields["arch"]))
         if arch.get("torchscript") and SCRIPT_ENTRY not in arrays:
@@ -305,43 +312,7 @@ def read_model_file(
             raise TypeError(f"the metadata is a {type(metadata).__name__}, not a dict")
     except (ValueError, TypeError, OverflowError, RecursionError, ArtifactError) as exc:
         raise ArtifactError(f"{path} is corrupt (malformed metadata: {exc})") from exc
-    return _rebuilt(path, arch, state, archive, factory, trust_torchscript), metadata
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _rebuilt(
-    path: Path,
-    arch: dict[str, Any],
-    state: dict[str, torch.Tensor],
-    archive: bytes | None,
-    factory: Factory | str | None,
-    trust_torchscript: bool,
-) -> nn.Module:
-    """The model of ``arch`` (or of the TorchScript ``archive``) holding ``state``, in eval mode."""
-    try:
-        if archive is not None:
-            if not trust_torchscript:
-                raise ArtifactError(
-                    f"{path} holds TorchScript code, which loading would run: pass trust_torchscript=True "
-                    "only for a file you trust (its checksum shows it is undamaged, not who wrote it)"
-                )
-            return load_script_archive(archive, state)
-        model = rebuild_model(arch, factory)
-    except ModelError as exc:  # the names in it come from the file and may hold any character
-        label, reason = _one_line(arch_label(arch)), _one_line(str(exc))
-        raise ArtifactError(f"{path}: cannot rebuild its {label} model: {reason}") from exc
-    try:
-        _shrink_to(model, state)
-        load_state(model, state, path, repr(arch_label(arch)), what="model file")
-    except ModelError as exc:
-        raise ArtifactError(str(exc)) from None
-    except (RuntimeError, ValueError) as exc:
-        reason = _one_line(str(exc))[:300] or type(exc).__name__
-        raise ArtifactError(f"{path} does not fit architecture {arch_label(arch)!r}: {reason}") from exc
-    return model.eval()
+    return rebuilt_model(path, arch, state, archive, factory, trust_torchscript, what="model file"), metadata
 
 
 def stored_bits(path: str | os.PathLike[str]) -> dict[str, int]:
