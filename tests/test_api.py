@@ -190,3 +190,21 @@ def test_a_model_the_onnx_exporter_cannot_translate_is_refused_before_the_analys
 
     with pytest.raises(QubocompressError, match="cannot export Bessel to ONNX"):
         qc.compress(Bessel(), (DATA.train.x, DATA.train.y), export_onnx=True, formulation="budget", baseline=False)
+
+
+def test_export_onnx_of_the_result_model_keeps_its_bits(result, tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    from qubocompress.apply.quantize import stored_bits
+
+    assert stored_bits(result.model) == {k: v for k, v in result.plan.bits.items() if v < 32}
+    assert stored_bits(NotebookNet()) == {}  # float weights are quantized at no width up to 8
+    size = qc.export_onnx(result.model, tmp_path / "m.onnx", input_shape=(1, 28, 28))
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert size == (tmp_path / "m.onnx").stat().st_size and any(n.op_type == "DequantizeLinear" for n in graph.node)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = DATA.test.x[:6]
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], result.model(x).numpy(), atol=1e-4)

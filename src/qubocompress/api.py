@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from qubocompress.apply.export import export_onnx
+from qubocompress.apply import export
 from qubocompress.apply.model_file import load_model_file
+from qubocompress.apply.quantize import stored_bits
 from qubocompress.data.datasets import SPLIT_SEED, Dataset, dataset_from_tensors, load_dataset, stacked_tensors
 from qubocompress.errors import DataError, ModelError, ProblemError
 from qubocompress.io import run_folder
@@ -129,3 +130,16 @@ def load(
         factory = factory_of(model, {"factory": factory_label(type(model))})
     loaded, _ = load_model_file(path, factory, trust_torchscript=trust_torchscript)
     return loaded
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    input_shape: tuple[int, ...],
+    bits: dict[str, int] | None = None,
+) -> int:
+    """Write ``model`` (e.g. ``result.model``) as ONNX with int4/int8 weights and per-channel
+    ``DequantizeLinear``; returns the file's bytes. ``bits``: layer -> bit-width; by default the
+    bits each weight is already quantized at (a compressed model's, recovered exactly; float32
+    layers stay float32)."""
+    return export.export_onnx(model, path, input_shape, stored_bits(model) if bits is None else bits)

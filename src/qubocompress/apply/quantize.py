@@ -166,3 +166,24 @@ def quantize_model_weights(model: nn.Module, bits: Mapping[str, int]) -> nn.Modu
             weight = modules[name].weight
             weight.copy_(fake_quantize(weight, b))
     return quantized
+
+
+# The widest bit-width :func:`stored_bits` tries: the formulations offer at most 8.
+WIDEST_INFERRED_BITS = 8
+
+
+def stored_bits(model: nn.Module) -> dict[str, int]:
+    """Layer -> the fewest bits at which each Conv2d/Linear weight of ``model`` is already exactly
+    quantized (``fake_quantize`` gives it back unchanged); layers quantized at no width up to 8
+    are left out (kept float32). What a compressed model carries without its plan."""
+    found: dict[str, int] = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not (isinstance(module, (nn.Conv2d, nn.Linear)) and is_compressible_module(module)):
+                continue
+            weight = module.weight.detach()
+            for bits in range(1, WIDEST_INFERRED_BITS + 1):
+                if torch.allclose(fake_quantize(weight, bits), weight, rtol=1e-6, atol=0.0):
+                    found[name] = bits
+                    break
+    return found
