@@ -1,9 +1,10 @@
 """The names users choose among on the command line, importable without torch, scipy or dimod.
 
 The parser shows and checks these, so that ``--help`` and argument errors answer at once. The
-registries that build what a name stands for live in heavy modules (``models.zoo.MODELS``,
-``solvers.registry.SOLVERS``, ``problem.FORMULATIONS``, ...); tests/test_names.py asserts that
-each holds exactly these names, in this order.
+heavy modules' name tuples are these (importances, sensitivities, the bench's models, the cloud
+solvers); their registries of what a name builds (``models.zoo.MODELS``, ``solvers.registry.SOLVERS``,
+``problem.FORMULATIONS``, ``search.SEARCHES``) are checked by tests/test_names.py to hold exactly
+these names, in this order.
 """
 
 from __future__ import annotations

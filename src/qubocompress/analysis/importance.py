@@ -36,8 +36,9 @@ from torch import nn
 from qubocompress.analysis.backward import BATCH_SIZE, backward_statistics
 from qubocompress.analysis.graph import ModelGraph
 from qubocompress.errors import ProblemError
+from qubocompress.names import IMPORTANCES
 
-IMPORTANCE_METHODS = ("l1", "taylor", "fisher")
+IMPORTANCE_METHODS = IMPORTANCES
 
 CalibrationData = tuple[torch.Tensor, torch.Tensor]
 

@@ -48,6 +48,7 @@ from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.problem.synthetic import synthetic_resnet_spec, synthetic_spec
 from qubocompress.problem.target import calibrate_gamma
+from qubocompress.names import BENCH_MODELS
 
 INSTANCE_FORMAT = "qubocompress-bench-instance"
 SPEC_FORMAT = "qubocompress-model-spec"
@@ -56,7 +57,7 @@ DEFAULT_TARGET_RATIO = 16.0
 # Seconds the generic exact solver may spend on a bare .bqm before E* falls back to best known.
 DEFAULT_EXACT_TIME_LIMIT = 60.0
 # The built-in models the benchmark covers.
-BUILTIN_MODELS = ("lenet5", "vgg", "resnet20")
+BUILTIN_MODELS = BENCH_MODELS
 # Their synthetic stand-ins, same layer and channel counts: LeNet-5 (conv 6, 16, fc 120, 84: the
 # fcs drawn as 3×3 convs of that width), the VGG-style net (convs 16, 16, 32, 32, 64, 64, hidden
 # fc 128) and ResNet-20 (with its residual channel groups).

@@ -46,10 +46,11 @@ from qubocompress.solvers.metrics import residual_gap, success_mask, tts99
 from qubocompress.bench.store import ResultStore, RunKey, RunRecord, options_hash
 from qubocompress.errors import QubocompressError, SolverError
 from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
+from qubocompress.names import CLOUD_SOLVERS as CLOUD_SOLVER_NAMES
 
 DEFAULT_SOLVER = "sa"
 EXACT_SOLVER = "exact"
-CLOUD_SOLVERS = ("qpu", "hybrid")
+CLOUD_SOLVERS = CLOUD_SOLVER_NAMES
 BUDGETED_SOLVERS = ("ga", "rl")
 # Solvers whose reads are not "more of the same" (independent GA/RL runs sharing one time limit,
 # one certified answer): --num-reads leaves them at their own defaults.
