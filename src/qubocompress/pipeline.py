@@ -553,7 +553,8 @@ def run_compression(
         else:
             model_info = {"arch": {"factory": factory_label(type(model)), "kwargs": {}}}
         model.eval()
-        model_info["test_acc"] = measure(model)
+        if test_accuracy is not None or "test_acc" not in model_info:  # else load_model measured it already
+            model_info["test_acc"] = measure(model)
     arch = model_info.get("arch") or {"name": config.model, "kwargs": {}}
     model_name = arch_label(arch)
     scripted = isinstance(model, torch.jit.ScriptModule)
