@@ -197,10 +197,10 @@ def test_export_onnx_of_the_result_model_keeps_its_bits(result, tmp_path):
     import onnx
     import onnxruntime
 
-    from qubocompress.apply.quantize import stored_bits
+    from qubocompress.apply.quantize import inferred_bits
 
-    assert stored_bits(result.model) == {k: v for k, v in result.plan.bits.items() if v < 32}
-    assert stored_bits(NotebookNet()) == {}  # float weights are quantized at no width up to 8
+    assert inferred_bits(result.model) == {k: v for k, v in result.plan.bits.items() if v < 32}
+    assert inferred_bits(NotebookNet()) == {}  # float weights are quantized at no width up to 8
     size = qc.export_onnx(result.model, tmp_path / "m.onnx", input_shape=(1, 28, 28))
     graph = onnx.load(str(tmp_path / "m.onnx")).graph
     assert size == (tmp_path / "m.onnx").stat().st_size and any(n.op_type == "DequantizeLinear" for n in graph.node)

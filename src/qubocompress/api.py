@@ -21,7 +21,7 @@ from torch import nn
 
 from qubocompress.apply import export
 from qubocompress.apply.model_file import load_model_file
-from qubocompress.apply.quantize import stored_bits
+from qubocompress.apply.quantize import inferred_bits
 from qubocompress.data.datasets import SPLIT_SEED, Dataset, dataset_from_tensors, load_dataset, stacked_tensors
 from qubocompress.errors import DataError, ModelError, ProblemError
 from qubocompress.io import run_folder
@@ -142,4 +142,4 @@ def export_onnx(
     ``DequantizeLinear``; returns the file's bytes. ``bits``: layer -> bit-width; by default the
     bits each weight is already quantized at (a compressed model's, recovered exactly; float32
     layers stay float32)."""
-    return export.export_onnx(model, path, input_shape, stored_bits(model) if bits is None else bits)
+    return export.export_onnx(model, path, input_shape, inferred_bits(model) if bits is None else bits)

@@ -26,7 +26,7 @@ from qubocompress.analysis.cache import analysis_key, load_cached, store
 from qubocompress.analysis.cache import cache_path as analysis_cache_path
 from qubocompress.analysis.graph import ModelGraph, trace_model
 from qubocompress.analysis.spec import DEFAULT_PRUNE_FRACTIONS
-from qubocompress.apply.model_file import model_file_bytes, read_model_file
+from qubocompress.apply.model_file import FP32_BYTES, model_file_bytes, read_model_file
 from qubocompress.apply.export import export_onnx
 from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
@@ -461,7 +461,6 @@ class Metrics:
 
 
 MODEL_FILE = "model.safetensors"
-FP32_BYTES = 4
 ONNX_FILE = "model.onnx"
 
 

@@ -12,11 +12,9 @@ import safetensors
 from torch import nn
 
 from qubocompress.apply.export import export_onnx
-from qubocompress.apply.model_file import load_model_file, stored_bits
+from qubocompress.apply.model_file import FP32_BYTES, load_model_file, stored_bits
 from qubocompress.errors import ArtifactError
 from qubocompress.models.user import Factory, rebuild_model
-
-FP32_BYTES = 4
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ DTYPES = {
     "BOOL": np.dtype("?"),
 }
 DTYPE_NAMES = {dtype.name: code for code, dtype in DTYPES.items()}
+# Bytes of one float32 entry: a scale, a bias, a norm parameter, an unquantized weight.
+FP32_BYTES = DTYPES["F32"].itemsize
 _HEADER_LENGTH = struct.Struct("<Q")
 
 TensorBytes = tuple[str, list[int], bytes | memoryview]  # (safetensors dtype, shape, little-endian bytes)

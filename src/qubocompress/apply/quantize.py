@@ -168,11 +168,11 @@ def quantize_model_weights(model: nn.Module, bits: Mapping[str, int]) -> nn.Modu
     return quantized
 
 
-# The widest bit-width :func:`stored_bits` tries: the formulations offer at most 8.
+# The widest bit-width :func:`inferred_bits` tries: the formulations offer at most 8.
 WIDEST_INFERRED_BITS = 8
 
 
-def stored_bits(model: nn.Module) -> dict[str, int]:
+def inferred_bits(model: nn.Module) -> dict[str, int]:
     """Layer -> the fewest bits at which each Conv2d/Linear weight of ``model`` is already exactly
     quantized (``fake_quantize`` gives it back unchanged); layers quantized at no width up to 8
     are left out (kept float32). What a compressed model carries without its plan."""
