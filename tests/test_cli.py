@@ -87,3 +87,18 @@ def test_inspect_of_a_damaged_file_is_one_line(tmp_path, capsys):
     assert run("inspect", tmp_path) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("qubocompress: error: ") and "model.safetensors is truncated" in err[0]
+
+
+def test_export_of_a_model_file_without_an_input_shape_is_one_line(tmp_path, capsys):
+    from qubocompress.apply.model_file import save_model_file
+    from qubocompress.models.zoo import build_model
+
+    kwargs = {"num_classes": 3, "in_channels": 1, "input_size": 8, "width": 2}
+    path = tmp_path / "model.safetensors"
+    save_model_file(path, build_model("vgg", **kwargs), {}, {"name": "vgg", "kwargs": kwargs})
+    assert run("export", path, "--onnx", tmp_path / "m.onnx") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"qubocompress: error: {path} records no input shape (written before qubocompress recorded it); compress again"
+    ]
+    assert not (tmp_path / "m.onnx").exists()
