@@ -13,6 +13,8 @@ from qubocompress.problem.synthetic import synthetic_spec
 from qubocompress.problem.target import calibrate_gamma
 from qubocompress.report import markdown_table
 
+from test_pipeline import data_dir  # noqa: F401  (a fixture)
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -77,3 +79,17 @@ def test_demo_seeds_checks_a_paper_run(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "metrics.json").write_text(json.dumps({"qubo": {"formulation": "budget"}}))
     assert script.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "demo_seeds: error: the run did not use the paper formulation"
+
+
+def test_sweep_timing_prints_both_wall_times_and_their_ratio(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = load_script("sweep_timing")
+    assert script.main(["--model", "lenet5", "--data", str(data_dir), "--ratios", "4,8", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "lenet5, 2 ratios (4, 8), qubo route with sa, no fine-tuning"
+    assert lines[3].startswith("ratio (compress processes / sweep): ") and lines[3].endswith("x")
+    assert sorted(p.name for p in (tmp_path / "sweep" / "cases").iterdir() if not p.name.startswith(".")) == [
+        "4x-qubo-sa-seed0",
+        "8x-qubo-sa-seed0",
+    ]

@@ -1,4 +1,4 @@
-"""The Python API: ``qc.compress(model, data, ...)``, ``qc.load(path)``, ``qc.export_onnx(...)``.
+"""The Python API: ``qc.compress(model, data, ...)``, ``qc.sweep(...)``, ``qc.load(path)``, ``qc.export_onnx(...)``.
 
 ``compress`` takes any ``nn.Module`` (or a built-in name) and data as a built-in name, a folder,
 tensors or torch Datasets / DataLoaders, runs the same job as ``qubocompress compress`` and returns
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,14 @@ from qubocompress.errors import DataError, ModelError, ProblemError
 from qubocompress.io import run_folder
 from qubocompress.models.user import check_runs, factory_label
 from qubocompress.pipeline import LOGGER, CompressConfig, CompressResult, factory_of, run_compression
+from qubocompress.report import write_report
+from qubocompress.sweeps import SweepTable, parse_targets, run_sweep, sweep_cases
 
 # A single (x, y) pair is split into train and test with this share held out for the test.
 TEST_SHARE_DENOMINATOR = 6
 OPTIONS = tuple(f.name for f in dataclasses.fields(CompressConfig) if f.name not in ("model", "data", "out"))
 
-__all__ = ["CompressResult", "compress", "export_onnx", "load"]
+__all__ = ["CompressResult", "SweepTable", "compress", "export_onnx", "load", "sweep"]
 
 
 def compress(
@@ -43,6 +45,7 @@ def compress(
     evaluate: Callable[[nn.Module], float] | None = None,
     finetune: Callable[[nn.Module], None] | None = None,
     log: Callable[[str], None] | None = None,
+    report: bool = True,
     **options: Any,
 ) -> CompressResult:
     """Compress ``model`` on ``data``; see the module docstring.
@@ -58,14 +61,81 @@ def compress(
         finetune: ``finetune(model)``, your training of a compressed model in place (default: ours,
             ``finetune_epochs`` of quantization-aware fine-tuning).
         log: where progress lines go (default: the ``qubocompress`` logger, at INFO).
+        report: with ``out``, also write ``report.html`` there (:func:`qubocompress.report.write_report`).
         **options: any field of CompressConfig: ``target_ratio``, ``budget``, ``formulation``,
             ``metric``, ``solver``, ``search``, ``finetune_epochs``, ``seed``, ...
     """
+    config, module, dataset = _prepared(model, data, out, options, "qubocompress.compress")
+    log = log or LOGGER.info
+    arguments = {"log": log, "model": module, "dataset": dataset, "test_accuracy": evaluate}
+    if out is None:
+        return run_compression(config, **arguments, tune=finetune)
+    with run_folder(out) as folder:
+        result = run_compression(config, **arguments, tune=finetune)
+        result.write_into(folder)
+        if report:
+            write_report(folder, log=log)
+    return result
+
+
+def sweep(
+    model: nn.Module | str,
+    data: Any = None,
+    *,
+    target_ratios: Sequence[float] = (),
+    budgets: Sequence[str] = (),
+    routes: Sequence[str] = ("qubo", "uniform"),
+    solvers: Sequence[str] = ("sa",),
+    seeds: Sequence[int] = (0,),
+    out: str | os.PathLike[str] | None = None,
+    fresh: bool = False,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    finetune: Callable[[nn.Module], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    report: bool = True,
+    **options: Any,
+) -> SweepTable:
+    """Compress ``model`` at every target ratio (or budget), route, solver and seed
+    (:mod:`qubocompress.sweeps`); the table of the cases (``.rows``, ``.to_csv()``).
+
+    ``model``, ``data``, ``evaluate``, ``finetune``, ``log`` and ``**options`` as for :func:`compress`.
+    ``routes``: ``"qubo"`` (once per solver in ``solvers``), ``"uniform"``, ``"ga-acc"``, ``"rl-acc"``.
+    ``out``: the sweep's folder (a run folder per case, ``sweep.sqlite``, ``sweep.csv`` and, with
+    ``report``, ``report.html``); rerun on the same folder, only the missing cases run (``fresh``:
+    start over). Without ``out`` nothing is written.
+    """
+    per_case = sorted(set(options) & {"target_ratio", "budget", "search", "solver", "seed", "baseline"})
+    if per_case:
+        raise ProblemError(
+            f"qubocompress.sweep sets {per_case[0]!r} per case: give target_ratios, budgets, routes, solvers and seeds"
+        )
+    cases = sweep_cases(parse_targets(list(target_ratios), list(budgets)), list(routes), list(solvers), list(seeds))
+    base, module, dataset = _prepared(model, data, out, {**options, "baseline": False}, "qubocompress.sweep")
+    log = log or LOGGER.info
+    table = run_sweep(
+        base,
+        cases,
+        None if out is None else Path(out),
+        fresh=fresh,
+        log=log,
+        model=module,
+        dataset=dataset,
+        test_accuracy=evaluate,
+        tune=finetune,
+    )
+    if out is not None and report:
+        write_report(Path(out), log=log)
+    return table
+
+
+def _prepared(
+    model: nn.Module | str, data: Any, out: str | os.PathLike[str] | None, options: dict[str, Any], caller: str
+) -> tuple[CompressConfig, nn.Module | None, Dataset | None]:
+    """The checked config of ``options``, the model given as an object (else None: ``config.model``
+    names it) and the data set made of ``data`` (None: ``config.data`` names it)."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise ProblemError(
-            f"unknown option {unknown[0]!r} of qubocompress.compress; the options are: {', '.join(OPTIONS)}"
-        )
+        raise ProblemError(f"unknown option {unknown[0]!r} of {caller}; the options are: {', '.join(OPTIONS)}")
     if not isinstance(model, (nn.Module, str)):
         raise ModelError(f"model must be a torch.nn.Module or a built-in model name, got a {type(model).__name__}")
     normalize = options.pop("normalize", None)
@@ -76,20 +146,13 @@ def compress(
     if isinstance(model, str):
         config = dataclasses.replace(config, model=model)
     config.validate()
-    module = None
-    if isinstance(model, nn.Module):
-        module = model
-        config = dataclasses.replace(config, model=factory_label(type(model)))
-        if dataset is None:
-            dataset = load_dataset(source, config.normalize)
-        check_runs(module, dataset.input_shape, config.model, dataset.num_classes)
-    arguments = {"log": log or LOGGER.info, "model": module, "dataset": dataset, "test_accuracy": evaluate}
-    if out is None:
-        return run_compression(config, **arguments, tune=finetune)
-    with run_folder(out) as folder:
-        result = run_compression(config, **arguments, tune=finetune)
-        result.write_into(folder)
-    return result
+    if not isinstance(model, nn.Module):
+        return config, None, dataset
+    config = dataclasses.replace(config, model=factory_label(type(model)))
+    if dataset is None:
+        dataset = load_dataset(source, config.normalize)
+    check_runs(model, dataset.input_shape, config.model, dataset.num_classes)
+    return config, model, dataset
 
 
 def _dataset(data: Any, normalize: str | None) -> tuple[Dataset | None, str | None]:

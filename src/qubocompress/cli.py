@@ -73,7 +73,7 @@ def _seed(text: str) -> int:
         ) from None
 
 
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
+def _add_data_args(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     parser.add_argument(
         "--data",
         default=None,
@@ -89,17 +89,28 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         "in [0, 1]), or MEAN,STD (two numbers, or M1,..,MC,S1,..,SC per channel)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines: warnings and errors only")
+    if sweep:
+        parser.add_argument(
+            "--seeds",
+            default="0",
+            metavar="S1,S2,..",
+            help="seeds of the solver, search and fine-tuning, one case each (the model is trained once, seed 0)",
+        )
+        return
     parser.add_argument(
         "--seed", type=_seed, default=0, help="seed of training, solver and fine-tuning (0 to 2^31 - 1)"
     )
 
 
-def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route_choices: bool = True) -> None:
+def _add_compress_args(
+    parser: argparse.ArgumentParser, out_default: Path, route_choices: bool = True, sweep: bool = False
+) -> None:
     """The options of one compression run; ``route_choices`` False leaves out those the ablation
     sets per run or that do not apply to it (formulation, importance, sensitivity, pairwise terms,
-    search, the paper's beta, baseline)."""
+    search, the paper's beta, baseline). ``sweep``: the target, solver, route and seed as lists
+    (``--target-ratio``, ``--budget``, ``--solvers``, ``--routes``, ``--seeds``), no baseline."""
     defaults = CompressConfig()
-    _add_data_args(parser)
+    _add_data_args(parser, sweep)
     parser.add_argument(
         "--model",
         default=defaults.model,
@@ -119,21 +130,22 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
         action="store_true",
         help="compress a package.module:factory model without --weights, as freshly initialised (refused otherwise)",
     )
+    several = "comma-separated, one case each: " if sweep else ""
     parser.add_argument(
         "--target-ratio",
-        type=_positive_float,
+        type=str if sweep else _positive_float,
         default=None,
-        metavar="R",
-        help="R times smaller than fp32: weight bits (pruned filters, removed input channels and bits all "
+        metavar="R1,R2,.." if sweep else "R",
+        help=f"{several}R times smaller than fp32: weight bits (pruned filters, removed input channels and bits all "
         f"counted), or bit operations per sample with --metric bops (default {defaults.target_ratio:g})",
     )
     parser.add_argument(
         "--budget",
         default=None,
-        metavar="AMOUNT",
-        help="an absolute budget instead of --target-ratio: the compressed layers' weight memory (64KiB, 50kB, "
-        "1.5MB, 2GiB, 40000B, 320kbit), the model file's size with --metric file, or bit operations per sample "
-        "with --metric bops (2.5e9, 2.5G)",
+        metavar="A1,A2,.." if sweep else "AMOUNT",
+        help=f"{several}an absolute budget instead of --target-ratio: the compressed layers' weight memory (64KiB, "
+        "50kB, 1.5MB, 2GiB, 40000B, 320kbit), the model file's size with --metric file, or bit operations per "
+        "sample with --metric bops (2.5e9, 2.5G)",
     )
     parser.add_argument(
         "--metric",
@@ -148,7 +160,8 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
             default=defaults.formulation,
             choices=FORMULATIONS,
             help="paper: H = L_p + beta*L_q - gamma*R with gamma bisected to the target; budget: least damage "
-            "(estimated or measured: --sensitivity) under a hard budget",
+            "(estimated or measured: --sensitivity) under a hard budget; filters: the budget optimum's prune counts "
+            "and bits, then which filters by their pairwise Fisher (Gram) damage, one variable per filter",
         )
         parser.add_argument(
             "--importance",
@@ -163,23 +176,40 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
             help="layer quantization damage: loss increase measured on the calibration split, weight MSE (put in "
             "nats by one measured pass), Hessian trace x quantization error (Hutchinson), or empirical-Fisher "
             "diagonal x each weight's rounding error (also estimates the prune damage: one backward pass, no "
-            "measured losses); auto: fisher with --formulation budget, measured with paper",
+            "measured losses); auto: fisher with --formulation budget or filters, measured with paper",
         )
         parser.add_argument(
             "--interactions",
             action="store_true",
             help="measure pairwise cross-layer damage (CLADO-style) as QUBO couplings (--formulation budget)",
         )
-    parser.add_argument("--solver", default=defaults.solver, help=f"QUBO solver: {', '.join(SOLVERS)}")
+    if sweep:
+        parser.add_argument(
+            "--solvers",
+            default=defaults.solver,
+            help=f"the qubo route's solvers, comma-separated: {', '.join(SOLVERS)}",
+        )
+    else:
+        parser.add_argument("--solver", default=defaults.solver, help=f"QUBO solver: {', '.join(SOLVERS)}")
     parser.add_argument("--num-reads", type=int, default=None, help="solver reads (default: the solver's own)")
-    if route_choices:
+    if sweep:
+        parser.add_argument(
+            "--routes",
+            default="qubo,uniform",
+            help="comma-separated routes: qubo (once per --solvers), uniform (one bit-width, one L1 prune ratio), "
+            "ga-acc, rl-acc (plans scored by validation accuracy)",
+        )
+    if route_choices and not sweep:
         parser.add_argument(
             "--search",
             default=defaults.search,
             choices=SEARCH_METHODS,
             help="qubo: the QUBO route; ga-acc / rl-acc: genetic algorithm / DDPG agent that score each candidate "
-            "plan by its validation accuracy (the paper's peers, same options and budget as --formulation budget)",
+            "plan by its validation accuracy (the paper's peers, same options and budget as --formulation budget); "
+            "uniform: one bit-width and one L1 prune ratio for every layer, the best of each bit-width's on the "
+            "validation split",
         )
+    if route_choices:
         parser.add_argument(
             "--search-evaluations",
             type=int,
@@ -232,7 +262,7 @@ def _add_compress_args(parser: argparse.ArgumentParser, out_default: Path, route
         help="analyse on N images drawn from the calibration split (default: all of it, up to 2,048): a "
         "smaller N makes the analysis faster (512: ~3x on the built-in nets) and its estimates noisier",
     )
-    if route_choices:
+    if route_choices and not sweep:
         parser.add_argument(
             "--no-baseline", action="store_true", help="skip the uniform bits + uniform pruning baseline"
         )
@@ -347,8 +377,85 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ablate.add_argument("--pairs", default="both", choices=("both", "off", "on"), help="pairwise (CLADO-style) terms")
     ablate.set_defaults(formulation="budget", finetune_epochs=0, no_baseline=True)
+    sweep = sub.add_parser(
+        "sweep",
+        help="compress one model at many targets with several routes and seeds: the accuracy-size curve",
+        description="Run one compression per target, route (qubo with each solver, uniform, ga-acc, rl-acc) "
+        "and seed; the model and data load once and the analysis is cached. Each case is a run folder "
+        "under OUT/cases/ and a row of OUT/sweep.sqlite; killed and rerun with the same command, the sweep "
+        "runs only the missing cases. Writes OUT/sweep.csv and OUT/report.html.",
+        formatter_class=fmt,
+    )
+    _add_compress_args(sweep, Path("runs/sweep"), sweep=True)
+    sweep.add_argument(
+        "--fresh", action="store_true", help="start over: the folder's store and cases are set aside (.previous)"
+    )
+    sweep.add_argument("--no-report", action="store_true", help="do not write report.html")
+    report = sub.add_parser(
+        "report",
+        help="write report.html (figures embedded) for a run, sweep or bench folder",
+        description="Write PATH/report.html, one self-contained file (figures embedded, nothing fetched), "
+        "and its figures as PNGs beside it, for a compress run folder, a sweep folder or a bench folder.",
+        formatter_class=fmt,
+    )
+    report.add_argument("path", type=Path, help="the folder of a compress run, a sweep or a bench")
+    report.add_argument("--quiet", action="store_true", help="no progress lines: warnings and errors only")
+    compress.add_argument("--no-report", action="store_true", help="do not write report.html")
     add_bench_parser(sub, fmt)
     return parser
+
+
+def _items(text: str | None, what: str) -> list[str]:
+    """The comma-separated items of ``text`` (an empty list for None); an empty item is a ProblemError."""
+    from qubocompress.errors import ProblemError
+
+    if text is None:
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if not any(items) or not all(items):
+        raise ProblemError(f"{what}: give a comma-separated list such as 4,8,16, got {text!r}")
+    return items
+
+
+def _run_sweep(args: argparse.Namespace, argv: list[str]) -> int:
+    import shlex
+
+    from qubocompress.errors import ProblemError
+    from qubocompress.limits import check_seed
+    from qubocompress.sweeps import parse_targets, run_sweep, sweep_cases
+
+    def numbers(text: str | None, flag: str, kind: type) -> list:
+        values = []
+        for item in _items(text, flag):
+            try:
+                values.append(kind(item))
+            except ValueError:
+                kind_name = "number" if kind is float else "whole number"
+                raise ProblemError(f"{flag}: {item!r} is not a {kind_name}") from None
+        return values
+
+    ratios = numbers(args.target_ratio, "--target-ratio", float)
+    budgets = _items(args.budget, "--budget")
+    targets = parse_targets(ratios or ([] if budgets else [CompressConfig.target_ratio]), budgets)
+    seeds = [check_seed(seed) for seed in numbers(args.seeds, "--seeds", int)]
+    solvers = _items(args.solvers, "--solvers")
+    cases = sweep_cases(targets, _items(args.routes, "--routes"), solvers, seeds)
+    per_case = {"target_ratio": None, "budget": None, "solver": solvers[0], "search": "qubo", "seed": 0}
+    base = _compress_config(argparse.Namespace(**{**vars(args), **per_case, "no_baseline": True}))
+    command = shlex.join(["qubocompress", *argv])
+    table = run_sweep(base, cases, args.out, fresh=args.fresh, command=command, log=_log)
+    print(table.text(), end="")
+    if not args.no_report:
+        _write_report(args.out)
+    files = "sweep.sqlite, sweep.csv, cases/" + ("" if args.no_report else ", report.html")
+    print(f"results in {args.out}/ ({files})")
+    return 0
+
+
+def _write_report(folder: Path) -> Path:
+    from qubocompress.report import write_report
+
+    return write_report(folder, log=_log)
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
@@ -403,18 +510,18 @@ def _compress_config(args: argparse.Namespace) -> CompressConfig:
     )
 
 
-def _run_compress(config: CompressConfig, as_json: bool = False) -> int:
+def _run_compress(config: CompressConfig, as_json: bool = False, report: bool = True) -> int:
     from qubocompress.io import jsonable
     from qubocompress.pipeline import compress, summary_text
 
-    metrics = compress(config, log=_log)
+    metrics = compress(config, log=_log, finish=None if not report else _write_report)
     if as_json:
         print(json.dumps(metrics, indent=2, default=jsonable))
         return 0
     print(summary_text(metrics), end="")
     qubo = "qubo.bqm, " if config.search == "qubo" else ""
     onnx = ", model.onnx" if config.export_onnx else ""
-    files = f"metrics.json, plan.json, spec.json, {qubo}model.safetensors{onnx}"
+    files = f"metrics.json, plan.json, spec.json, {qubo}model.safetensors{onnx}{', report.html' if report else ''}"
     print(f"results in {config.out}/ ({files})")
     return 0
 
@@ -475,13 +582,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             return _run_compress(config)
         if args.command == "compress":
-            return _run_compress(_compress_config(args), as_json=args.json)
+            return _run_compress(_compress_config(args), as_json=args.json, report=not args.no_report)
         if args.command == "train":
             return _run_train(args)
         if args.command == "ablate":
             return _run_ablate(args)
         if args.command in ("inspect", "export"):
             return _run_model_file_command(args)
+        if args.command == "sweep":
+            return _run_sweep(args, sys.argv[1:] if argv is None else argv)
+        if args.command == "report":
+            _write_report(args.path)
+            return 0
         if args.command == "bench":
             from qubocompress.bench.cli import run_bench
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,13 +96,14 @@ class CompressConfig:
 
     def layer_sensitivity(self) -> str:
         """The layer sensitivity the analysis uses: ``sensitivity``, with ``auto`` resolved
-        (``fisher`` for the budget formulation, ``measured`` for the paper's)."""
+        (``fisher`` for the budget and filters formulations, ``measured`` for the paper's)."""
         if self.sensitivity != AUTO_SENSITIVITY:
             return self.sensitivity
-        return "fisher" if self.formulation == "budget" else "measured"
+        return "fisher" if self.formulation in ("budget", "filters") else "measured"
 
-    def validate(self) -> None:
-        """Reject impossible settings before any work starts."""
+    def validate(self, model_given: bool = False) -> None:
+        """Reject impossible settings before any work starts (``model_given``: the model comes as an
+        object, so ``model`` only labels it and needs no weights)."""
         from qubocompress.data.datasets import parse_normalize
         from qubocompress.models.user import is_factory_spec
         from qubocompress.problem import FORMULATIONS as FORMULATION_CLASSES
@@ -125,16 +127,28 @@ class CompressConfig:
                 "--metric bops|file and --interactions need --formulation budget (the paper's energy has neither)"
             )
         if self.metric == "file" and self.search != "qubo":
-            raise ProblemError("--metric file budgets the QUBO's model file; --search ga-acc|rl-acc count bits or bops")
-        if self.formulation == "budget" and self.beta is not None:
-            raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
+            raise ProblemError(
+                "--metric file budgets the QUBO's model file; --search ga-acc|rl-acc|uniform count bits or bops"
+            )
+        if self.formulation in ("budget", "filters") and self.beta is not None:
+            raise ProblemError(f"--beta weighs the paper's energy; the {self.formulation} formulation has no beta")
+        if self.formulation == "filters" and self.interactions:
+            raise ProblemError(
+                "--interactions measures pair terms of rank-order prune counts; the filters formulation's pair "
+                "terms are its filter Gram matrix (drop --interactions, or use --formulation budget)"
+            )
+        if self.formulation == "filters" and self.solver == "rl" and self.search == "qubo":
+            raise ProblemError(
+                "solver 'rl' walks free prune counts and bit-widths; the filters formulation fixes both and chooses "
+                "which filters: use another solver"
+            )
         if self.solver == "rl" and self.search == "qubo" and not FORMULATION_CLASSES[self.formulation].free_counts:
             raise ProblemError(BUDGET_GRID_REFUSAL)  # before the analysis, not when the sampler is built
         if self.search == "qubo":
             preflight(self.solver, self.solver_options)  # a missing extra or QPU token before any work
         if self.checkpoint is not None and self.weights is not None:
             raise ProblemError("give either --checkpoint or --weights, not both")
-        if self.weights is None and not self.untrained and is_factory_spec(self.model):
+        if self.weights is None and not (self.untrained or model_given) and is_factory_spec(self.model):
             raise ProblemError(
                 f"--model {self.model} without --weights would compress a freshly initialised, untrained model: "
                 "pass its trained state_dict with --weights (or --untrained if that is what you want)"
@@ -155,3 +169,41 @@ class CompressConfig:
             raise ProblemError(f"--num-reads must be >= 1, got {self.num_reads}")
         if self.calibration_samples is not None and self.calibration_samples < 1:
             raise ProblemError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
+
+    def command_line(self) -> str:
+        """The ``qubocompress compress`` command that asks for this run (only the fields that differ
+        from the defaults), with a ``# from Python:`` note naming any field no flag sets."""
+        defaults = CompressConfig()
+        words = ["qubocompress", "compress"]
+        python_only = []
+        for name, value in vars(self).items():
+            default = getattr(defaults, name)
+            if value == default or (name == "out" and str(value) == str(default)):
+                continue
+            if name in FLAGS:
+                flag = FLAGS[name]
+                if name == "export_onnx":
+                    words += [flag, "onnx"]
+                elif isinstance(value, bool):
+                    words.append(flag)  # every other boolean field's flag sets the non-default value
+                else:
+                    words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+            else:
+                python_only.append(f"{name}={value!r}")
+        command = " ".join(shlex.quote(word) for word in words)
+        return command + (f"  # from Python: {', '.join(python_only)}" if python_only else "")
+
+
+# The command-line flag of each CompressConfig field that has one; a boolean field's flag sets the
+# value that is not its default (--no-baseline: baseline False).
+FLAGS = {
+    "model": "--model", "weights": "--weights", "data": "--data", "normalize": "--normalize",
+    "checkpoint": "--checkpoint", "target_ratio": "--target-ratio", "budget": "--budget",
+    "formulation": "--formulation", "metric": "--metric", "importance": "--importance",
+    "sensitivity": "--sensitivity", "interactions": "--interactions", "solver": "--solver", "search": "--search",
+    "search_evaluations": "--search-evaluations", "seed": "--seed", "out": "--out",
+    "finetune_epochs": "--finetune-epochs", "beta": "--beta", "max_prune_fraction": "--max-prune",
+    "num_reads": "--num-reads", "baseline": "--no-baseline", "exact_time_limit": "--exact-time-limit",
+    "analysis_cache": "--no-analysis-cache", "calibration_samples": "--calibration-samples",
+    "untrained": "--untrained", "export_onnx": "--export",
+}  # fmt: skip

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -216,3 +217,20 @@ def _publish(partial: Path, target: Path) -> None:
         raise ArtifactError(f"cannot publish the results folder {target}: {os_reason(exc)}") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# SQLite's messages of a failing environment, in the words of io.os_reason (the error codes of
+# sqlite3 exceptions need Python 3.11)
+SQLITE_REASONS = {
+    "database or disk is full": "no space left on the device",
+    "attempt to write a readonly database": "the file or its file system is read-only",
+    "unable to open database file": "the file cannot be opened or created there",
+}
+
+
+def sqlite_reason(exc: sqlite3.DatabaseError) -> str:
+    """A short reason for a failed SQLite call, in the words users know."""
+    text = str(exc)
+    if type(exc) is sqlite3.DatabaseError:  # the file's own fault: "file is not a database", "... is malformed"
+        return f"it is not a usable SQLite file ({text}); delete it or run with --fresh"
+    return SQLITE_REASONS.get(text, text)

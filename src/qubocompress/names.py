@@ -16,7 +16,7 @@ SOLVERS = ("sa", "tabu", "greedy", "sqa", "sb", "qpu", "hybrid", "exact", "rando
 CLOUD_SOLVERS = ("qpu", "hybrid")
 OFFLINE_SOLVERS = tuple(name for name in SOLVERS if name not in CLOUD_SOLVERS)
 # QUBO formulations (problem.FORMULATIONS).
-FORMULATIONS = ("paper", "budget")
+FORMULATIONS = ("paper", "budget", "filters")
 # Filter importances (analysis.importance) and layer sensitivities (analysis.sensitivity).
 IMPORTANCES = ("l1", "taylor", "fisher")
 LAYER_SENSITIVITIES = ("measured", "mse", "hessian", "fisher")
@@ -28,7 +28,8 @@ AUTO_SENSITIVITY = "auto"
 SENSITIVITIES = (AUTO_SENSITIVITY, *LAYER_SENSITIVITIES)
 # What a budget counts: weight bits or bit operations per sample.
 METRICS = ("bits", "bops", "file")
-# The QUBO route and the accuracy-in-the-loop searches (search.SEARCHES).
-SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc")
+# The QUBO route and the searches that score plans themselves (search.SEARCHES): the accuracy-in-the-loop
+# GA and RL, and the uniform baseline (one bit-width, one L1 prune ratio).
+SEARCH_METHODS = ("qubo", "ga-acc", "rl-acc", "uniform")
 # The built-in models the solver benchmark covers (bench.instances.BUILTIN_MODELS).
 BENCH_MODELS = ("lenet5", "vgg", "resnet20")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dimod
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,7 +44,7 @@ from qubocompress.models.zoo import MODELS
 from qubocompress.progress import counting
 from qubocompress.problem import FORMULATIONS, Formulation, Reference, Target
 from qubocompress.problem.choices import fp32_cost, plan_cost
-from qubocompress.problem.plan import Plan, uniform_plan
+from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec, FileLayout
 from qubocompress.search import SEARCHES
 from qubocompress.solvers.base import solve
@@ -107,10 +108,13 @@ def analysis_options(config: CompressConfig, dataset: Dataset, model_name: str) 
         "bit_levels": config.bit_levels,
         "max_prune_fraction": config.max_prune_fraction,
         "prune_options": (
-            list(DEFAULT_PRUNE_FRACTIONS) if config.formulation == "budget" or config.search != "qubo" else None
+            list(DEFAULT_PRUNE_FRACTIONS)
+            if config.formulation in ("budget", "filters") or config.search != "qubo"
+            else None
         ),
         "interactions": config.interactions,
         "measure_damage": config.search == "qubo",
+        "filter_gram": config.formulation == "filters" and config.search == "qubo",
         # only the Hutchinson probes are random
         "seed": config.seed if config.layer_sensitivity() == "hessian" and config.search == "qubo" else None,
     }
@@ -132,7 +136,8 @@ def analyse(
 ) -> tuple[ModelGraph, CompressionSpec, dict[str, Any]]:
     """Trace the model, score its channels, measure its damages (and interactions) on the calib split.
 
-    The ``budget`` formulation and the accuracy-in-the-loop searches also get prune options
+    The ``budget`` and ``filters`` formulations (the latter also the filter Gram matrix) and the
+    accuracy-in-the-loop searches also get prune options
     (``DEFAULT_PRUNE_FRACTIONS`` of each group, capped at ``max_prune_fraction``; the searches
     choose among the same options under the same budget). The searches score plans themselves,
     so no damage is measured for them. With ``config.analysis_cache`` a spec measured before for
@@ -180,7 +185,8 @@ def with_budget_as_ratio(config: CompressConfig, spec: CompressionSpec, log: Log
 def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Formulation, Reference]:
     """The QUBO of ``config.formulation`` at the target (:meth:`Formulation.for_target`), and its
     reference optimum (the paper form's certified enumeration; the budget form's MILP within
-    ``exact_time_limit``, certified or with its proven gap)."""
+    ``exact_time_limit``, certified or with its proven gap; the filters form's budget MILP, then its
+    MIQP or MILP over which filters, each within ``exact_time_limit``)."""
     target = Target(
         ratio=config.target_ratio,
         absolute=None if config.budget is None else parse_budget(config.budget, config.metric),
@@ -234,6 +240,7 @@ def solve_formulation(
         "success_probability": success(polished),
         "solver_info": {k: v for k, v in raw.info.items() if k == "timing"},
         "polish": polished.info.get("polish", {}),
+        "read_energies": {"raw": energy_counts(raw), "polished": energy_counts(polished)},
     }
     _, _, feasible_raw = formulation.best_plan(raw)
     plan, _, feasible = formulation.best_plan(polished)
@@ -245,6 +252,14 @@ def solve_formulation(
     energy = formulation.energy(plan)
     figures.update(energy=energy, gap=residual_gap(energy, reference_energy))
     return plan, figures
+
+
+def energy_counts(sampleset: dimod.SampleSet) -> dict[str, list[float] | list[int]]:
+    """The sample set's distinct energies, ascending, and how many reads had each: for the report's
+    energy histogram."""
+    energies, inverse = np.unique(sampleset.record.energy, return_inverse=True)
+    counts = np.bincount(inverse.ravel(), weights=sampleset.record.num_occurrences, minlength=len(energies))
+    return {"energy": [float(e) for e in energies], "count": [int(c) for c in counts]}
 
 
 def apply_plan(
@@ -260,22 +275,26 @@ def apply_plan(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune and quantize ``model`` by ``plan``, fine-tune it (``epochs`` of ours, or the user's
     ``tune``), and measure its accuracy (``measure``, default top-1 on the test split; once when
-    there is no fine-tuning: before and after are then the same model)."""
+    there is no fine-tuning: before and after are then the same model). ``finetune_seconds``: the
+    fine-tuning's wall time."""
     measure = measure or (lambda candidate: evaluate(candidate, dataset.test))
     pruned = prune_model(model, graph, plan)
     before = measure(quantize_model_weights(pruned, plan.bits))
     history: list[dict[str, float]] = []
+    start = time.perf_counter()
     if tune is not None:
         tune(pruned)
         epochs = 0
     else:
         history = finetune(pruned, plan.bits, dataset.train, epochs=epochs, seed=seed, progress=log)
+    tuned_seconds = time.perf_counter() - start
     after = measure(quantize_model_weights(pruned, plan.bits)) if epochs or tune is not None else before
     return pruned, {
         "test_acc_before_finetune": before,
         "test_acc": after,
         "finetune_epochs": epochs,
         "finetune_history": history,
+        "finetune_seconds": tuned_seconds,
     }
 
 
@@ -338,31 +357,16 @@ def choose_uniform_plan(
     target_ratio: float,
     metric: str = "bits",
 ) -> tuple[Plan, dict[str, Any]]:
-    """The uniform baseline: one bit-width and one L1 prune ratio for every layer.
-
-    For every bit-width, the smallest prune ratio (step 1/64) that reaches the target (in ``metric``);
-    among those, the one whose pruned+quantized model (before fine-tuning) scores best on the
-    validation split (:func:`validation_subset`), and of equal scores the one closest to the target
-    (the largest). Picking by validation accuracy makes the baseline as strong as a careful user
-    would make it.
-    """
-    candidates = []
+    """The uniform baseline (:func:`qubocompress.search.uniform.uniform_search`), each candidate
+    scored before fine-tuning on the validation split (:func:`validation_subset`); the plan and
+    ``{bit_width, prune_ratio, candidates}``."""
     val = validation_subset(dataset)
-    for bits in range(spec.min_bits, spec.b_max + 1):
-        for step in range(64):
-            plan = uniform_plan(spec, bits, step / 64)
-            if cost_ratio(spec, plan, metric) >= target_ratio:
-                candidates.append((bits, step / 64, plan))
-                break
-    if not candidates:
-        raise ProblemError(f"no uniform plan reaches {target_ratio:g}x within the allowed pruning")
-    scored = []
-    for bits, ratio, plan in candidates:
-        acc = evaluate(quantize_model_weights(prune_model(model, graph, plan), plan.bits), val)
-        scored.append({"bit_width": bits, "prune_ratio": ratio, "val_acc_before_finetune": acc, "plan": plan})
-    best = max(scored, key=lambda row: (row["val_acc_before_finetune"], -cost_ratio(spec, row["plan"], metric)))
-    table = [{k: v for k, v in row.items() if k != "plan"} for row in scored]
-    return best["plan"], {"bit_width": best["bit_width"], "prune_ratio": best["prune_ratio"], "candidates": table}
+
+    def val_accuracy(plan: Plan) -> float:
+        return evaluate(quantize_model_weights(prune_model(model, graph, plan), plan.bits), val)
+
+    result = SEARCHES["uniform"](spec, val_accuracy, target_ratio, metric=metric)  # type: ignore[operator]
+    return result.plan, dict(result.details)
 
 
 def size_summary(spec: CompressionSpec, plan: Plan) -> dict[str, Any]:
@@ -473,7 +477,7 @@ class CompressResult:
         plan: the plan it was made by.
         metrics: the run's figures.
         spec: the analysed problem.
-        bqm: the QUBO that was solved (None for the ga-acc / rl-acc searches).
+        bqm: the QUBO that was solved (None for the ga-acc, rl-acc and uniform searches).
         model_file: the bytes of the model file (``model.safetensors``, :mod:`qubocompress.apply.model_file`).
         onnx_file: the bytes of ``model.onnx`` (int4/int8 weights, :mod:`qubocompress.apply.export`), when
             asked for (``export_onnx``).
@@ -507,10 +511,16 @@ class CompressResult:
         write_text_atomic(folder / "summary.txt", summary_text(self.metrics.to_dict()))
 
 
-def compress(config: CompressConfig, log: Log = LOGGER.info, into: Path | None = None) -> dict[str, Any]:
+def compress(
+    config: CompressConfig,
+    log: Log = LOGGER.info,
+    into: Path | None = None,
+    finish: Callable[[Path], None] | None = None,
+) -> dict[str, Any]:
     """Run the whole job and publish its results folder ``config.out`` whole at the end
     (:func:`qubocompress.io.run_folder`); returns the metrics. ``into``: write the files there
-    instead, for a caller that publishes a folder holding this run (the ablation)."""
+    instead, for a caller that publishes a folder holding this run (the ablation). ``finish(folder)``
+    adds files to the folder before it is published (the command line's report)."""
     config.validate()
     if into is not None:
         result = run_compression(config, log)
@@ -519,6 +529,8 @@ def compress(config: CompressConfig, log: Log = LOGGER.info, into: Path | None =
     with run_folder(config.out) as out:  # held from the start: a second run on it is refused at once
         result = run_compression(config, log)
         result.write_into(out)
+        if finish is not None:
+            finish(out)
     return result.metrics.to_dict()
 
 
@@ -529,10 +541,13 @@ def run_compression(
     dataset: Dataset | None = None,
     test_accuracy: Callable[[nn.Module], float] | None = None,
     tune: Callable[[nn.Module], None] | None = None,
+    model_info: dict[str, Any] | None = None,
 ) -> CompressResult:
     """The job on a valid ``config``, nothing written: data, model, analysis, search, apply, measure.
 
-    ``model`` / ``dataset``: use these instead of loading ``config.model`` / ``config.data``.
+    ``model`` / ``dataset``: use these instead of loading ``config.model`` / ``config.data``;
+    ``model_info``: what :func:`load_model` said of ``model`` (its ``arch`` and ``test_acc``: a
+    sweep loads and measures the model once for all its cases).
     ``test_accuracy(model) -> float`` replaces the top-1 on the test split in every figure;
     ``tune(model)`` replaces the fine-tuning of a compressed model (in place, quantization kept).
     """
@@ -549,8 +564,10 @@ def run_compression(
     with timer.stage("model", "using the given model" if model is not None else model_source(config)):
         if model is None:
             model, model_info = load_model(config, dataset, log)
-        else:
+        elif model_info is None:
             model_info = {"arch": {"factory": factory_label(type(model)), "kwargs": {}}}
+        else:
+            model_info = dict(model_info)
         model.eval()
         if test_accuracy is not None or "test_acc" not in model_info:  # else load_model measured it already
             model_info["test_acc"] = measure(model)
@@ -611,12 +628,13 @@ def run_compression(
         }
     else:
         search = SEARCHES[config.search]
+        evaluations = None if config.search == "uniform" else config.search_evaluations
         with timer.stage(
             "search",
-            f"{config.search}: up to {config.search_evaluations} plans pruned, quantized and scored on "
-            f"{len(val)} validation images",
+            f"{config.search}: {'one plan per bit-width' if evaluations is None else f'up to {evaluations} plans'} "
+            f"pruned, quantized and scored on {len(val)} validation images",
         ):
-            with counting(f"{config.search}: plans scored", config.search_evaluations) as advance:
+            with counting(f"{config.search}: plans scored", evaluations) as advance:
 
                 def scored(candidate: Plan) -> float:
                     value = val_accuracy(candidate)

@@ -20,7 +20,7 @@ from qubocompress.analysis.sensitivity import (
     mean_loss,
     prune_damage,
 )
-from qubocompress.analysis.spec import build_spec, prune_option_counts
+from qubocompress.analysis.spec import build_spec, gram_matrix, prune_option_counts
 from qubocompress.errors import ProblemError
 from qubocompress.problem.spec import CompressionSpec
 from qubocompress.progress import track
@@ -40,6 +40,7 @@ def analyse_model(
     prune_options: Sequence[float] | None = None,
     interactions: bool = False,
     measure_damage: bool = True,
+    filter_gram: bool = False,
     seed: int = 0,
     interaction_bits: Sequence[int] = DEFAULT_BITS,
     interaction_passes: int = DEFAULT_MAX_PASSES,
@@ -65,11 +66,16 @@ def analyse_model(
             forward passes at ``interaction_bits`` (see ``analysis.interactions``).
         measure_damage: False: no damage at all (no data passes; the spec's damage arrays stay
             empty), for searches that score plans by themselves; ``interactions`` must be False.
+        filter_gram: also keep the channels' Gram matrix ``(1/N) Uᵀ U`` (``spec.filter_gram``, for
+            the ``filters`` formulation), from the contributions of the same backward pass: it
+            then runs even with l1 importance and a sensitivity other than fisher.
         seed: seeds the Hutchinson probes of the ``hessian`` sensitivity.
         log: receives one line on what the interactions cost, if measured.
     """
     if interactions and not measure_damage:
         raise ProblemError("pairwise interactions are measured damage; they need measure_damage=True")
+    if filter_gram and not measure_damage:
+        raise ProblemError("the filter Gram matrix is an estimate of damage; it needs measure_damage=True")
     x, y = calib
     graph = trace_model(model, input_shape)
     options = damages = None
@@ -77,9 +83,9 @@ def analyse_model(
         options = [prune_option_counts(group.channels, prune_options, max_prune_fraction) for group in graph.groups]
     estimate_prune = options is not None and measure_damage and layer_sensitivity == "fisher"
     names = [layer.name for layer in graph.layers]
-    # one backward pass serves the data-driven importance, the Fisher prune damage and, where the
-    # layers can be read, the Fisher diagonals
-    needs_contributions = bool(graph.groups) and (estimate_prune or importance != "l1")
+    # one backward pass serves the data-driven importance, the Fisher prune damage, the filter Gram
+    # matrix and, where the layers can be read, the Fisher diagonals
+    needs_contributions = bool(graph.groups) and (estimate_prune or importance != "l1" or filter_gram)
     fisher_layers = names if measure_damage and layer_sensitivity == "fisher" and layers_readable(model, names) else []
     statistics = (
         backward_statistics(model, x, y, groups=graph.groups if needs_contributions else (), layers=fisher_layers)
@@ -138,5 +144,6 @@ def analyse_model(
         prune_options=options,
         prune_damage=damages,
         interactions=terms,
+        filter_gram=gram_matrix(contributions or []) if filter_gram else None,
     )
     return graph, spec

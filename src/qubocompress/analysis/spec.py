@@ -44,6 +44,7 @@ def build_spec(
     prune_options: Sequence[Sequence[int]] | None = None,
     prune_damage: Sequence[np.ndarray] | None = None,
     interactions: Sequence[Interaction] = (),
+    filter_gram: np.ndarray | None = None,
 ) -> CompressionSpec:
     """The solver-facing description of ``graph``.
 
@@ -57,6 +58,7 @@ def build_spec(
             :func:`prune_option_counts`); None: no options.
         prune_damage: per group, the measured loss increase (nats) of each option.
         interactions: measured pairwise terms (:mod:`qubocompress.analysis.interactions`).
+        filter_gram: the channels' Gram matrix (:func:`gram_matrix`), or None.
     """
     _check_fraction(max_prune_fraction)
     count = len(graph.groups)
@@ -98,4 +100,24 @@ def build_spec(
         b_max=b_max,
         bit_levels=bit_levels,
         interactions=tuple(interactions),
+        filter_gram=filter_gram,
     )
+
+
+def gram_matrix(contributions: Sequence[np.ndarray]) -> np.ndarray:
+    """``G = (1/N) Uᵀ U`` (nats) with ``U`` the groups' (N, channels) contributions side by side
+    (groups in order, channels in index order): the empirical Fisher of a mask on every channel,
+    so that ``½ Σ_{c,c'∈S} G[c, c']`` is the second-order loss increase of pruning the set S
+    (what :func:`~qubocompress.analysis.sensitivity.fisher_prune_damage` gives for S a prefix of
+    one group's rank order). Zero for N = 0.
+
+    For a group tied across layers (a residual add, a depthwise carrier) a channel's contribution
+    is measured at the input of every consumer of the tied channels and summed
+    (``analysis.backward``): the derivative of one mask shared by all of them, which is exactly
+    what removing the channel does (``analysis.masking``). Its producers' outputs would be the
+    wrong place: they count the channel once per producer and miss the identity paths of the adds.
+    """
+    if not contributions:
+        return np.zeros((0, 0))
+    u = np.concatenate(contributions, axis=1)
+    return u.T @ u / max(len(u), 1)

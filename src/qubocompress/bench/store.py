@@ -32,20 +32,12 @@ from typing import Any
 import numpy as np
 
 from qubocompress.errors import ArtifactError
-from qubocompress.io import exclusive_lock, os_reason
+from qubocompress.io import exclusive_lock, os_reason, sqlite_reason
 
 PREVIOUS_SUFFIX = ".previous"
 # SQLite's rollback journal beside the store (present after a crash mid-transaction): it belongs to
 # the store's file and moves with it, never to a new store at the same path.
 JOURNAL_SUFFIX = "-journal"
-# SQLite's messages of a failing environment, in the words of io.os_reason (the error codes of
-# sqlite3 exceptions need Python 3.11)
-SQLITE_REASONS = {
-    "database or disk is full": "no space left on the device",
-    "attempt to write a readonly database": "the file or its file system is read-only",
-    "unable to open database file": "the file cannot be opened or created there",
-}
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     name TEXT NOT NULL,
@@ -200,7 +192,7 @@ class ResultStore:
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            raise ArtifactError(f"cannot {action} results store {self.path}: {_sqlite_reason(exc)}") from exc
+            raise ArtifactError(f"cannot {action} results store {self.path}: {sqlite_reason(exc)}") from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -321,14 +313,6 @@ class ResultStore:
                 )
             )
         return records
-
-
-def _sqlite_reason(exc: sqlite3.DatabaseError) -> str:
-    """A short reason for a failed SQLite call, in the words users know."""
-    text = str(exc)
-    if type(exc) is sqlite3.DatabaseError:  # the file's own fault: "file is not a database", "... is malformed"
-        return f"it is not a usable SQLite file ({text}); delete it or run with --fresh"
-    return SQLITE_REASONS.get(text, text)
 
 
 def _json_default(value: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from qubocompress.problem.base import Formulation, Reference, Target
 from qubocompress.problem.budget import BudgetFormulation, ExactResult, smallest_plan
+from qubocompress.problem.filters import FiltersFormulation
 from qubocompress.problem.paper import PaperFormulation, balanced_beta, quant_sensitivity
 from qubocompress.problem.plan import Plan, uniform_plan
 from qubocompress.problem.spec import ChannelGroup, CompressionSpec, Interaction, LayerSpec
@@ -9,7 +10,9 @@ from qubocompress.problem.synthetic import synthetic_resnet_spec, synthetic_spec
 from qubocompress.problem.target import calibrate_gamma, most_compressed_plan
 
 # Every formulation by its --formulation name: adding one is its module and one entry here.
-FORMULATIONS: dict[str, type[Formulation]] = {cls.name: cls for cls in (PaperFormulation, BudgetFormulation)}
+FORMULATIONS: dict[str, type[Formulation]] = {
+    cls.name: cls for cls in (PaperFormulation, BudgetFormulation, FiltersFormulation)
+}
 
 __all__ = [
     "BudgetFormulation",
@@ -17,6 +20,7 @@ __all__ = [
     "CompressionSpec",
     "ExactResult",
     "FORMULATIONS",
+    "FiltersFormulation",
     "Formulation",
     "Interaction",
     "LayerSpec",

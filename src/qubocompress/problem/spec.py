@@ -206,6 +206,11 @@ class CompressionSpec:
             so 32 is the honest default).
         interactions: measured pairwise damage terms (may be empty).
         file_layout: the model file's bytes beyond the weight codes (``--metric file``), or None.
+        filter_gram: the empirical Fisher (Gram) matrix of the channels' loss contributions,
+            ``G = (1/N) Uᵀ U`` with ``U[s, c] = Σ_sites a·∂L_s/∂a`` of channel c on calibration
+            sample s (nats; ``½ Σ_{c,c'∈S} G[c, c']`` estimates the loss increase of pruning the
+            set S), over every channel of every group — groups in order, channels in index order —
+            or None (the ``filters`` formulation needs it).
     """
 
     model: str
@@ -216,6 +221,7 @@ class CompressionSpec:
     activation_bits: int = FP32_BITS
     interactions: tuple[Interaction, ...] = ()
     file_layout: FileLayout | None = None
+    filter_gram: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -238,12 +244,29 @@ class CompressionSpec:
                 raise ProblemError(
                     f"layer {layer.name!r}: quant_damage must have {self.b_max} entries (1..{self.b_max} bits)"
                 )
+        if self.filter_gram is not None:
+            self._check_filter_gram()
         for term in self.interactions:
             shape = tuple(self._family_size(f) for f in (term.first, term.second))
             if term.table.shape != shape:
                 raise ProblemError(
                     f"interaction {term.first} x {term.second}: table shape {term.table.shape} should be {shape}"
                 )
+
+    def _check_filter_gram(self) -> None:
+        """``filter_gram`` as a float64 array: square over all group channels, finite, symmetric."""
+        gram = np.asarray(self.filter_gram, dtype=np.float64)
+        object.__setattr__(self, "filter_gram", gram)
+        channels = sum(group.size for group in self.groups)
+        if gram.shape != (channels, channels):
+            raise ProblemError(
+                f"filter_gram must be {channels}x{channels} (every channel of every group), got shape {gram.shape}"
+            )
+        if not np.all(np.isfinite(gram)):
+            raise ProblemError("filter_gram contains NaN or infinite values")
+        scale = float(np.abs(gram).max(initial=0.0))
+        if not np.allclose(gram, gram.T, rtol=0.0, atol=1e-9 * scale):
+            raise ProblemError("filter_gram must be symmetric (a Gram matrix)")
 
     def _family_size(self, family: str) -> int:
         """Number of choices of an interaction family (``bits:<layer>`` or ``prune:<group>``)."""
@@ -302,6 +325,7 @@ class CompressionSpec:
                 {"first": t.first, "second": t.second, "table": t.table.tolist()} for t in self.interactions
             ],
             "file_layout": None if self.file_layout is None else self.file_layout.to_dict(),
+            "filter_gram": None if self.filter_gram is None else self.filter_gram.tolist(),
             "layers": [
                 {
                     "name": layer.name,
@@ -352,6 +376,7 @@ class CompressionSpec:
                 activation_bits=int(data.get("activation_bits", FP32_BITS)),
                 interactions=interactions,
                 file_layout=None if data.get("file_layout") is None else FileLayout.from_dict(data["file_layout"]),
+                filter_gram=None if data.get("filter_gram") is None else np.asarray(data["filter_gram"], dtype=float),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProblemError(f"malformed compression spec: {exc!r}") from exc
