@@ -81,7 +81,9 @@ def budget_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_paper_run_writes_every_result_and_reaches_the_certified_optimum(paper_run: Path) -> None:
-    assert sorted(p.name for p in paper_run.iterdir()) == sorted(RESULT_FILES)
+    names = {p.name for p in paper_run.iterdir()}
+    assert set(RESULT_FILES) <= names and all(name.startswith("report") for name in names - set(RESULT_FILES))
+    assert "report.html" in names
     metrics = json.loads((paper_run / "metrics.json").read_text())
     qubo, compressed = metrics["qubo"], metrics["compressed"]
     assert qubo["formulation"] == "paper" and qubo["exact"]["certified"]

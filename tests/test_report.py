@@ -82,7 +82,7 @@ def test_a_sweep_report_shows_every_route_the_chosen_plan_the_search_and_the_com
     page = assert_self_contained_and_drawn(sweep_folder)
     names = set(DATA_URI_NAMES.findall(page))
     assert names == {"report-accuracy-vs-size.png", "report-plan.png", "report-energies.png", "report-time.png"}
-    assert "<title>lenet5 on idx: compression sweep</title>" in page
+    assert re.search(r"<title>lenet5 on idx\w*: compression sweep</title>", page)
     assert "<li>4x: qubo (" in page and "<li>8x: qubo (" in page and "against uniform" in page  # the headline
     assert re.search(r"The plan of 8x-qubo-\w+-seed\d: the best top-1 of the QUBO cases at 8x", page)
     assert "beside 8x-uniform-seed" in page and "Pareto front" in page

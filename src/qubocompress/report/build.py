@@ -72,7 +72,9 @@ def write_report(folder: str | Path, log: Callable[[str], None] = print) -> Path
     except KeyError as exc:
         raise ArtifactError(f"the results in {shown_folder(folder)} lack the field {exc}") from None
     except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"the results in {shown_folder(folder)} hold a malformed value ({str(exc).splitlines()[0]})") from None
+        raise ArtifactError(
+            f"the results in {shown_folder(folder)} hold a malformed value ({str(exc).splitlines()[0]})"
+        ) from None
     for item in report.figures:
         write_bytes_atomic(folder / item.name, item.png)
     path = folder / REPORT_FILE

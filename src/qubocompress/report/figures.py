@@ -176,6 +176,7 @@ def accuracy_figure(
             )
             axis.axhline(100 * fp32, color="k", lw=0.8, label=f"fp32 ({100 * fp32:.2f}%)")
             axis.set_xscale("log")
+            _widen(axis, [getattr(p, size) for p in placed])
             axis.xaxis.set_major_formatter(_LogTicks(ticks))
             axis.xaxis.set_minor_formatter(_LogTicks(ticks))
             axis.set_ylim(top=min(axis.get_ylim()[1], 100.5))
@@ -206,6 +207,14 @@ def accuracy_figure(
     if baseline is not None:
         caption += " The grey square is the run's uniform baseline (its model file is not written: right panels only)."
     return Figure("report-accuracy-vs-size.png", _png(figure), caption)
+
+
+def _widen(axis: plt.Axes, values: Sequence[float], least: float = 2.0) -> None:
+    """A log x axis over at least a factor ``least`` around ``values`` (a single run's points)."""
+    low, high = min(values), max(values)
+    if high / low < least:
+        margin = (least * low / high) ** 0.5
+        axis.set_xlim(low / margin, high * margin)
 
 
 def _route_means(axis: plt.Axes, points: Sequence[Point], size: str, accuracy: str, color: str, filled: bool) -> None:

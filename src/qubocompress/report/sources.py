@@ -237,7 +237,9 @@ class RunSource:
             except (KeyError, TypeError, ValueError, ProblemError) as exc:
                 path = self.case.folder / METRICS_FILE
                 raise ArtifactError(f"cannot read the uniform baseline in {path}: {exc}") from None
-        return PlanPair(self.case, spec, plan, uniform, self.baseline_label, f"the plan of {self.case.route}")
+        return PlanPair(
+            self.case, spec, plan, uniform, self.baseline_label, f"the run ({self.case.route} at {self.case.target})"
+        )
 
 
 def command_of_config(config: Any) -> str | None:
@@ -295,9 +297,9 @@ class SweepSource:
         pool = pool or list(self.cases)
         largest = max(pool, key=lambda c: order[c.target]).target
         best = max((c for c in pool if c.target == largest), key=lambda c: c.compressed["test_acc"])
-        partners = [c for c in uniform if c.target == best.target and c is not best]
+        partners = [c for c in uniform if c.target == best.target and not best.is_uniform]
         partner = next((c for c in partners if c.seed == best.seed), partners[0] if partners else None)
-        why = f"{best.name}: the best top-1 of the {best.route if best.qubo is None else 'QUBO'} cases at {largest}"
+        why = f"{best.name}: the best top-1 of the {'QUBO ' if best.qubo is not None else ''}cases at {largest}"
         why += " (the largest target with a QUBO and a uniform case)" if best.target in shared else ""
         spec = best.spec()
         plan = best.plan(spec)
