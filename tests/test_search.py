@@ -279,7 +279,7 @@ def test_scorer_rejects_a_bad_evaluate() -> None:
 
 # --- both searches ----------------------------------------------------------------------------------
 
-# Small settings for each search: (keyword arguments, evaluation cap).
+# Small settings for each accuracy-in-the-loop search (the uniform one has none: tests/test_sweep.py).
 TINY_SETTINGS: dict[str, dict[str, Any]] = {
     "ga-acc": {"population": 12, "generations": 10, "max_evaluations": 80},
     "rl-acc": {"total_episodes": 80, "warmup_episodes": 30, "max_evaluations": 80},
@@ -295,7 +295,7 @@ def run(
     return result, recorder
 
 
-@pytest.fixture(scope="module", params=sorted(SEARCHES))
+@pytest.fixture(scope="module", params=sorted(TINY_SETTINGS))
 def tiny_run(request: pytest.FixtureRequest) -> tuple[str, SearchResult, Recorder]:
     result, recorder = run(request.param)
     return request.param, result, recorder
@@ -344,7 +344,7 @@ def test_searches_reach_the_brute_force_optimum_of_a_tiny_spec(tiny_run: tuple[s
     assert result.score >= best - 0.02 * (best - median_random)
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_searches_beat_random_search_on_a_vgg_sized_spec(method: str) -> None:
     settings_by_method = {
         "ga-acc": {"population": 16, "generations": 8, "max_evaluations": 120},
@@ -371,7 +371,7 @@ def test_the_ga_closes_most_of_the_gap_to_the_certified_optimum_of_a_vgg_sized_s
     assert (typical + result.score) / (typical - exact.objective) >= 0.87
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_the_same_seed_gives_the_same_search(method: str) -> None:
     first, _ = run(method, max_evaluations=40)
     again, _ = run(method, max_evaluations=40)
@@ -380,7 +380,7 @@ def test_the_same_seed_gives_the_same_search(method: str) -> None:
     assert first.history != other.history
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_global_random_states_are_left_alone(method: str) -> None:
     random.seed(5)
     np.random.seed(5)
@@ -391,7 +391,7 @@ def test_global_random_states_are_left_alone(method: str) -> None:
     assert (random.random(), np.random.random()) == expected
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_evaluate_runs_on_the_callers_torch_threads(method: str) -> None:
     torch = pytest.importorskip("torch")
     threads = torch.get_num_threads()
@@ -410,14 +410,14 @@ def test_evaluate_runs_on_the_callers_torch_threads(method: str) -> None:
     assert seen == [2] * 5
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_the_evaluation_cap_stops_the_search(method: str) -> None:
     result, recorder = run(method, VGG, ratio=16, max_evaluations=7)
     assert result.stopped_by == "evaluations"
     assert result.evaluations == len(recorder.plans) == 7
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_a_cap_above_the_default_budget_buys_a_longer_search(method: str) -> None:
     # the defaults (ga: 15 generations of 24, rl: 300 episodes) stop at or below 360 evaluations;
     # the searches size their generations / episodes from the cap, so asking for 400 gets more
@@ -445,7 +445,7 @@ def test_the_default_budgets_are_unchanged_by_caps_at_or_below_them() -> None:
     assert short.parameters["warmup_episodes"] == 10  # a third of the episodes asked for
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_a_bops_budget_is_kept_by_every_evaluated_plan(method: str) -> None:
     result, recorder = run(method, VGG, ratio=16, metric="bops", max_evaluations=30)
     budget = fp32_cost(VGG, "bops") // 16
@@ -454,7 +454,7 @@ def test_a_bops_budget_is_kept_by_every_evaluated_plan(method: str) -> None:
     assert result.ratio == pytest.approx(fp32_cost(VGG, "bops") / result.plan.bops(VGG))
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_patience_stops_a_search_that_no_longer_improves(method: str) -> None:
     options = {**TINY_SETTINGS[method], "max_evaluations": None}
     constant = SEARCHES[method](TINY, lambda plan: 1.0, 8, patience=3, **options)
@@ -463,7 +463,7 @@ def test_patience_stops_a_search_that_no_longer_improves(method: str) -> None:
     assert constant.details[unit] == 4  # the first sets the best, three more without a better one
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_the_time_limit_stops_the_search(method: str) -> None:
     # each evaluation takes >= 0.05 s, so at most ceil(0.3 / 0.05) start before the clock runs out
     result, recorder = run(method, VGG, ratio=16, pause=0.05, time_limit=0.3, max_evaluations=None)
@@ -472,7 +472,7 @@ def test_the_time_limit_stops_the_search(method: str) -> None:
     assert result.parameters["time_limit"] == 0.3
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_a_single_plan_on_offer_is_evaluated_once(method: str) -> None:
     spec = synthetic_spec(channels=(4, 4), max_prune_fraction=0.0)
     recorder = Recorder(spec)
@@ -510,7 +510,7 @@ def test_bad_search_settings_are_clear_errors(method: str, kwargs: dict, message
     assert not recorder.plans
 
 
-@pytest.mark.parametrize("method", sorted(SEARCHES))
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
 def test_a_bad_evaluate_is_a_clear_error(method: str) -> None:
     with pytest.raises(SolverError, match="evaluate must be a callable plan -> score, got str"):
         SEARCHES[method](TINY, "accuracy", 8)  # type: ignore[arg-type]

@@ -306,13 +306,14 @@ def _sweep_report(sweep: SweepSource) -> Report:
     failed = sweep.failed
     routes = list(colors)
     seeds = sorted({row.seed for row in sweep.table.rows})
+    epochs = int(first.compressed.get("finetune_epochs", 0))
+    tuned = f"After fine-tuning ({_count(epochs, 'epoch')})" if epochs else "Without fine-tuning"
     lead = paragraph(
         f"{len(sweep.table.rows)} cases of {first.metrics['model']['name']} on {first.metrics['data']['name']} "
         f"({first.metrics['data'].get('test', '?')} test images): targets {', '.join(sweep.targets())}; routes "
         f"{', '.join(routes)}; seeds {', '.join(map(str, seeds))}"
         + (f"; {len(failed)} failed (their reasons are in the table of cases)" if failed else "")
-        + f". The uncompressed fp32 model has {100 * fp32:.2f}% test top-1. After fine-tuning "
-        f"({_count(first.compressed.get('finetune_epochs', 0), 'epoch')}), per target:",
+        + f". The uncompressed fp32 model has {100 * fp32:.2f}% test top-1. {tuned}, per target:",
         "lead",
     ) + bullets(_headline(sweep), "headline")
     totals = sweep.table.stage_seconds()
