@@ -134,6 +134,14 @@ class ExactResult:
     seconds: float
     method: str
 
+    @classmethod
+    def of(cls, plan: Plan, objective: float, certified: bool, bound: float, start: float, method: str) -> ExactResult:
+        """The result of a solve begun at ``time.perf_counter()`` = ``start``: the bound is the
+        objective when certified, else at most the objective; the gap follows from both."""
+        bound = objective if certified else min(bound, objective)
+        gap = 0.0 if certified else ((objective - bound) / abs(objective) if objective else math.inf)
+        return cls(plan, objective, certified, float(gap), float(bound), time.perf_counter() - start, method)
+
 
 def default_bit_options(spec: CompressionSpec) -> tuple[int, ...]:
     """(2, 3, 4, 5, 6, 8) within the spec's ``min_bits..b_max``, plus ``b_max`` itself."""
@@ -382,17 +390,7 @@ class BudgetFormulation(Formulation):
         objective = self.objective(plan)
         # Only the first round's bound holds for the true budget (later rounds solved tighter ones).
         certified = outcome.index is not None and outcome.proven and budget == self.budget
-        bound = objective if certified else min(first_bound, objective)
-        gap = 0.0 if certified else ((objective - bound) / abs(objective) if objective else math.inf)
-        return ExactResult(
-            plan=plan,
-            objective=objective,
-            certified=certified,
-            gap=float(gap),
-            bound=float(bound),
-            seconds=time.perf_counter() - start,
-            method=method,
-        )
+        return ExactResult.of(plan, objective, certified, first_bound, start, method)
 
     def _searched_optimum(self) -> np.ndarray:
         """A good plan within the budget from local search alone (true costs, seed 0)."""

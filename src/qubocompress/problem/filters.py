@@ -483,18 +483,8 @@ class FiltersFormulation(Formulation):
         bound += self.quant_damage
         if self._positive_semidefinite:  # ½pᵀGp ≥ 0 for every p
             bound = max(bound, self.quant_damage)
-        certified = proven  # the solver proved its optimum; the incumbent is never worse than it
-        bound = objective if certified else min(bound, objective)
-        gap = 0.0 if certified else ((objective - bound) / abs(objective) if objective else math.inf)
-        return ExactResult(
-            plan=plan,
-            objective=objective,
-            certified=certified,
-            gap=float(gap),
-            bound=float(bound),
-            seconds=time.perf_counter() - start,
-            method=method,
-        )
+        # certified: the solver proved its optimum; the incumbent is never worse than it
+        return ExactResult.of(plan, objective, proven, bound, start, method)
 
     def _search(self, row: np.ndarray, seed: int = 0) -> np.ndarray:
         """The best plan an iterated local search finds from ``row`` (one that keeps the counts):
