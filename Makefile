@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-quick bench-budget data browser clean
+.PHONY: demo test test-slow bench bench-quick bench-budget bench-filters data browser clean
 
 # constraints.txt pins the CPU torch wheel (pyproject allows any recent torch, for other users).
 $(STAMP): pyproject.toml constraints.txt
@@ -70,6 +70,11 @@ bench: $(STAMP)
 # The budget QUBOs at 16/24/32x: the default route (sa + polish) against random + polish and the MILP.
 bench-budget: $(STAMP)
 	$(BIN)/qubocompress bench --formulation budget --polish --solvers sa,random,exact --seeds 10 --out runs/bench-budget-route
+
+# The filters QUBOs (shipped in src/qubocompress/bench/data/filters/) at 16/24/32x: every solver's reads raw and
+# polished against SCIP's MIQP reference (its time to proof, or its gap at the limit, and to its best incumbent).
+bench-filters: $(STAMP)
+	$(BIN)/qubocompress bench --formulation filters --polish --quick --solvers sa,tabu,greedy,sqa,sb,random,exact --out runs/bench-filters
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

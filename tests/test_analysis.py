@@ -88,11 +88,11 @@ def test_residual_add_and_depthwise_join_one_group() -> None:
     assert graph.layer("fc").in_group == 1
 
 
-def test_concat_freezes_its_inputs_but_keeps_layers() -> None:
+def test_concat_keeps_its_inputs_groups_at_their_offsets() -> None:
     graph = trace_model(Concat(), (1, 8, 8))
-    assert [g.name for g in graph.groups] == ["c"]
-    assert {"a", "b"} <= set(graph.frozen_reasons)
-    assert "cat" in graph.frozen_reasons["a"]
+    assert [g.name for g in graph.groups] == ["a", "b", "c"]
+    assert graph.groups[1].offset("c") == 4
+    assert (graph.layer("c").in_group, graph.layer("c").extra_in_groups) == (0, (1,))
     assert len(graph.layers) == 4
 
 

@@ -537,7 +537,7 @@ def test_store_file_that_is_not_sqlite(tmp_path: Path, capsys: pytest.CaptureFix
 def test_offline_sweeps_leave_out_the_cloud_solvers() -> None:
     offline = runner.offline_solvers()
     assert "qpu" not in offline and "hybrid" not in offline
-    assert set(offline) == set(registry.SOLVER_NAMES) - {"qpu", "hybrid"}
+    assert set(offline) == set(registry.SOLVER_NAMES) - {"qpu", "qpu-decomposed", "hybrid", "hybrid-cqm"}
 
 
 # --------------------------------------------------------------------------- budget instances

@@ -318,8 +318,8 @@ def test_demo_and_compress_help_list_units_and_defaults(capsys: pytest.CaptureFi
             main([command, "--help"])
         assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--target-ratio R" in text and "--formulation {paper,budget}" in text
-    assert "(paper; default 16) or the budget is fp32 / R (budget; default 16,24,32)" in text
+    assert "--target-ratio R" in text and "--formulation {paper,budget,filters}" in text
+    assert "(paper; default 16) or the budget is fp32 / R (budget and filters; default 16,24,32)" in text
     assert "(default: 2)" in text and "(default: sa)" in text  # defaults that exist are shown,
     assert "(default: None)" not in text and "(default: False)" not in text  # absent ones are not,
     assert "(default: True)" not in text  # nor a flag's (--no-analysis-cache's is True)

@@ -93,3 +93,43 @@ def test_sweep_timing_prints_both_wall_times_and_their_ratio(
         "4x-qubo-sa-seed0",
         "8x-qubo-sa-seed0",
     ]
+
+
+@pytest.mark.slow
+def test_filters_vs_rank_writes_one_row_per_case_and_skips_done_ones(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = load_script("filters_vs_rank")
+    table = tmp_path / "rows.csv"
+    argv = ["--models", "lenet5", "--data", str(data_dir), "--ratios", "8,24", "--seeds", "0"]
+    argv += ["--finetune-epochs", "0", "--exact-time-limit", "5", "--csv", str(table)]
+    assert script.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "lenet5 8x seed 0: skipped: the budget optimum at this target prunes no filter" in captured.err
+    rows = script.read_rows(table)
+    assert [(row["model"], row["ratio"], row["seed"]) for row in rows] == [("lenet5", "24", "0")]
+    row = rows[0]
+    assert row["counts"] and int(row["weight_bits"]) > 0 and int(row["filters_moved"]) >= 0
+    assert float(row["filters_reference_damage"]) <= float(row["rank_est_damage"])  # the reference starts there
+    for plan in ("rank", "filters"):  # no fine-tuning: after is before
+        assert row[f"{plan}_top1_after"] == row[f"{plan}_top1_before"]
+        assert float(row[f"{plan}_loss_before"]) >= 0
+    summary = captured.out.splitlines()
+    assert summary[0].startswith("| model | target | seeds |") and summary[2].startswith("| lenet5 | 24x | 1 |")
+    assert script.main(argv) == 0  # the done case is not run again
+    assert "lenet5 24x seed 0: done" not in capsys.readouterr().err
+    assert script.read_rows(table) == rows
+
+
+@pytest.mark.slow
+def test_ray_sweep_timing_runs_every_case_once_on_ray_with_a_worker_killed(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("ray")
+    script = load_script("ray_sweep_timing")
+    argv = ["--data", str(data_dir), "--ratios", "4,8", "--seeds", "0,1", "--kill", "--out", str(tmp_path)]
+    assert script.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "serial: 8 cases (8 distinct), 8 ok, 0 failed"
+    assert lines[1] == "ray: 8 cases (8 distinct), 8 ok, 0 failed"
+    assert lines[2].startswith("killed Ray worker(s) mid-case: [") and lines[-1].startswith("ratio (serial / Ray): ")

@@ -131,7 +131,9 @@ def test_unknown_names_are_refused_like_make_sampler(dwave_env: Path) -> None:
         preflight("nope")
 
 
-@pytest.mark.parametrize("name", [name for name in SOLVER_NAMES if name not in CLOUD])
+@pytest.mark.parametrize(
+    "name", [name for name in SOLVER_NAMES if name not in (*CLOUD, "hybrid-cqm", "qpu-decomposed")]
+)
 def test_offline_solvers_pass_when_their_extras_are_installed(name: str, dwave_env: Path, no_network: list) -> None:
     missing = [module for module, _, _ in registry.SOLVERS[name].requires if importlib.util.find_spec(module) is None]
     if missing:
@@ -150,6 +152,7 @@ def test_offline_solvers_pass_when_their_extras_are_installed(name: str, dwave_e
         ("qpu", "dwave.system", "solver 'qpu' needs dwave-system: pip install 'qubocompress[qpu]'"),
         ("qpu", "minorminer", "solver 'qpu' needs dwave-system: pip install 'qubocompress[qpu]'"),
         ("hybrid", "dwave.system", "solver 'hybrid' needs dwave-system: pip install 'qubocompress[qpu]'"),
+        ("hybrid-cqm", "dwave.system", "solver 'hybrid-cqm' needs dwave-system: pip install 'qubocompress[qpu]'"),
     ],
 )
 def test_a_missing_extra_is_the_samplers_own_message(
@@ -169,7 +172,9 @@ def test_each_extra_the_samplers_require_is_checked() -> None:
         "sqa": {"openjij", "threadpoolctl"},
         "sb": {"simulated_bifurcation", "torch"},
         "qpu": {"dwave.system", "minorminer"},
+        "qpu-decomposed": {"dwave.system", "minorminer", "hybrid"},
         "hybrid": {"dwave.system"},
+        "hybrid-cqm": {"dwave.system"},
         "ga": {"pymoo"},
         "rl": {"gymnasium", "stable_baselines3"},
     }  # fmt: skip

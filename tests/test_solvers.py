@@ -74,6 +74,7 @@ QUICK_OPTIONS: dict[str, dict[str, object]] = {
     "greedy": {"num_reads": 10},
     "sqa": {"num_reads": 2, "num_sweeps": 50},
     "sb": {"agents": 4, "max_steps": 100, "device": "cpu"},
+    "qpu-decomposed": {"qpu": "mock", "sub_size": 8, "qpu_reads": 5, "tabu_timeout": 10, "max_iter": 3},
     "exact": {},
     "random": {"num_reads": 4},
     "ga": {"population": 10, "generations": 5},
@@ -81,7 +82,7 @@ QUICK_OPTIONS: dict[str, dict[str, object]] = {
 }
 
 
-@pytest.mark.parametrize("name", [name for name in SOLVER_NAMES if name not in ("qpu", "hybrid")])
+@pytest.mark.parametrize("name", [name for name in SOLVER_NAMES if name not in ("qpu", "hybrid", "hybrid-cqm")])
 def test_every_registered_solver_returns_bqm_energies_and_timing(name: str) -> None:
     formulation = small_formulation()
     options = QUICK_OPTIONS[name]

@@ -22,6 +22,7 @@ from torch import nn
 from qubocompress.apply import export
 from qubocompress.apply.model_file import load_model_file
 from qubocompress.apply.quantize import inferred_bits
+from qubocompress.cluster import Cluster
 from qubocompress.data.datasets import SPLIT_SEED, Dataset, dataset_from_tensors, load_dataset, stacked_tensors
 from qubocompress.errors import DataError, ModelError, ProblemError
 from qubocompress.io import run_folder
@@ -93,6 +94,8 @@ def sweep(
     finetune: Callable[[nn.Module], None] | None = None,
     log: Callable[[str], None] | None = None,
     report: bool = True,
+    workers: int | None = None,
+    ray_address: str | None = None,
     **options: Any,
 ) -> SweepTable:
     """Compress ``model`` at every target ratio (or budget), route, solver and seed
@@ -102,8 +105,11 @@ def sweep(
     ``routes``: ``"qubo"`` (once per solver in ``solvers``), ``"uniform"``, ``"ga-acc"``, ``"rl-acc"``.
     ``out``: the sweep's folder (a run folder per case, ``sweep.sqlite``, ``sweep.csv`` and, with
     ``report``, ``report.html``); rerun on the same folder, only the missing cases run (``fresh``:
-    start over). Without ``out`` nothing is written.
+    start over). Without ``out`` nothing is written. ``workers`` / ``ray_address``: run the cases as
+    Ray tasks on a local cluster of that many workers / on an existing cluster (the ``ray`` extra).
     """
+    cluster = Cluster(address=ray_address, workers=workers)
+    cluster.check()
     per_case = sorted(set(options) & {"target_ratio", "budget", "search", "solver", "seed", "baseline"})
     if per_case:
         raise ProblemError(
@@ -122,6 +128,7 @@ def sweep(
         dataset=dataset,
         test_accuracy=evaluate,
         tune=finetune,
+        cluster=cluster,
     )
     if out is not None and report:
         write_report(Path(out), log=log)

@@ -99,24 +99,42 @@ def add_bench_parser(subparsers: Any, formatter_class: type[argparse.HelpFormatt
         "--polish",
         action="store_true",
         help="polish every read as `compress` does (paper form: each group's pruned channels made its least "
-        "important ones) before scoring; its time counts as solve time",
+        "important ones; filters: counts repaired, then swaps within groups) before scoring; its time counts as "
+        "solve time; the raw reads are scored too (p_s raw)",
+    )
+    bench.add_argument(
+        "--qpu-fit",
+        action="store_true",
+        help="also embed every instance offline into D-Wave's Advantage (Pegasus P16) and Advantage2 (Zephyr "
+        "Z12) graphs: qubits, longest chain, fits, estimated QPU access time for 100 and 1,000 reads "
+        "(qpu_fit.csv, results.json; no QPU is run)",
     )
     bench.add_argument(
         "--device", default=None, help="device of the sb solver: cpu or cuda (default: cuda when available)"
     )
     bench.add_argument(
+        "--solver-option",
+        action="append",
+        default=[],
+        metavar="SOLVER:KEY=VALUE",
+        help="an option of one solver, repeatable; the value as JSON where it parses, else as text "
+        "(e.g. --solvers sa,qpu-decomposed --solver-option qpu-decomposed:qpu=mock)",
+    )
+    bench.add_argument(
         "--formulation",
-        choices=("paper", "budget"),
+        choices=("paper", "budget", "filters"),
         default="paper",
         help="paper: the paper's energy, γ calibrated to the target; budget: minimum damage under a hard "
-        "weight-bit budget (built-in models only; E* from the MILP)",
+        "weight-bit budget (built-in models only; E* from the MILP); filters: which filters to prune under "
+        "the measured filter Gram matrix (the packaged instances of the built-in models; E* from SCIP's MIQP, "
+        "certified or best known)",
     )
     bench.add_argument(
         "--target-ratio",
         default=None,
         metavar="R[,R...]",
         help=f"compression target(s) vs fp32: γ is calibrated to it (paper; default {DEFAULT_TARGET_RATIO:g}) or "
-        f"the budget is fp32 / R (budget; default {','.join(f'{r:g}' for r in BUDGET_TARGET_RATIOS)})",
+        f"the budget is fp32 / R (budget and filters; default {','.join(f'{r:g}' for r in BUDGET_TARGET_RATIOS)})",
     )
     bench.add_argument(
         "--exact-time-limit",

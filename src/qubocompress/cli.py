@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 from qubocompress.bench_parser import add_bench_parser
-from qubocompress.config import CompressConfig
+from qubocompress.cluster import Cluster
+from qubocompress.config import CompressConfig, parse_solver_option
 from qubocompress.errors import QubocompressError
 from qubocompress.names import (
+    BUDGET_ENCODINGS,
     FORMULATIONS,
     IMPORTANCES,
     LAYER_SENSITIVITIES,
@@ -164,6 +166,14 @@ def _add_compress_args(
             "and bits, then which filters by their pairwise Fisher (Gram) damage, one variable per filter",
         )
         parser.add_argument(
+            "--budget-encoding",
+            default=defaults.budget_encoding,
+            choices=BUDGET_ENCODINGS,
+            help="how the budget formulation's QUBO encodes the budget: slack (binary slack bits, exact), "
+            "unbalanced (no slack, -l1*h + l2*h^2 on the unused budget h; heuristic) or lagrangian (no slack, "
+            "the cost weighted by a bisected multiplier; sparse); the polish keeps every answer within the budget",
+        )
+        parser.add_argument(
             "--importance",
             default=defaults.importance,
             choices=IMPORTANCES,
@@ -270,6 +280,7 @@ def _add_compress_args(
     if not route_choices:  # the options left out keep their defaults, for the caller to set per run
         parser.set_defaults(
             formulation=defaults.formulation,
+            budget_encoding=defaults.budget_encoding,
             importance=defaults.importance,
             sensitivity=defaults.sensitivity,
             interactions=False,
@@ -324,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _add_compress_args(compress, Path("runs/latest"))
+    compress.add_argument(
+        "--solver-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the solver, repeatable; the value as JSON where it parses, else as text "
+        "(e.g. --solver qpu-decomposed --solver-option qpu=mock --solver-option time_limit=60)",
+    )
     compress.add_argument(
         "--json", action="store_true", help="print the metrics (metrics.json) as JSON on stdout instead of the table"
     )
@@ -391,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh", action="store_true", help="start over: the folder's store and cases are set aside (.previous)"
     )
     sweep.add_argument("--no-report", action="store_true", help="do not write report.html")
+    _add_cluster_args(sweep)
     report = sub.add_parser(
         "report",
         help="write report.html (figures embedded) for a run, sweep or bench folder",
@@ -400,6 +420,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("path", type=Path, help="the folder of a compress run, a sweep or a bench")
     report.add_argument("--quiet", action="store_true", help="no progress lines: warnings and errors only")
+    qpu_fit = sub.add_parser(
+        "qpu-fit",
+        help="does the QUBO fit today's D-Wave QPUs? embedding, chains, estimated QPU time (offline)",
+        description="Embed the QUBO of a compress run folder (its qubo.bqm) or a .bqm file offline into the "
+        "ideal graphs of D-Wave's published topologies and print, per topology, the physical qubits, chain "
+        "lengths, embedding time, whether it fits, and the QPU access time D-Wave's published timing model "
+        "gives for 100 and 1,000 reads, beside the exact method's time on the same problem. No QPU is "
+        "contacted.",
+        formatter_class=fmt,
+    )
+    qpu_fit.add_argument("path", type=Path, help="a compress run folder, or a .bqm file (a bench instance)")
+    qpu_fit.add_argument(
+        "--topology",
+        action="append",
+        default=None,
+        metavar="T[,T...]",
+        help="advantage (Pegasus P16), advantage2 (Zephyr Z12), pegasus:M or zephyr:M,T; repeatable "
+        "(default: advantage and advantage2)",
+    )
+    qpu_fit.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="seconds of each minorminer search"
+    )
+    qpu_fit.add_argument("--seed", type=_seed, default=0, help="seed of the embedding search")
+    qpu_fit.add_argument("--json", action="store_true", help="print the result as JSON")
+    qpu_fit.add_argument("--quiet", action="store_true", help="no progress lines: warnings and errors only")
     compress.add_argument("--no-report", action="store_true", help="do not write report.html")
     add_bench_parser(sub, fmt)
     return parser
@@ -415,6 +460,26 @@ def _items(text: str | None, what: str) -> list[str]:
     if not any(items) or not all(items):
         raise ProblemError(f"{what}: give a comma-separated list such as 4,8,16, got {text!r}")
     return items
+
+
+def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    """--workers and --ray-address: run the cases as Ray tasks (the ray extra)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="run the cases on a local Ray cluster of N workers"
+    )
+    where.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="run the cases on an existing Ray cluster: auto (this machine's), ray://HOST:PORT or HOST:PORT",
+    )
+
+
+def _cluster(args: argparse.Namespace) -> Cluster:
+    cluster = Cluster(address=args.ray_address, workers=args.workers)
+    cluster.check()
+    return cluster
 
 
 def _run_sweep(args: argparse.Namespace, argv: list[str]) -> int:
@@ -443,7 +508,8 @@ def _run_sweep(args: argparse.Namespace, argv: list[str]) -> int:
     per_case = {"target_ratio": None, "budget": None, "solver": solvers[0], "search": "qubo", "seed": 0}
     base = _compress_config(argparse.Namespace(**{**vars(args), **per_case, "no_baseline": True}))
     command = shlex.join(["qubocompress", *argv])
-    table = run_sweep(base, cases, args.out, fresh=args.fresh, command=command, log=_log)
+    cluster = _cluster(args)
+    table = run_sweep(base, cases, args.out, fresh=args.fresh, command=command, log=_log, cluster=cluster)
     print(table.text(), end="")
     if not args.no_report:
         _write_report(args.out)
@@ -456,6 +522,16 @@ def _write_report(folder: Path) -> Path:
     from qubocompress.report import write_report
 
     return write_report(folder, log=_log)
+
+
+def _run_qpu_fit(args: argparse.Namespace) -> int:
+    from qubocompress.bench.qpu_fit import qpu_fit_path
+    from qubocompress.solvers.qpu_fit import parse_topologies
+
+    topologies = parse_topologies(args.topology or ["advantage", "advantage2"])
+    report = qpu_fit_path(args.path, topologies, timeout=args.timeout, seed=args.seed, log=_log)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.text(), end="\n" if args.json else "")
+    return 0
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
@@ -488,6 +564,7 @@ def _compress_config(args: argparse.Namespace) -> CompressConfig:
         target_ratio=CompressConfig.target_ratio if args.target_ratio is None else args.target_ratio,
         budget=args.budget,
         formulation=args.formulation,
+        budget_encoding=args.budget_encoding,
         metric=args.metric,
         importance=args.importance,
         sensitivity=args.sensitivity,
@@ -507,6 +584,7 @@ def _compress_config(args: argparse.Namespace) -> CompressConfig:
         baseline=not args.no_baseline,
         untrained=args.untrained,
         export_onnx=getattr(args, "export", None) == "onnx",
+        solver_options=dict(parse_solver_option(text) for text in getattr(args, "solver_option", [])),
     )
 
 
@@ -594,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             _write_report(args.path)
             return 0
+        if args.command == "qpu-fit":
+            return _run_qpu_fit(args)
         if args.command == "bench":
             from qubocompress.bench.cli import run_bench
 

@@ -6,6 +6,7 @@ the defaults) at once; :meth:`CompressConfig.validate` imports the checks it nee
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
@@ -13,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qubocompress.errors import ProblemError
+from qubocompress.errors import ProblemError, SolverError
 from qubocompress.limits import check_seed
 from qubocompress.names import (
     AUTO_SENSITIVITY,
+    BUDGET_ENCODINGS,
     FORMULATIONS,
     IMPORTANCES,
     METRICS,
@@ -55,6 +57,29 @@ def parse_budget(text: str, metric: str) -> float:
     return value
 
 
+def parse_solver_option(text: str) -> tuple[str, Any]:
+    """(key, value) of a ``--solver-option KEY=VALUE``: the value as JSON (``60``, ``true``, ``null``,
+    ``[1, 2]``) where it parses as JSON, else the text itself (``qpu=mock``)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip().isidentifier():
+        raise SolverError(f"--solver-option takes KEY=VALUE, e.g. qpu=mock or time_limit=60; got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def solver_option_text(key: str, value: Any) -> str | None:
+    """The ``KEY=VALUE`` that :func:`parse_solver_option` reads back as (key, value); None for a value
+    the command line cannot give (e.g. a sampler object)."""
+    if isinstance(value, str) and parse_solver_option(f"{key}={value}")[1] == value:
+        return f"{key}={value}"
+    try:
+        return f"{key}={json.dumps(value)}"
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass
 class CompressConfig:
     """Everything ``compress`` needs; the CLI flags map one to one onto these fields.
@@ -71,6 +96,7 @@ class CompressConfig:
     target_ratio: float = 16.0
     budget: str | None = None
     formulation: str = "paper"
+    budget_encoding: str = "slack"
     metric: str = "bits"
     importance: str = "l1"
     sensitivity: str = AUTO_SENSITIVITY
@@ -114,6 +140,7 @@ class CompressConfig:
         parse_normalize(self.normalize)
         for flag, value, valid in (
             ("--formulation", self.formulation, FORMULATIONS),
+            ("--budget-encoding", self.budget_encoding, BUDGET_ENCODINGS),
             ("--metric", self.metric, METRICS),
             ("--importance", self.importance, IMPORTANCES),
             ("--sensitivity", self.sensitivity, SENSITIVITIES),
@@ -129,6 +156,11 @@ class CompressConfig:
         if self.metric == "file" and self.search != "qubo":
             raise ProblemError(
                 "--metric file budgets the QUBO's model file; --search ga-acc|rl-acc|uniform count bits or bops"
+            )
+        if self.budget_encoding != "slack" and self.formulation != "budget":
+            raise ProblemError(
+                f"--budget-encoding {self.budget_encoding} encodes the budget formulation's budget; "
+                f"the {self.formulation} formulation has none to encode (use --formulation budget)"
             )
         if self.formulation in ("budget", "filters") and self.beta is not None:
             raise ProblemError(f"--beta weighs the paper's energy; the {self.formulation} formulation has no beta")
@@ -180,7 +212,11 @@ class CompressConfig:
             default = getattr(defaults, name)
             if value == default or (name == "out" and str(value) == str(default)):
                 continue
-            if name in FLAGS:
+            options = [solver_option_text(*item) for item in value.items()] if name == "solver_options" else []
+            if options and None not in options:
+                for option in options:
+                    words += ["--solver-option", str(option)]
+            elif name in FLAGS:
                 flag = FLAGS[name]
                 if name == "export_onnx":
                     words += [flag, "onnx"]
@@ -199,7 +235,8 @@ class CompressConfig:
 FLAGS = {
     "model": "--model", "weights": "--weights", "data": "--data", "normalize": "--normalize",
     "checkpoint": "--checkpoint", "target_ratio": "--target-ratio", "budget": "--budget",
-    "formulation": "--formulation", "metric": "--metric", "importance": "--importance",
+    "formulation": "--formulation", "budget_encoding": "--budget-encoding", "metric": "--metric",
+    "importance": "--importance",
     "sensitivity": "--sensitivity", "interactions": "--interactions", "solver": "--solver", "search": "--search",
     "search_evaluations": "--search-evaluations", "seed": "--seed", "out": "--out",
     "finetune_epochs": "--finetune-epochs", "beta": "--beta", "max_prune_fraction": "--max-prune",

@@ -33,3 +33,7 @@ class SolverError(QubocompressError):
 
 class ArtifactError(QubocompressError):
     """A compressed artifact or output path is corrupt or unusable."""
+
+
+class ClusterError(QubocompressError):
+    """Ray is not installed, a cluster cannot be reached, or its workers cannot run our tasks."""

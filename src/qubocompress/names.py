@@ -11,12 +11,29 @@ from __future__ import annotations
 
 # Built-in models (models.zoo.MODELS).
 MODELS = ("lenet5", "vgg", "resnet20", "mobilenet")
-# QUBO solvers (solvers.registry.SOLVERS); the cloud ones need a D-Wave Leap token.
-SOLVERS = ("sa", "tabu", "greedy", "sqa", "sb", "qpu", "hybrid", "exact", "random", "ga", "rl")
-CLOUD_SOLVERS = ("qpu", "hybrid")
+# QUBO solvers (solvers.registry.SOLVERS); the cloud ones need a D-Wave Leap token (qpu-decomposed
+# runs offline on a mock QPU with its option qpu=mock).
+SOLVERS = (
+    "sa",
+    "tabu",
+    "greedy",
+    "sqa",
+    "sb",
+    "qpu",
+    "qpu-decomposed",
+    "hybrid",
+    "hybrid-cqm",
+    "exact",
+    "random",
+    "ga",
+    "rl",
+)
+CLOUD_SOLVERS = ("qpu", "qpu-decomposed", "hybrid", "hybrid-cqm")
 OFFLINE_SOLVERS = tuple(name for name in SOLVERS if name not in CLOUD_SOLVERS)
 # QUBO formulations (problem.FORMULATIONS).
 FORMULATIONS = ("paper", "budget", "filters")
+# How the budget formulation's BQM encodes its budget (problem.encodings.ENCODINGS).
+BUDGET_ENCODINGS = ("slack", "unbalanced", "lagrangian")
 # Filter importances (analysis.importance) and layer sensitivities (analysis.sensitivity).
 IMPORTANCES = ("l1", "taylor", "fisher")
 LAYER_SENSITIVITIES = ("measured", "mse", "hessian", "fisher")

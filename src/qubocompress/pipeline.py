@@ -193,6 +193,7 @@ def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Fo
         metric=config.metric,  # type: ignore[arg-type]
         beta=config.beta,
         time_limit=config.exact_time_limit,
+        budget_encoding=config.budget_encoding,
     )
     formulation = FORMULATIONS[config.formulation].for_target(spec, target)
     return formulation, formulation.reference()
@@ -224,7 +225,7 @@ def solve_formulation(
     solve_seconds = seconds - polish_seconds
 
     def success(sampleset: dimod.SampleSet) -> float:
-        energies = sampleset.record.energy
+        energies = formulation.read_objectives(sampleset)
         counts = sampleset.record.num_occurrences * formulation.feasible_reads(sampleset)
         return float(counts[success_mask(energies, reference_energy)].sum()) / float(
             sampleset.record.num_occurrences.sum()
@@ -240,7 +241,7 @@ def solve_formulation(
         "success_probability": success(polished),
         "solver_info": {k: v for k, v in raw.info.items() if k == "timing"},
         "polish": polished.info.get("polish", {}),
-        "read_energies": {"raw": energy_counts(raw), "polished": energy_counts(polished)},
+        "read_energies": {"raw": energy_counts(raw, formulation), "polished": energy_counts(polished, formulation)},
     }
     _, _, feasible_raw = formulation.best_plan(raw)
     plan, _, feasible = formulation.best_plan(polished)
@@ -254,12 +255,20 @@ def solve_formulation(
     return plan, figures
 
 
-def energy_counts(sampleset: dimod.SampleSet) -> dict[str, list[float] | list[int]]:
-    """The sample set's distinct energies, ascending, and how many reads had each: for the report's
-    energy histogram."""
-    energies, inverse = np.unique(sampleset.record.energy, return_inverse=True)
-    counts = np.bincount(inverse.ravel(), weights=sampleset.record.num_occurrences, minlength=len(energies))
-    return {"energy": [float(e) for e in energies], "count": [int(c) for c in counts]}
+def energy_counts(sampleset: dimod.SampleSet, formulation: Formulation) -> dict[str, Any]:
+    """The reads' distinct objectives (:meth:`Formulation.read_objectives`, comparable with the
+    reference energy), ascending, and how many reads had each, for the report's energy histogram;
+    ``infeasible``: how many reads have no objective (a slack-free budget encoding's over-budget reads)."""
+    objectives = np.asarray(formulation.read_objectives(sampleset), dtype=float)
+    occurrences = sampleset.record.num_occurrences
+    finite = np.isfinite(objectives)
+    energies, inverse = np.unique(objectives[finite], return_inverse=True)
+    counts = np.bincount(inverse.ravel(), weights=occurrences[finite], minlength=len(energies))
+    return {
+        "energy": [float(e) for e in energies],
+        "count": [int(c) for c in counts],
+        "infeasible": int(occurrences[~finite].sum()),
+    }
 
 
 def apply_plan(

@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
@@ -35,6 +36,7 @@ from typing import Any
 
 from torch import nn
 
+from qubocompress.cluster import Cluster, Crashed, Session, connect
 from qubocompress.config import CompressConfig
 from qubocompress.data.datasets import Dataset, load_dataset
 from qubocompress.errors import ArtifactError, ProblemError, SolverError
@@ -45,6 +47,7 @@ from qubocompress.io import (
     prepare_output_dir,
     run_folder,
     sqlite_reason,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from qubocompress.names import SEARCH_METHODS
@@ -373,7 +376,9 @@ class SweepStore:
             )
         if settings is None:
             return
-        theirs = json.loads(meta["settings"])
+        # a setting added since the store was written counts as its default there
+        defaults = json.loads(json.dumps(settings_of(CompressConfig()), default=jsonable))
+        theirs = {**{k: v for k, v in defaults.items() if k in settings}, **json.loads(meta["settings"])}
         ours = json.loads(json.dumps(settings, sort_keys=True, default=jsonable))
         differing = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         if differing:
@@ -463,12 +468,16 @@ def run_sweep(
     dataset: Dataset | None = None,
     test_accuracy: Callable[[nn.Module], float] | None = None,
     tune: Callable[[nn.Module], None] | None = None,
+    cluster: Cluster | None = None,
 ) -> SweepTable:
     """Run the cases (module docstring) and return the table; with ``out``, resumable, the store and
     ``sweep.csv`` in it. ``command``: the command line, kept in the store for the report. ``model`` /
     ``dataset``: use these instead of loading ``base``'s; ``test_accuracy`` and ``tune`` as for
-    :func:`~qubocompress.pipeline.run_compression`."""
+    :func:`~qubocompress.pipeline.run_compression`. ``cluster``: run the cases as Ray tasks there
+    (:mod:`qubocompress.cluster`); a case whose worker died on every retry is a failed row."""
     check_cases(base, cases, model is not None)
+    if cluster is not None:
+        cluster.check()
     with ExitStack() as held:
         store = None
         if out is not None:
@@ -481,6 +490,7 @@ def run_sweep(
             log(f"{len(cases) - len(missing)} of {len(cases)} cases are done already; running the other {len(missing)}")
         rows: dict[str, SweepRow] = {}
         if missing:
+            session = held.enter_context(connect(cluster)) if cluster is not None and cluster.enabled else None
             if dataset is None:
                 dataset = load_dataset(base.data, base.normalize)
                 if dataset.note:
@@ -489,14 +499,17 @@ def run_sweep(
             if model is None:
                 log(f"loading {base.model} once for every case")
                 model, model_info = load_model(base, dataset, log)
-            for number, case in enumerate(missing, 1):
-                log(f"[{number}/{len(missing)}] {case.name}")
-                row = _run_case(case, base, out, dataset, model, model_info, test_accuracy, tune, log)
+            shared = CaseInputs(base, dataset, model, model_info, test_accuracy, tune)
+            if session is None:
+                outcomes = _run_here(missing, shared, out, log)
+            else:
+                outcomes = _run_on(session, missing, shared, out, log)
+            for row in outcomes:
                 if store is not None:
                     store.add(row)
-                rows[case.name] = row
+                rows[row.case] = row
                 if not row.ok:
-                    log(f"  {case.name} failed: {row.reason}")
+                    log(f"  {row.case} failed: {row.reason}")
         if store is None:
             return SweepTable(tuple(rows[case.name] for case in cases))
         recorded = {row.case: row for row in store.rows()}
@@ -505,38 +518,128 @@ def run_sweep(
         return table
 
 
-def _run_case(
-    case: SweepCase,
-    base: CompressConfig,
-    out: Path | None,
-    dataset: Dataset,
-    model: nn.Module,
-    model_info: dict[str, Any] | None,
-    test_accuracy: Callable[[nn.Module], float] | None,
-    tune: Callable[[nn.Module], None] | None,
-    log: Log,
-) -> SweepRow:
-    """Run one case (into its folder with ``out``); a case recorded from an already published folder
-    is not run again."""
-    config = case.config(base)
-    folder = None if out is None else out / CASES_FOLDER / case.name
-    if folder is not None and (folder / "metrics.json").is_file():
-        log(f"  {case.name} was finished but not recorded: recording its folder")
-        return SweepRow.of(case, 0.0, json.loads((folder / "metrics.json").read_text()))
-    prefixed: Log = lambda line: log(f"  {line}")  # noqa: E731
+@dataclass(frozen=True)
+class CaseInputs:
+    """What every case of a sweep shares: the base settings, the data, the model and the callbacks
+    of :func:`~qubocompress.pipeline.run_compression`."""
+
+    base: CompressConfig
+    dataset: Dataset
+    model: nn.Module
+    model_info: dict[str, Any] | None
+    test_accuracy: Callable[[nn.Module], float] | None
+    tune: Callable[[nn.Module], None] | None
+
+
+@dataclass(frozen=True)
+class CaseOutput:
+    """A case run on a Ray worker: its row and, when it finished, its folder's files (name -> bytes)."""
+
+    row: SweepRow
+    files: dict[str, bytes]
+
+
+def _compressed(case: SweepCase, inputs: CaseInputs, log: Log, into: Path | None) -> dict[str, Any]:
+    """Run one case, and write its files into ``into`` when given; returns its metrics."""
+    result = run_compression(
+        case.config(inputs.base),
+        log,
+        model=inputs.model,
+        dataset=inputs.dataset,
+        test_accuracy=inputs.test_accuracy,
+        tune=inputs.tune,
+        model_info=inputs.model_info,
+    )
+    if into is not None:
+        result.write_into(into)
+    return result.metrics.to_dict()
+
+
+def _outcome(case: SweepCase, run: Callable[[], dict[str, Any]]) -> SweepRow:
+    """The row of ``run()`` (the case's metrics); a case that cannot be done is a failed row."""
     start = time.perf_counter()
-    arguments = {"model": model, "dataset": dataset, "test_accuracy": test_accuracy, "tune": tune}
     try:
-        if folder is None:
-            result = run_compression(config, prefixed, **arguments, model_info=model_info)
-        else:
-            prepare_output_dir(folder.parent)
-            with run_folder(folder) as partial:
-                result = run_compression(config, prefixed, **arguments, model_info=model_info)
-                result.write_into(partial)
+        metrics = run()
     except (ProblemError, SolverError) as exc:  # this case cannot be done; the others can
         return SweepRow.failed(case, time.perf_counter() - start, str(exc))
-    return SweepRow.of(case, time.perf_counter() - start, result.metrics.to_dict())
+    return SweepRow.of(case, time.perf_counter() - start, metrics)
+
+
+def _recorded_folder(case: SweepCase, out: Path | None, log: Log) -> SweepRow | None:
+    """The row of a case whose folder was published but not recorded (killed in between), else None."""
+    folder = None if out is None else out / CASES_FOLDER / case.name
+    if folder is None or not (folder / "metrics.json").is_file():
+        return None
+    log(f"  {case.name} was finished but not recorded: recording its folder")
+    return SweepRow.of(case, 0.0, json.loads((folder / "metrics.json").read_text()))
+
+
+def _run_case(case: SweepCase, inputs: CaseInputs, out: Path | None, log: Log) -> SweepRow:
+    """Run one case in this process, into its folder with ``out``."""
+    recorded = _recorded_folder(case, out, log)
+    if recorded is not None:
+        return recorded
+    prefixed: Log = lambda line: log(f"  {line}")  # noqa: E731
+    if out is None:
+        return _outcome(case, lambda: _compressed(case, inputs, prefixed, None))
+    prepare_output_dir(out / CASES_FOLDER)
+
+    def published() -> dict[str, Any]:
+        with run_folder(out / CASES_FOLDER / case.name) as partial:
+            return _compressed(case, inputs, prefixed, partial)
+
+    return _outcome(case, published)
+
+
+def _run_here(cases: Sequence[SweepCase], inputs: CaseInputs, out: Path | None, log: Log) -> Iterator[SweepRow]:
+    """Run the cases one after the other in this process."""
+    for number, case in enumerate(cases, 1):
+        log(f"[{number}/{len(cases)}] {case.name}")
+        yield _run_case(case, inputs, out, log)
+
+
+def run_case_task(case: SweepCase, inputs: CaseInputs) -> CaseOutput:
+    """One case on a Ray worker: its row, and its files for the driver to publish (module-level, so
+    that the workers import it by name)."""
+    files: dict[str, bytes] = {}
+
+    def run() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as scratch:
+            metrics = _compressed(case, inputs, lambda line: None, Path(scratch))
+            files.update({path.name: path.read_bytes() for path in Path(scratch).iterdir() if path.is_file()})
+        return metrics
+
+    return CaseOutput(_outcome(case, run), files)
+
+
+def _run_on(
+    session: Session, cases: Sequence[SweepCase], inputs: CaseInputs, out: Path | None, log: Log
+) -> Iterator[SweepRow]:
+    """Run the cases as Ray tasks; this process alone publishes their folders, as each comes back."""
+    todo = []
+    for case in cases:
+        recorded = _recorded_folder(case, out, log)
+        if recorded is not None:
+            yield recorded
+        else:
+            todo.append(case)
+    if not todo:
+        return
+    log(f"running {len(todo)} cases on {session.cluster.describe()} ({session.cpus} CPUs)")
+    shared = {"inputs": session.put(inputs)}
+    for number, (index, output) in enumerate(session.run_unordered(run_case_task, [(c,) for c in todo], shared), 1):
+        case = todo[index]
+        if isinstance(output, Crashed):
+            row = SweepRow.failed(case, 0.0, output.reason)
+        else:
+            row = output.row
+            if row.ok and out is not None:
+                prepare_output_dir(out / CASES_FOLDER)
+                with run_folder(out / CASES_FOLDER / case.name) as partial:
+                    for name, data in output.files.items():
+                        write_bytes_atomic(partial / name, data)
+        log(f"[{number}/{len(todo)}] {case.name}: {row.status} ({row.seconds:.1f} s)")
+        yield row
 
 
 def read_sweep(folder: str | Path) -> SweepTable:

@@ -148,11 +148,16 @@ def backward_statistics(
     one :func:`readable`) over ``(x, y)``, ``L_n`` the cross-entropy of sample n in eval mode.
     One forward and one backward pass per batch of ``batch_size`` samples."""
     modules = dict(model.named_modules())
-    consumer_group = {name: index for index, group in enumerate(groups) for name, _ in group.consumers}
+    # each consumer's groups: (group index, first input feature, features) -- several after a concatenation
+    consumer_groups: dict[str, list[tuple[int, int, int]]] = {}
+    for index, group in enumerate(groups):
+        for name, per_channel in group.consumers:
+            span = (index, group.offset(name) * per_channel, group.channels * per_channel)
+            consumer_groups.setdefault(name, []).append(span)
     contributions = [np.zeros((len(x), group.channels)) for group in groups]
     weight_of = {name: modules[name].weight for name in layers}
     sums = {id(weight): torch.zeros_like(weight, dtype=torch.float64) for weight in weight_of.values()}
-    sites: list[tuple[int | None, torch.Tensor]] = []
+    sites: list[tuple[list[tuple[int, int, int]], torch.Tensor]] = []
     calls: dict[int, list[tuple[nn.Module, torch.Tensor, list[torch.Tensor]]]] = {key: [] for key in sums}
 
     def before(name: str) -> Callable[[nn.Module, tuple], tuple]:
@@ -160,7 +165,7 @@ def backward_statistics(
             value = args[0]
             # a fresh node per call, so its gradient is the one flowing through this consumer only
             site = value.view_as(value) if value.requires_grad else value.detach().requires_grad_()
-            sites.append((consumer_group.get(name), site))
+            sites.append((consumer_groups.get(name, []), site))
             return (site, *args[1:])
 
         return hook
@@ -173,7 +178,7 @@ def backward_statistics(
         calls[id(module.weight)].append((module, args[0].detach(), grad))
         output.register_hook(lambda g: grad.append(g.detach()))
 
-    watched = sorted(set(consumer_group) | set(layers))
+    watched = sorted(set(consumer_groups) | set(layers))
     if not watched:
         return BackwardStatistics(contributions, {}, len(x))
     handles = [modules[name].register_forward_pre_hook(before(name)) for name in watched]
@@ -188,10 +193,13 @@ def backward_statistics(
                 loss = nn.functional.cross_entropy(logits, y[start : start + batch_size], reduction="sum")
                 # asking for every site's gradient runs the backward through every watched layer
                 grads = torch.autograd.grad(loss, [site for _, site in sites], allow_unused=True)
-                for (index, site), grad in zip(sites, grads, strict=True):
-                    if index is not None and grad is not None:
-                        product = (site.detach() * grad).reshape(len(site), groups[index].channels, -1)
-                        contributions[index][start : start + len(site)] += product.sum(dim=2).double().cpu().numpy()
+                for (spans, site), grad in zip(sites, grads, strict=True):
+                    if grad is None:
+                        continue
+                    product = site.detach() * grad
+                    for index, first, features in spans:
+                        part = product.narrow(1, first, features).reshape(len(site), groups[index].channels, -1)
+                        contributions[index][start : start + len(site)] += part.sum(dim=2).double().cpu().numpy()
                 for key, recorded in calls.items():
                     _add_squared_gradients(sums[key], [(m, a, g[0]) for m, a, g in recorded if g])
     finally:

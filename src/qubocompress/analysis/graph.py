@@ -2,13 +2,21 @@
 
 The result, a :class:`ModelGraph`, lists the compressible layers (Conv2d and Linear) and the
 channel groups: sets of output channels that must be removed together (a conv and its BatchNorm;
-every layer joined by a residual add; a depthwise conv and the layer feeding it), with every layer
-that consumes them (whose input channels shrink when they are pruned). ``apply.prune`` uses it to
-cut the real model; ``analysis.spec`` uses it to fill the solver-facing ``CompressionSpec``.
+every layer joined by a residual add or a channel-wise product such as squeeze-excitation's
+``x * gate``; a depthwise conv and the layer feeding it), with every layer that consumes them
+(whose input channels shrink when they are pruned). ``apply.prune`` uses it to cut the real
+model; ``analysis.spec`` uses it to fill the solver-facing ``CompressionSpec``.
 
-Layers whose channels we cannot follow (a concatenation, a reshape other than flatten, an
-unknown op) are not an error: their groups are simply frozen (not prunable) and listed in
-``ModelGraph.frozen_reasons``; their weights can still be quantized. Modules with weights that
+A concatenation along the channel dim (DenseNet, Inception) keeps each input's group: the
+concatenated tensor is a list of parts, and a norm or consumer after it gets each part's group
+at the part's channel offset (``PruningGroup.offsets``); a consumer reading several groups lists
+them all (``LayerInfo.in_group`` and ``extra_in_groups``). Nested concatenations, norms and
+elementwise ops after one, and inputs also used elsewhere are followed.
+
+Layers whose channels we cannot follow (a concatenation along another dim, a reshape other than
+flatten, an input of a grouped convolution, an unknown op) are not an error: their groups are
+simply frozen (not prunable) and listed in ``ModelGraph.frozen_reasons``; their weights can still
+be quantized. Modules with weights that
 are not Conv2d/Linear (Conv1d, ConvTranspose2d, Embedding, ...) are left as they are and listed
 there too.
 
@@ -24,6 +32,7 @@ Linear always has ``out_positions=1`` (exact for the usual 2-D classifier input)
 
 from __future__ import annotations
 
+import itertools
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +88,10 @@ CHANNEL_PRESERVING_FUNCTIONS = {
     torch.nn.functional.adaptive_max_pool2d,
 }
 CHANNEL_PRESERVING_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone"}
+CONCATENATIONS = {torch.cat, torch.concat, torch.concatenate}
+# ops that may only add or drop size-1 dims after the channels (``s.view(b, c, 1, 1)``, ``s[:, :, None, None]``)
+UNSQUEEZING = {torch.unsqueeze, torch.squeeze, operator.getitem}
+UNSQUEEZING_METHODS = {"unsqueeze", "squeeze", "view", "reshape"}
 ELEMENTWISE_JOIN = {operator.add, torch.add, operator.mul, torch.mul, operator.iadd}
 ELEMENTWISE_JOIN_METHODS = {"add", "add_", "mul", "mul_"}
 
@@ -95,7 +108,9 @@ class LayerInfo:
             flatten of a C×H×W map, else 1).
         out_positions: output positions per sample (H_out*W_out for conv, 1 for linear).
         out_group: index of the group of its output channels (None: not prunable).
-        in_group: index of the group of its input channels (None: network input or untracked).
+        in_group: index of the group of its input channels (None: network input or untracked);
+            after a concatenation, the first group its input holds.
+        extra_in_groups: the other groups a concatenated input holds, in channel order.
     """
 
     name: str
@@ -108,6 +123,7 @@ class LayerInfo:
     out_positions: int
     out_group: int | None
     in_group: int | None
+    extra_in_groups: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,7 +139,10 @@ class PruningGroup:
             dim 0, bias and ``groups`` shrink with the group).
         consumers: ``(module, in_features_per_channel)`` for every Conv2d/Linear whose input
             holds these channels: channel i spans input features
-            ``[i*k, (i+1)*k)`` of its weight dim 1 (k = in_features_per_channel).
+            ``[(o+i)*k, (o+i+1)*k)`` of its weight dim 1 (k = in_features_per_channel, o its
+            offset).
+        offsets: ``(module, o)`` for every norm and consumer that sees these channels after a
+            concatenation, at channel ``o`` of its channels (o > 0; a module not listed: 0).
     """
 
     name: str
@@ -132,6 +151,11 @@ class PruningGroup:
     norms: tuple[str, ...] = ()
     depthwise: tuple[str, ...] = ()
     consumers: tuple[tuple[str, int], ...] = ()
+    offsets: tuple[tuple[str, int], ...] = ()
+
+    def offset(self, module: str) -> int:
+        """The channel of norm or consumer ``module`` where these channels start (0 unless after a concatenation)."""
+        return dict(self.offsets).get(module, 0)
 
 
 @dataclass
@@ -284,17 +308,33 @@ class _GroupRecord:
     norms: list[str] = field(default_factory=list)
     depthwise: list[str] = field(default_factory=list)
     consumers: list[tuple[str, int]] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
     frozen: str | None = None
     parent: int | None = None
+
+    def place(self, module: str, offset: int) -> None:
+        """Record that ``module`` sees these channels from its channel ``offset`` on."""
+        if self.offsets.setdefault(module, offset) != offset:
+            self.frozen = self.frozen or f"reaches {module} twice through a concatenation"
 
 
 @dataclass(frozen=True)
 class _Channels:
     """What dim 1 of a traced tensor holds: a union-find group id (None: untracked) and how many
-    consecutive features one channel spans (``per_channel`` > 1 after a flatten)."""
+    consecutive features one channel spans (``per_channel`` > 1 after a flatten). After a
+    concatenation, ``parts`` lists ``(group id or None, channels)`` of each input, in order, and
+    ``group`` is None."""
 
     group: int | None
     per_channel: int = 1
+    parts: tuple[tuple[int | None, int], ...] = ()
+
+    def tracked(self) -> list[tuple[int, int]]:
+        """``(group id, channel offset)`` of every tracked group the tensor holds."""
+        if not self.parts:
+            return [] if self.group is None else [(self.group, 0)]
+        offsets = itertools.accumulate((size for _, size in self.parts), initial=0)
+        return [(gid, offset) for (gid, _), offset in zip(self.parts, offsets) if gid is not None]
 
 
 _UNTRACKED = _Channels(None)
@@ -331,12 +371,27 @@ def _propagate_shapes(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) ->
 
 
 def _fixed_sizes(node: torch.fx.Node) -> bool:
-    """True when a view/reshape node names a size other than -1 as a literal number (its code
-    fixes the channel count), False when every size comes from the tensors (``x.size(0), -1``)."""
+    """True when a view/reshape node names a size other than -1 or 1 as a literal number (its
+    code fixes the channel count), False when every size comes from the tensors (``x.size(0), -1``)."""
     sizes = node.args[1:] or tuple(node.kwargs.get("shape", node.kwargs.get("size", ())))
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = tuple(sizes[0])
-    return any(isinstance(size, int) and size != -1 for size in sizes)
+    return any(isinstance(size, int) and size not in (-1, 1) for size in sizes)
+
+
+def _only_unit_dims_change(in_shape: tuple[int, ...] | None, shape: tuple[int, ...]) -> bool:
+    """True when ``shape`` keeps the batch and channel dims of ``in_shape`` and only adds or
+    drops size-1 dims after them (``(N, C) -> (N, C, 1, 1)`` and back)."""
+    if in_shape is None or len(in_shape) < 2 or len(shape) < 2 or tuple(shape[:2]) != tuple(in_shape[:2]):
+        return False
+    return [d for d in in_shape[2:] if d != 1] == [d for d in shape[2:] if d != 1]
+
+
+def _plain_index(node: torch.fx.Node) -> bool:
+    """True for ``x[...]`` whose index only holds ``:``, ``None`` and ``...`` (no channel picked)."""
+    index = node.args[1] if len(node.args) > 1 else None
+    items = index if isinstance(index, tuple) else (index,)
+    return all(item is None or item is Ellipsis or item == slice(None) for item in items)
 
 
 class _Tracer:
@@ -369,6 +424,10 @@ class _Tracer:
             rec = self._record(gid)
             rec.frozen = rec.frozen or reason
 
+    def _freeze_all(self, chans: _Channels, reason: str) -> None:
+        for gid, _ in chans.tracked():
+            self._freeze(gid, reason)
+
     def _union(self, a: int, b: int, where: str) -> int:
         ra, rb = sorted((self._root(a), self._root(b)))
         if ra == rb:
@@ -376,6 +435,8 @@ class _Tracer:
         keep, gone = self.records[ra], self.records[rb]
         for attr in ("producers", "norms", "depthwise", "consumers"):
             getattr(keep, attr).extend(getattr(gone, attr))
+        for module, offset in gone.offsets.items():
+            keep.place(module, offset)
         if keep.channels != gone.channels:
             keep.frozen = keep.frozen or f"{where} joins {keep.channels} and {gone.channels} channels"
         keep.frozen = keep.frozen or gone.frozen
@@ -397,7 +458,7 @@ class _Tracer:
         inputs = self._tensor_inputs(node)
         if node.op == "output":
             for arg in inputs:
-                self._freeze(self.channels[arg].group, "feeds the model output")
+                self._freeze_all(self.channels[arg], "feeds the model output")
             return None
         if node.op == "get_attr":
             return _UNTRACKED
@@ -412,8 +473,9 @@ class _Tracer:
             if isinstance(module, COMPRESSIBLE) and is_compressible_module(module):
                 return self._layer(name, module, first, in_shape, shape)
             if isinstance(module, NORMS):
-                if first.group is not None:
-                    self._record(first.group).norms.append(name)
+                for gid, offset in first.tracked():
+                    self._record(gid).norms.append(name)
+                    self._record(gid).place(name, offset)
                 return first
             if isinstance(module, CHANNEL_PRESERVING_MODULES):
                 return first
@@ -431,6 +493,14 @@ class _Tracer:
             return first
         if target in ELEMENTWISE_JOIN or (node.op == "call_method" and target in ELEMENTWISE_JOIN_METHODS):
             return self._join(inputs, shape, f"{label} at {node.name}")
+        if target in CONCATENATIONS:
+            return self._cat(node, shape, f"{label} at {node.name}")
+        if (target in UNSQUEEZING or (node.op == "call_method" and target in UNSQUEEZING_METHODS)) and (
+            _only_unit_dims_change(in_shape, shape)
+            and (target is not operator.getitem or _plain_index(node))
+            and not (target in ("view", "reshape") and _fixed_sizes(node))
+        ):
+            return first  # e.g. an SE gate's (N, C) -> (N, C, 1, 1)
         if target in (torch.reshape, "view", "reshape") and _fixed_sizes(node):
             # e.g. x.view(-1, 16 * 5 * 5): right for this model, wrong once its channels are pruned
             return self._freeze_and_untrack(first, f"a reshape to a fixed size at {node.name}")
@@ -443,8 +513,23 @@ class _Tracer:
 
     def _unsupported(self, inputs: list[torch.fx.Node], what: str) -> _Channels:
         for arg in inputs:
-            self._freeze(self.channels[arg].group, f"used by {what}, which qubocompress cannot follow")
+            self._freeze_all(self.channels[arg], f"used by {what}, which qubocompress cannot follow")
         return _UNTRACKED
+
+    def _cat(self, node: torch.fx.Node, shape, where: str) -> _Channels:
+        """A concatenation along dim 1 of unflattened tensors: the parts of its inputs, in order."""
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        inputs = [a for a in tensors if isinstance(a, torch.fx.Node) and self.channels.get(a) is not None]
+        if not isinstance(dim, int) or len(shape) < 2 or dim % len(shape) != 1 or len(inputs) != len(tensors):
+            return self._unsupported(inputs, f"{where} (not along the channel dim)")
+        if any(self.channels[a].per_channel != 1 for a in inputs):
+            return self._unsupported(inputs, f"{where} (of flattened features)")
+        parts: list[tuple[int | None, int]] = []
+        for arg in inputs:
+            chans = self.channels[arg]
+            parts += chans.parts or [(chans.group, self.shapes[arg.name][1])]
+        return _Channels(None, 1, tuple(parts)) if any(g is not None for g, _ in parts) else _UNTRACKED
 
     def _reshape(self, first: _Channels, in_shape, shape, where: str) -> _Channels:
         """A flatten of (N, C, H, W) into (N, C*H*W) keeps channel i as features [i*HW, (i+1)*HW)."""
@@ -453,29 +538,42 @@ class _Tracer:
         if tuple(shape) == tuple(in_shape):
             return first
         if len(in_shape) == 4 and len(shape) == 2 and shape[1] == in_shape[1] * in_shape[2] * in_shape[3]:
-            return _Channels(first.group, first.per_channel * in_shape[2] * in_shape[3])
+            return _Channels(first.group, first.per_channel * in_shape[2] * in_shape[3], first.parts)
         return self._freeze_and_untrack(first, f"reshape at {where}")
 
     def _freeze_and_untrack(self, first: _Channels, what: str) -> _Channels:
-        self._freeze(first.group, f"used by {what}, which qubocompress cannot follow")
+        self._freeze_all(first, f"used by {what}, which qubocompress cannot follow")
         return _UNTRACKED
 
     def _join(self, inputs: list[torch.fx.Node], shape, where: str) -> _Channels:
-        """Elementwise add/mul: the operands' channels become one group."""
+        """Elementwise add/mul (a residual add; a squeeze-excitation ``x * gate``, the gate
+        broadcast from (N, C, 1, 1)): the operands' channels become one group, part by part
+        when the operands are concatenations of the same sizes."""
         chans = [self.channels[a] for a in inputs]
         if len(chans) == 1:
             return chans[0]
         shapes = [self.shapes.get(a.name) for a in inputs]
         same_layout = all(s is not None and len(s) >= 2 and s[1] == shape[1] for s in shapes)
-        groups = [c.group for c in chans]
-        if not same_layout or None in groups or len({c.per_channel for c in chans}) != 1:
-            for g in groups:
-                self._freeze(g, f"{where} mixes channels qubocompress cannot follow")
+        columns = [[(c.group, shape[1])] if not c.parts else list(c.parts) for c in chans]
+        sizes = {tuple(size for _, size in column) for column in columns}
+        if (
+            not same_layout
+            or len(sizes) != 1
+            or any(g is None for column in columns for g, _ in column)
+            or len({c.per_channel for c in chans}) != 1
+        ):
+            for c in chans:
+                self._freeze_all(c, f"{where} mixes channels qubocompress cannot follow")
             return _UNTRACKED
-        gid = groups[0]
-        for other in groups[1:]:
-            gid = self._union(gid, other, where)
-        return _Channels(gid, chans[0].per_channel)
+        parts = []
+        for tied in zip(*columns):
+            gid = tied[0][0]
+            for other, _ in tied[1:]:
+                gid = self._union(gid, other, where)
+            parts.append((gid, tied[0][1]))
+        if len(parts) == 1:
+            return _Channels(parts[0][0], chans[0].per_channel)
+        return _Channels(None, chans[0].per_channel, tuple(parts))
 
     def _layer(self, name: str, module: nn.Module, first: _Channels, in_shape, shape) -> _Channels:
         if isinstance(module, nn.Conv2d):
@@ -489,34 +587,44 @@ class _Tracer:
             for d in shape[1:-1]:
                 out_positions *= int(d)
             per_channel = first.per_channel
+            held = sum(size for _, size in first.parts) if first.parts else None
+            if first.group is not None:
+                held = self._record(first.group).channels
             if in_shape is None or len(in_shape) != 2:
                 # a linear over the last dim of a >2-D tensor: its input channels are not dim 1
-                self._freeze(first.group, f"linear {name} applied to a {len(in_shape or ())}-D tensor")
+                self._freeze_all(first, f"linear {name} applied to a {len(in_shape or ())}-D tensor")
                 first, per_channel = _UNTRACKED, 1
-            elif first.group is not None and self._record(first.group).channels * per_channel != cin:
-                self._freeze(first.group, f"input of {name} does not match its channels")
+            elif held is not None and held * per_channel != cin:
+                self._freeze_all(first, f"input of {name} does not match its channels")
                 first, per_channel = _UNTRACKED, 1
         in_channels = cin // per_channel
         if groups > 1 and groups == cin == cout:
             # depthwise: output channel i is input channel i, so the conv carries the group through
-            gid = (
-                first.group if first.group is not None else self._new(cout, frozen=f"depthwise {name} reads the input")
-            )
-            self._record(gid).depthwise.append(name)
-            self._add_layer(name, kind, cout, cin, groups, kernel_area, 1, out_positions, gid, gid)
-            return _Channels(gid)
-        if first.group is not None:
-            if groups > 1:
-                self._freeze(first.group, f"feeds grouped convolution {name} (groups={groups})")
+            if first.group is None:
+                self._freeze_all(first, f"feeds depthwise {name} after a concatenation")
+                gid = self._new(cout, frozen=f"depthwise {name} reads the input or a concatenation")
             else:
-                self._record(first.group).consumers.append((name, per_channel))
-        frozen = f"grouped convolution {name} (groups={groups})" if groups > 1 else None
+                gid = first.group
+            self._record(gid).depthwise.append(name)
+            self._add_layer(name, kind, cout, cin, groups, kernel_area, 1, out_positions, gid, [gid])
+            return _Channels(gid)
+        if groups > 1:
+            self._freeze_all(
+                first,
+                f"feeds grouped convolution {name} (groups={groups}), whose channels qubocompress cannot prune "
+                "(each of its groups must keep as many channels as the others)",
+            )
+        else:
+            for gid, offset in first.tracked():
+                self._record(gid).consumers.append((name, per_channel))
+                self._record(gid).place(name, offset)
+        frozen = f"grouped convolution {name} (groups={groups}) cannot lose channels" if groups > 1 else None
         gid = self._new(cout, producer=name, frozen=frozen)
-        in_gid = first.group if groups == 1 else None
-        self._add_layer(name, kind, cout, in_channels, groups, kernel_area, per_channel, out_positions, gid, in_gid)
+        in_gids = [g for g, _ in first.tracked()] if groups == 1 else []
+        self._add_layer(name, kind, cout, in_channels, groups, kernel_area, per_channel, out_positions, gid, in_gids)
         return _Channels(gid)
 
-    def _add_layer(self, name, kind, cout, cin, groups, kernel_area, per_channel, out_positions, out_gid, in_gid):
+    def _add_layer(self, name, kind, cout, cin, groups, kernel_area, per_channel, out_positions, out_gid, in_gids):
         self.layers.append(
             dict(
                 name=name,
@@ -528,7 +636,7 @@ class _Tracer:
                 in_features_per_channel=per_channel,
                 out_positions=out_positions,
                 out_group=out_gid,
-                in_group=in_gid,
+                in_groups=in_gids,
             )
         )
 
@@ -551,14 +659,17 @@ class _Tracer:
                     norms=tuple(rec.norms),
                     depthwise=tuple(rec.depthwise),
                     consumers=tuple(rec.consumers),
+                    offsets=tuple((module, offset) for module, offset in rec.offsets.items() if offset),
                 )
             )
 
         def resolve(gid: int | None) -> int | None:
             return None if gid is None else index.get(self._root(gid))
 
-        layers = [
-            LayerInfo(**{**layer, "out_group": resolve(layer["out_group"]), "in_group": resolve(layer["in_group"])})
-            for layer in self.layers
-        ]
+        layers = []
+        for layer in self.layers:
+            in_groups = [g for g in map(resolve, layer["in_groups"]) if g is not None]
+            fields = {key: value for key, value in layer.items() if key != "in_groups"}
+            fields.update(out_group=resolve(layer["out_group"]), in_group=in_groups[0] if in_groups else None)
+            layers.append(LayerInfo(**fields, extra_in_groups=tuple(in_groups[1:])))
         return ModelGraph(layers=layers, groups=groups, frozen_reasons={**frozen, **self.not_compressed})

@@ -3,10 +3,12 @@
 Why this is exactly physical pruning: a channel of a :class:`~qubocompress.analysis.graph.PruningGroup`
 reaches the rest of the network only through the group's consumers. Its producers, norms and
 depthwise convs (carriers: depthwise output channel i reads only input channel i, which belongs to
-the same group) and the residual adds joining it all stay inside the group, and the tracer freezes
-any group whose channels leave by another way (the model output, a concatenation, a reshape). So
+the same group), the residual adds and channel-wise products joining it, and the concatenations
+that carry it to a consumer at an offset all stay inside the group, and the tracer freezes any
+group whose channels leave by another way (the model output, a reshape, a grouped conv). So
 zeroing the weights that read channel i in every consumer (weight dim 1, features
-``[i*k, (i+1)*k)`` for ``k`` input features per channel) removes every effect of the channel,
+``[(o+i)*k, (o+i+1)*k)`` for ``k`` input features per channel and the group's offset ``o`` in that
+consumer's input) removes every effect of the channel,
 which is what :func:`qubocompress.apply.prune.prune_model` does by cutting tensors; the producer,
 norm and depthwise rows can stay as they are, since nothing reads them any more. (The one
 difference: a pruned channel carrying inf or NaN would still poison a masked consumer, as
@@ -31,9 +33,10 @@ from qubocompress.errors import ModelError
 _Saved = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def feature_indices(channels: torch.Tensor, per_channel: int) -> torch.Tensor:
-    """Input features of ``channels`` when each channel spans ``per_channel`` consecutive features."""
-    return (channels[:, None] * per_channel + torch.arange(per_channel)).flatten()
+def feature_indices(channels: torch.Tensor, per_channel: int, offset: int = 0) -> torch.Tensor:
+    """Input features of ``channels`` when each channel spans ``per_channel`` consecutive features
+    and the group starts at channel ``offset`` of the input (after a concatenation)."""
+    return ((channels[:, None] + offset) * per_channel + torch.arange(per_channel)).flatten()
 
 
 def graph_module(model: nn.Module, name: str, kinds: tuple[type[nn.Module], ...], role: str) -> nn.Module:
@@ -69,7 +72,7 @@ def zero_consumer_inputs(model: nn.Module, group: PruningGroup, channels: torch.
     with torch.no_grad():
         for name, per_channel in group.consumers:
             weight = consumer_module(model, name, per_channel).weight
-            features = feature_indices(channels, per_channel).to(weight.device)
+            features = feature_indices(channels, per_channel, group.offset(name)).to(weight.device)
             saved.append((weight, features, weight.index_select(1, features).clone()))
             weight.index_fill_(1, features, 0.0)
     return saved

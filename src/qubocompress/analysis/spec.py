@@ -89,6 +89,7 @@ def build_spec(
             out_positions=layer.out_positions,
             out_group=layer.out_group,
             in_group=layer.in_group,
+            extra_in_groups=layer.extra_in_groups,
             quant_damage=np.asarray(damage.get(layer.name, np.zeros(0)), dtype=np.float64),
         )
         for layer in graph.layers

@@ -5,24 +5,33 @@
 ``mask_model`` is its reference: it keeps every tensor and zeroes the pruned channels' input slice
 in every consumer (:mod:`qubocompress.analysis.masking`, which the sensitivity analysis uses too),
 which must compute the same function (tests check that they agree).
+
+As in Torch-Pruning, each module type has its prune functions, one per side (output channels,
+input features), and the channel groups say which indices each module loses. All of a module's
+indices are gathered over every pruned group first and cut at once: after a concatenation one
+norm or consumer holds several groups, each at an offset into its original channels.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from qubocompress.analysis.graph import ModelGraph, PruningGroup
+from qubocompress.analysis.graph import NORMS, ModelGraph, PruningGroup
 from qubocompress.analysis.masking import consumer_module, feature_indices, graph_module, zero_consumer_inputs
 from qubocompress.errors import ModelError
 from qubocompress.problem.plan import Plan
 
 
-def _pruned_groups(graph: ModelGraph, plan: Plan) -> Iterator[tuple[PruningGroup, torch.Tensor, torch.Tensor]]:
-    """Each group with pruned channels, with the (pruned, kept) channel indices; validates the plan."""
+_Pruned = list[tuple[PruningGroup, torch.Tensor]]
+
+
+def _pruned_groups(graph: ModelGraph, plan: Plan) -> Iterator[tuple[PruningGroup, torch.Tensor]]:
+    """Each group with pruned channels, with the pruned channel indices; validates the plan."""
     by_name = {group.name: group for group in graph.groups}
     for name, indices in plan.pruned.items():
         group = by_name.get(name)
@@ -37,10 +46,7 @@ def _pruned_groups(graph: ModelGraph, plan: Plan) -> Iterator[tuple[PruningGroup
             raise ModelError(f"plan prunes channels {list(indices)} of group {name!r}, which has {group.channels}")
         if len(set(indices)) >= group.channels:
             raise ModelError(f"plan prunes all {group.channels} channels of group {name!r}; keep at least one")
-        pruned = torch.tensor(sorted(set(indices)), dtype=torch.long)
-        keep_mask = torch.ones(group.channels, dtype=torch.bool)
-        keep_mask[pruned] = False
-        yield group, pruned, torch.nonzero(keep_mask).flatten()
+        yield group, torch.tensor(sorted(set(indices)), dtype=torch.long)
 
 
 def _select_param(module: nn.Module, attr: str, dim: int, index: torch.Tensor) -> None:
@@ -59,50 +65,123 @@ def _select_buffer(module: nn.Module, attr: str, index: torch.Tensor) -> None:
     setattr(module, attr, buffer.index_select(0, index.to(buffer.device)).clone())
 
 
-def _shrink_group(model: nn.Module, group: PruningGroup, keep: torch.Tensor) -> None:
-    """Physically keep only channels ``keep`` of ``group`` in every module it touches."""
-    n = int(keep.numel())
-    for name in group.producers:
-        module = graph_module(model, name, (nn.Conv2d, nn.Linear), "producer")
-        _select_param(module, "weight", 0, keep)
-        _select_param(module, "bias", 0, keep)
-        if isinstance(module, nn.Conv2d):
-            module.out_channels = n
-        else:
-            module.out_features = n
-    for name in group.norms:
-        module = graph_module(model, name, (nn.BatchNorm1d, nn.BatchNorm2d), "norm")
-        _select_param(module, "weight", 0, keep)
-        _select_param(module, "bias", 0, keep)
-        _select_buffer(module, "running_mean", keep)
-        _select_buffer(module, "running_var", keep)
-        module.num_features = n
-    for name in group.depthwise:
-        module = graph_module(model, name, (nn.Conv2d,), "depthwise conv")
-        if not module.groups == module.in_channels == module.out_channels:
-            raise ModelError(f"the model graph names {name!r} depthwise, but it has groups={module.groups}")
-        _select_param(module, "weight", 0, keep)
-        _select_param(module, "bias", 0, keep)
-        module.in_channels = module.out_channels = module.groups = n
-    for name, per_channel in group.consumers:
-        module = consumer_module(model, name, per_channel)
-        _select_param(module, "weight", 1, feature_indices(keep, per_channel))
-        if isinstance(module, nn.Conv2d):
-            module.in_channels = n
-        else:
-            module.in_features = n * per_channel
+# -- one prune function per module type and side (the Torch-Pruning layout) --------------------
+
+
+def _conv_out(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep output channels ``keep`` of a Conv2d (a depthwise conv: its input channels and groups too)."""
+    depthwise = module.groups == module.in_channels == module.out_channels > 1
+    _select_param(module, "weight", 0, keep)
+    _select_param(module, "bias", 0, keep)
+    module.out_channels = int(keep.numel())
+    if depthwise:
+        module.in_channels = module.groups = module.out_channels
+
+
+def _conv_in(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep input channels ``keep`` of an ungrouped Conv2d."""
+    _select_param(module, "weight", 1, keep)
+    module.in_channels = int(keep.numel())
+
+
+def _linear_out(module: nn.Module, keep: torch.Tensor) -> None:
+    _select_param(module, "weight", 0, keep)
+    _select_param(module, "bias", 0, keep)
+    module.out_features = int(keep.numel())
+
+
+def _linear_in(module: nn.Module, keep: torch.Tensor) -> None:
+    _select_param(module, "weight", 1, keep)
+    module.in_features = int(keep.numel())
+
+
+def _norm(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep channels ``keep`` of a BatchNorm: affine parameters and running statistics."""
+    for attr in ("weight", "bias"):
+        _select_param(module, attr, 0, keep)
+    for attr in ("running_mean", "running_var"):
+        _select_buffer(module, attr, keep)
+    module.num_features = int(keep.numel())
+
+
+_Keep = Callable[[nn.Module, torch.Tensor], None]
+# how each module type keeps only some of its output channels (dim 0), and of its input features (weight dim 1)
+_PRUNE_OUT: dict[type[nn.Module], _Keep] = {
+    nn.Conv2d: _conv_out,
+    nn.Linear: _linear_out,
+    nn.BatchNorm1d: _norm,
+    nn.BatchNorm2d: _norm,
+}
+_PRUNE_IN: dict[type[nn.Module], _Keep] = {nn.Conv2d: _conv_in, nn.Linear: _linear_in}
+
+
+def _registered(table: dict[type[nn.Module], _Keep], module: nn.Module) -> _Keep:
+    """The prune function of ``module``'s type (or its nearest base class) in ``table``."""
+    return next(table[kind] for kind in type(module).__mro__ if kind in table)
+
+
+@dataclass
+class _Cut:
+    """What one module loses, in its original indices: output channels and input features."""
+
+    module: nn.Module
+    out: set[int] = field(default_factory=set)
+    inputs: set[int] = field(default_factory=set)
+
+
+def _cuts(model: nn.Module, groups: _Pruned) -> dict[str, _Cut]:
+    """Every module's cut over all pruned groups, checked against the model. Gathered before any
+    tensor changes, since one module can hold several groups (a norm or consumer after a
+    concatenation) whose offsets refer to its original channels."""
+    cuts: dict[str, _Cut] = {}
+
+    def cut(name: str, module: nn.Module) -> _Cut:
+        return cuts.setdefault(name, _Cut(module))
+
+    for group, pruned in groups:
+        removed = pruned.tolist()
+        for name in group.producers:
+            cut(name, graph_module(model, name, (nn.Conv2d, nn.Linear), "producer")).out.update(removed)
+        for name in group.norms:
+            module = graph_module(model, name, NORMS, "norm")
+            cut(name, module).out.update(i + group.offset(name) for i in removed)
+        for name in group.depthwise:
+            module = graph_module(model, name, (nn.Conv2d,), "depthwise conv")
+            if not module.groups == module.in_channels == module.out_channels:
+                raise ModelError(f"the model graph names {name!r} depthwise, but it has groups={module.groups}")
+            cut(name, module).out.update(removed)
+        for name, per_channel in group.consumers:
+            features = feature_indices(pruned, per_channel, group.offset(name))
+            cut(name, consumer_module(model, name, per_channel)).inputs.update(features.tolist())
+    return cuts
+
+
+def _kept(size: int, removed: set[int]) -> torch.Tensor:
+    keep_mask = torch.ones(size, dtype=torch.bool)
+    keep_mask[torch.tensor(sorted(removed), dtype=torch.long)] = False
+    return torch.nonzero(keep_mask).flatten()
+
+
+def _prune_in_place(model: nn.Module, groups: _Pruned) -> None:
+    """Physically remove the pruned channels of ``groups`` from every module they touch."""
+    for cut in _cuts(model, groups).values():
+        module = cut.module
+        if cut.out:
+            size = module.num_features if isinstance(module, NORMS) else module.weight.shape[0]
+            _registered(_PRUNE_OUT, module)(module, _kept(size, cut.out))
+        if cut.inputs:
+            _registered(_PRUNE_IN, module)(module, _kept(module.weight.shape[1], cut.inputs))
 
 
 def _apply(
     model: nn.Module,
     graph: ModelGraph,
     plan: Plan,
-    edit: Callable[[nn.Module, PruningGroup, torch.Tensor, torch.Tensor], object],
+    edit: Callable[[nn.Module, _Pruned], object],
 ) -> nn.Module:
     groups = list(_pruned_groups(graph, plan))  # validate the whole plan before copying
     edited = copy.deepcopy(model)
-    for group, pruned, keep in groups:
-        edit(edited, group, pruned, keep)
+    edit(edited, groups)
     return edited
 
 
@@ -114,7 +193,7 @@ def prune_model(model: nn.Module, graph: ModelGraph, plan: Plan) -> nn.Module:
     input slice of weight dim 1. ``plan.bits`` is ignored. Raises ModelError when the plan names
     a group the graph does not have, an out-of-range channel, or every channel of a group.
     """
-    return _apply(model, graph, plan, lambda m, group, pruned, keep: _shrink_group(m, group, keep))
+    return _apply(model, graph, plan, _prune_in_place)
 
 
 def mask_model(model: nn.Module, graph: ModelGraph, plan: Plan) -> nn.Module:
@@ -122,4 +201,6 @@ def mask_model(model: nn.Module, graph: ModelGraph, plan: Plan) -> nn.Module:
 
     Nothing is removed: this is the reference that :func:`prune_model` must agree with.
     """
-    return _apply(model, graph, plan, lambda m, group, pruned, keep: zero_consumer_inputs(m, group, pruned))
+    return _apply(
+        model, graph, plan, lambda edited, groups: [zero_consumer_inputs(edited, g, pruned) for g, pruned in groups]
+    )

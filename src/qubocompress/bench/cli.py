@@ -11,7 +11,10 @@ rerun the same command to resume; ``--fresh`` starts over (the earlier store kep
 ``results.sqlite.previous``); a second run on the same folder is refused while one runs.
 ``--formulation budget`` benchmarks the built-in models' budget QUBOs instead
 (``<model>-budget-<ratio>x`` at 16×, 24×, 32× by default; ``E*`` from the MILP), every solver's
-reads scored against it, with their feasibility rate.
+reads scored against it, with their feasibility rate. ``--formulation filters`` benchmarks the
+packaged filters QUBOs (``<model>-filters-<ratio>x``, which filters to prune under the measured
+Gram matrix; ``E*`` from SCIP's MIQP, certified or best known); with ``--polish`` the raw reads are
+scored too, and the ``exact`` row tells when the reference found its best plan and its proof.
 
 Output folder: ``results.sqlite`` (every run and read), ``results.csv`` / ``results.json`` (one
 row per instance × solver), ``plots/*.png``, ``instances/<name>.bqm`` + ``.json``.
@@ -42,7 +45,12 @@ from qubocompress.bench.instances import (
     Instance,
     budget_instance_name,
     builtin_budget_instance,
+    builtin_filters_instance,
     builtin_instance,
+    filters_instance_name,
+    instance_bqm_path,
+    shipped_filters_models,
+    instance_files,
     load_instance,
     save_instance,
     size_series_instance,
@@ -62,6 +70,7 @@ from qubocompress.bench.runner import (
 )
 from qubocompress.bench.store import ResultStore
 from qubocompress.bench_parser import FULL_SEEDS, QUICK_SEEDS
+from qubocompress.config import parse_solver_option
 from qubocompress.errors import DataError, SolverError
 from qubocompress.limits import MAX_SEED
 from qubocompress.io import prepare_output_dir, write_json_atomic, write_text_atomic
@@ -90,6 +99,12 @@ CSV_COLUMNS = (
     "p_s_read",
     "p_s_run",
     "feasible_rate",
+    "p_s_read_raw",
+    "p_s_run_raw",
+    "e_best_raw",
+    "gap_best_raw",
+    "tts99_raw",
+    "feasible_rate_raw",
     "t_read",
     "t_run_mean",
     "t_run_median",
@@ -104,6 +119,11 @@ CSV_COLUMNS = (
     "stopped_by",
     "budget",
     "exact_faster_than_every_heuristic",
+    "exact_certified",
+    "exact_gap",
+    "exact_best_seconds",
+    "exact_search_seconds",
+    "exact_best_found_by",
     "options",
 )
 
@@ -153,6 +173,15 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
         solver_options = {name: dict(QUICK_SOLVER_OPTIONS[name]) for name in solvers if name in QUICK_SOLVER_OPTIONS}
     if args.device is not None:
         solver_options.setdefault("sb", {})["device"] = args.device
+    for text in args.solver_option:
+        solver, colon, option = text.partition(":")
+        if not colon or solver not in solvers:
+            raise SolverError(
+                f"--solver-option takes SOLVER:KEY=VALUE for a solver in --solvers, e.g. qpu-decomposed:qpu=mock; "
+                f"got {text!r}"
+            )
+        key, value = parse_solver_option(option)
+        solver_options.setdefault(solver, {})[key] = value
     seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
     if args.first_seed + seeds > MAX_SEED:
         raise SolverError(f"--first-seed + --seeds must stay within {MAX_SEED:,} (the samplers' 31-bit seeds)")
@@ -173,7 +202,7 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
 def _parse_ratios(text: str | None, formulation: str) -> list[float]:
     """The target ratios of ``--target-ratio`` (each a number > 1), or the formulation's default."""
     if text is None:
-        return list(BUDGET_TARGET_RATIOS) if formulation == "budget" else [DEFAULT_TARGET_RATIO]
+        return list(BUDGET_TARGET_RATIOS) if formulation in ("budget", "filters") else [DEFAULT_TARGET_RATIO]
     ratios = []
     for item in _parse_list(text, "--target-ratio"):
         try:
@@ -196,6 +225,13 @@ def _instance_builders(name: str, ratios: list[float], formulation: str) -> list
                 f"got {name!r}"
             )
         return [(budget_instance_name(name, r), lambda r=r: builtin_budget_instance(name, r)) for r in ratios]
+    if formulation == "filters":
+        if name not in BUILTIN_MODELS:
+            raise DataError(
+                f"filters instances are the built-in models' packaged ones ({', '.join(BUILTIN_MODELS)}); got "
+                f"{name!r} (a folder or .bqm file of saved instances works with any --formulation)"
+            )
+        return [(filters_instance_name(name, r), lambda r=r: builtin_filters_instance(name, r)) for r in ratios]
     model = name.removesuffix("-synthetic")
     digits = name.removeprefix("synthetic-").removeprefix("n")
     if name in BUILTIN_MODELS:
@@ -249,11 +285,12 @@ def instance_plan(args: argparse.Namespace) -> InstancePlan:
     take minutes: a MILP per budget instance, the exact solver on a bare ``.bqm``).
     """
     ratios = _parse_ratios(args.target_ratio, args.formulation)
-    budget = args.formulation == "budget"
+    budget = args.formulation in ("budget", "filters")
     if args.sizes is not None:
         if budget:
             raise DataError(
-                "--sizes: the synthetic size series is a paper-formulation benchmark; drop it with --formulation budget"
+                "--sizes: the synthetic size series is a paper-formulation benchmark; drop it with "
+                f"--formulation {args.formulation}"
             )
         sizes = _parse_sizes(args.sizes)
     elif args.instances is not None or budget:
@@ -262,14 +299,14 @@ def instance_plan(args: argparse.Namespace) -> InstancePlan:
         sizes = list(QUICK_SIZES if args.quick else SIZE_SERIES)
     path = None if args.instances is None else Path(args.instances)
     files: list[Path] = []
-    if path is None:
-        names = list(BUILTIN_MODELS)
+    if path is None:  # the filters instances of the models they ship for
+        names = shipped_filters_models() if args.formulation == "filters" else list(BUILTIN_MODELS)
     elif path.is_dir():
-        names, files = [], sorted(path.glob("*.bqm"))
+        names, files = [], instance_files(path)
         if not files:
             raise DataError(f"no .bqm instance files in {path}")
-    elif path.suffix in (".bqm", ".json"):
-        names, files = [], [path.with_suffix(".bqm")]
+    elif path.suffix in (".bqm", ".json") or path.name.endswith(".bqm.xz"):
+        names, files = [], [instance_bqm_path(path)]
         if not files[0].is_file():
             raise DataError(f"instance file {files[0]} not found")
     else:
@@ -337,8 +374,10 @@ def results_table(rows: list[dict[str, Any]]) -> Any:
 
     with_embed = any((row.get("embed_seconds_mean") or 0) > 0 for row in rows)
     with_feasible = any(row.get("feasible_rate") is not None for row in rows)
+    with_raw = any(row.get("p_s_read_raw") is not None for row in rows)
     table = Table(title="solver benchmark (E*: ✓ certified, ≈ best known; times are wall seconds)")
     headers = ["instance", "vars", "build s", "solver", "reads", "E*", "gap best", "gap med", "p_s read", "p_s run"]
+    headers += ["raw p_s read/run", "raw gap"] * with_raw
     headers += ["feasible"] * with_feasible + ["embed s"] * with_embed
     headers += ["t/run s", "TTS99 s", "×sa", "evals", "stop / budget"]
     for header in headers:
@@ -371,6 +410,10 @@ def results_table(rows: list[dict[str, Any]]) -> Any:
             _cell(row["p_s_read"]),
             _cell(row["p_s_run"]),
         ]
+        if with_raw:
+            raw = row.get("p_s_read_raw") is not None
+            cells += [f"{_cell(row['p_s_read_raw'])}/{_cell(row['p_s_run_raw'])}" if raw else "-"]
+            cells += [_cell(row.get("gap_best_raw"))]
         cells += [_cell(row.get("feasible_rate"))] * with_feasible
         cells += [_cell(row["embed_seconds_mean"])] * with_embed
         cells += [
@@ -389,7 +432,39 @@ def _exact_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not faster:
         return []
     names = ", ".join(faster)
-    return [f"★ the exact method ({EXACT_SOLVER}, certified) is faster than every heuristic's TTS99 on: {names}"]
+    return [f"★ the exact method ({EXACT_SOLVER}) is faster than every heuristic's TTS99 on: {names}"]
+
+
+def _reference_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per instance whose exact reference reports when it found its best plan (filters)."""
+    lines = []
+    for row in rows:
+        if row["solver"] != EXACT_SOLVER or row["status"] != "ok" or "exact_search_seconds" not in row:
+            continue
+        proof = (
+            "proved its optimum"
+            if row["exact_certified"]
+            else f"stopped at its time limit with a proven gap of {_cell(row['exact_gap'])}"
+        )
+        best = row["exact_best_seconds"]
+        held = "an unknown time" if best is None else f"{_cell(best)} s"
+        verdict = "at E*" if row["p_s_run"] == 1 else f"gap {_cell(row['gap_best'])} to E*"
+        lines.append(
+            f"exact on {row['instance']}: {proof} after {_cell(row['t_run_mean'])} s; its best plan ({verdict}) "
+            f"first held after {held} (by the {row['exact_best_found_by']}; the starting swap search took "
+            f"{_cell(row['exact_search_seconds'])} s); E* {'certified' if row['e_star_certified'] else 'best known'}"
+        )
+    return lines
+
+
+def _qpu_fits(instances: list[Instance], rows: list[dict[str, Any]]) -> list[Any]:
+    """``--qpu-fit``: each instance's offline fit into the default topologies, beside the exact
+    solver's mean run seconds on it (when it ran)."""
+    from qubocompress.bench.qpu_fit import fit_instances
+    from qubocompress.solvers.qpu_fit import TOPOLOGIES
+
+    exact = {r["instance"]: r["t_run_mean"] for r in rows if r["solver"] == EXACT_SOLVER and r["status"] == "ok"}
+    return fit_instances(instances, exact, list(TOPOLOGIES.values()), log=_log)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -399,6 +474,11 @@ def run_bench(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     config = sweep_config(args)
     plan = instance_plan(args)
+    if args.qpu_fit:  # its packages are checked before the sweep, not after it
+        from qubocompress.solvers.base import require_all
+        from qubocompress.solvers.qpu_fit import FIT_REQUIRES
+
+        require_all(FIT_REQUIRES, "qpu-fit")
     out = prepare_output_dir(args.out)
     with ResultStore(out / "results.sqlite", fresh=args.fresh) as store:
         if store.previous is not None:
@@ -412,7 +492,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         plots = write_plots(store, rows, out / "plots")
     notes = [f"instance {i.name} ({i.num_variables} variables): {i.source}" for i in instances]
-    notes += tts_ratio_lines(rows) + _exact_lines(rows)
+    notes += tts_ratio_lines(rows) + _exact_lines(rows) + _reference_lines(rows)
     check = target_check(rows)
     if check is not None:
         notes.append(check)
@@ -425,7 +505,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if config.num_reads is not None:
         changed.append(f"num_reads={config.num_reads} for the read-based solvers")
     if config.polish:
-        changed.append("every read polished by the formulation (solve times include it)")
+        changed.append("every read polished by the formulation (solve times include it; raw: the reads before it)")
     if changed:
         notes.append("not the solvers' defaults: " + "; ".join(changed))
     wall = time.perf_counter() - start
@@ -433,6 +513,11 @@ def run_bench(args: argparse.Namespace) -> int:
         f"{outcome.executed} runs now, {outcome.reused} from earlier; {wall:.1f} s; budget of "
         f"{'/'.join(BUDGETED_SOLVERS)}: {config.budget.key()} (default solver {DEFAULT_SOLVER})"
     )
+    qpu_fits = _qpu_fits(instances, rows) if args.qpu_fit else None
+    if qpu_fits is not None:
+        from qubocompress.bench.qpu_fit import fits_csv
+
+        write_text_atomic(out / "qpu_fit.csv", fits_csv(qpu_fits))
     write_text_atomic(out / "results.csv", results_csv(rows))
     write_json_atomic(
         out / "results.json",
@@ -450,11 +535,17 @@ def run_bench(args: argparse.Namespace) -> int:
                 "rows": rows,
                 "notes": notes,
                 "wall_seconds": wall,
+                "qpu_fit": None if qpu_fits is None else [fit.to_dict() for fit in qpu_fits],
             }
         ),
     )
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(results_table(rows))
+    if qpu_fits is not None:
+        from qubocompress.bench.qpu_fit import CAVEAT, fits_table
+
+        console.print(fits_table(qpu_fits))
+        console.print(f"QPU fit: {CAVEAT}", highlight=False, markup=False)
     for line in notes:
         console.print(line, highlight=False, markup=False)
     console.print(

@@ -26,6 +26,13 @@ a restart, an SB agent; for ``ga`` and ``rl`` with their default ``keep=1``, one
 independent GA run / training run; ``exact`` returns one read), and per run when a solver returns
 several reads from one trial (a sampleset ``run`` field with repeats, e.g. ``ga``/``rl`` with
 ``keep`` > 1) — the row's ``tts99_unit`` says which.
+
+With ``polish``, each run also keeps the solver's own reads before the polish, and the row adds
+their figures (``p_s_read_raw``, ``p_s_run_raw``, ``e_best_raw``, ``gap_best_raw``, ``tts99_raw``
+over the solver's seconds alone, ``feasible_rate_raw``). The ``exact`` row adds the reference's
+proof (``exact_certified``, ``exact_gap`` at its end) and, where the formulation reports its
+timeline (filters), the seconds to its best incumbent (``exact_best_seconds``: the first optimal
+one when certified) and of its starting search (``exact_search_seconds``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import dimod
 import numpy as np
 
 from qubocompress.bench.instances import BUILTIN_MODELS, Instance
+from qubocompress.problem import Formulation
 from qubocompress.solvers.composites import PolishingComposite
 from qubocompress.solvers.metrics import residual_gap, success_mask, tts99
 from qubocompress.bench.store import ResultStore, RunKey, RunRecord, options_hash
@@ -177,8 +185,8 @@ class SweepOutcome:
 
 def _sampler_for(
     name: str, instance: Instance, config: SweepConfig
-) -> tuple[dimod.Sampler, dimod.BinaryQuadraticModel, float]:
-    """(sampler, the BQM it solves, extra build seconds) for one run.
+) -> tuple[dimod.Sampler, dimod.BinaryQuadraticModel, float, Formulation | None]:
+    """(sampler, the BQM it solves, extra build seconds, the formulation it is built for) for one run.
 
     A formulation's recommended options for the solver (the budget form's ``sa`` schedule, as
     ``compress`` uses it) come first; the sweep's own options override them.
@@ -189,11 +197,11 @@ def _sampler_for(
         fresh = instance.fresh_formulation()
         options.setdefault("time_limit", config.exact_time_limit)
         if fresh is None:
-            return make_sampler(name, None, **options), instance.bqm, 0.0
+            return make_sampler(name, None, **options), instance.bqm, 0.0, None
         start = time.perf_counter()
         bqm = fresh.bqm
-        return make_sampler(name, fresh, **options), bqm, time.perf_counter() - start
-    return make_sampler(name, instance.formulation, **options), instance.bqm, 0.0
+        return make_sampler(name, fresh, **options), bqm, time.perf_counter() - start, fresh
+    return make_sampler(name, instance.formulation, **options), instance.bqm, 0.0, instance.formulation
 
 
 def probe_solvers(config: SweepConfig, instance: Instance | None) -> dict[str, str]:
@@ -272,8 +280,9 @@ def _run_once(
     """One solver run; a solver's refusal (QubocompressError) becomes an ``"error"`` record."""
     options = config.run_options(name)
     info: dict[str, Any] = {}
+    raw = None
     try:
-        sampler, bqm, extra_build = _sampler_for(name, instance, config)
+        sampler, bqm, extra_build, formulation = _sampler_for(name, instance, config)
         kwargs: dict[str, Any] = {}
         if "seed" in sampler.parameters:
             kwargs["seed"] = seed
@@ -293,11 +302,21 @@ def _run_once(
             timing = sampleset.info["timing"]
             if solve_seconds is not None:
                 timing["solve_seconds"] = solve_seconds + timing["polish_seconds"]
+            info["raw"] = _raw_reads(raw, instance, solve_seconds)
+        if name == EXACT_SOLVER and formulation is not None:
+            # the reference's own figures after its solve (the filters form's timeline: when its
+            # search and MIQP found their best plan and proof)
+            info["reference"] = _jsonable(formulation.describe())
         wall = time.perf_counter() - start
     except QubocompressError as exc:
         return RunRecord(key, options, "error", None, 0, 0, 0.0, info={**info, "error": str(exc)})
     record = sampleset.record
-    energies = np.asarray(record.energy, dtype=np.float64)
+    # each read as its formulation measures it against E* (the BQM energy, or a slack-free budget
+    # encoding's damage, inf when infeasible: Formulation.read_objectives)
+    if instance.formulation is None:
+        energies = np.asarray(record.energy, dtype=np.float64)
+    else:
+        energies = instance.formulation.read_objectives(sampleset)
     occurrences = np.asarray(record.num_occurrences, dtype=np.int64)
     timing = dict(sampleset.info.get("timing", {}))
     e_best = float(energies.min()) if energies.size else None
@@ -329,6 +348,22 @@ def _run_once(
         energies=energies,
         occurrences=occurrences,
     )
+
+
+def _raw_reads(raw: dimod.SampleSet, instance: Instance, solve_seconds: float | None) -> dict[str, Any]:
+    """The solver's own reads before the polish, for the summary's raw columns: each read's
+    objective and count, the solver's seconds (None: not reported) and its feasibility rate."""
+    formulation = instance.formulation
+    assert formulation is not None  # only formulations polish
+    occurrences = np.asarray(raw.record.num_occurrences, dtype=np.int64)
+    figures: dict[str, Any] = {
+        "energies": formulation.read_objectives(raw).tolist(),
+        "occurrences": occurrences.tolist(),
+        "solve_seconds": solve_seconds,
+    }
+    if formulation.constrained:
+        figures["feasible_rate"] = float(occurrences[formulation.feasible_reads(raw)].sum() / occurrences.sum())
+    return figures
 
 
 def run_key(instance: Instance, solver: str, seed: int, config: SweepConfig) -> RunKey:
@@ -497,8 +532,9 @@ def summarize(
                 _ratio(row["tts99"], reference) if reference is not None and row["status"] == "ok" else None
             )
             if row["solver"] == EXACT_SOLVER and row["status"] == "ok":
-                row["exact_faster_than_every_heuristic"] = bool(heuristic_tts) and all(
-                    row["t_run_mean"] < t for t in heuristic_tts
+                # only an exact run that reached E* (certified, or the best known) is faster at all
+                row["exact_faster_than_every_heuristic"] = (
+                    bool(heuristic_tts) and row["p_s_run"] == 1 and all(row["t_run_mean"] < t for t in heuristic_tts)
                 )
         rows.extend(instance_rows)
     return rows
@@ -577,7 +613,56 @@ def _summary_row(
         "feasible_rate": sum(rate * reads for rate, reads in feasible) / sum(reads for _, reads in feasible)
         if feasible
         else None,
+        **_raw_figures(ok, e_star, run_based),
+        **(_exact_figures(ok) if solver == EXACT_SOLVER else {}),
     }
+
+
+def _raw_figures(runs: list[RunRecord], e_star: float | None, run_based: bool) -> dict[str, Any]:
+    """The ``*_raw`` columns of polished runs: the solver's reads before the polish scored the same
+    way (p_s per read and run, best energy and gap, TTS99 in the row's unit over the solver's own
+    seconds, feasibility); nothing when some run has no raw reads."""
+    raws = [run.info.get("raw") for run in runs]
+    if not raws or any(raw is None for raw in raws):
+        return {}
+    energies = [np.asarray(raw["energies"], dtype=np.float64) for raw in raws]
+    occurrences = [np.asarray(raw["occurrences"], dtype=np.int64) for raw in raws]
+    reads = sum(int(c.sum()) for c in occurrences)
+    hits = [success_mask(e, e_star) if e_star is not None else np.zeros(e.size, bool) for e in energies]
+    p_read = sum(int(c[h].sum()) for c, h in zip(occurrences, hits)) / reads
+    p_run = sum(bool(h.any()) for h in hits) / len(raws)
+    seconds = [raw["solve_seconds"] for raw in raws]
+    tts = None
+    if all(t is not None for t in seconds):
+        tts = tts99(statistics.fmean(seconds), p_run) if run_based else tts99(sum(seconds) / reads, p_read)
+    e_best = min(float(e.min()) for e in energies)
+    rates = [(raw["feasible_rate"], int(c.sum())) for raw, c in zip(raws, occurrences) if "feasible_rate" in raw]
+    return {
+        "p_s_read_raw": p_read,
+        "p_s_run_raw": p_run,
+        "e_best_raw": e_best,
+        "gap_best_raw": residual_gap(e_best, e_star) if e_star is not None and math.isfinite(e_best) else None,
+        "tts99_raw": tts,
+        "feasible_rate_raw": sum(r * n for r, n in rates) / sum(n for _, n in rates) if rates else None,
+    }
+
+
+def _exact_figures(runs: list[RunRecord]) -> dict[str, Any]:
+    """The exact reference's proof and timeline: certified (every run), its proven gap at the end
+    (the largest), and where the formulation reports them (filters) the mean seconds to its best
+    incumbent — the first optimal one when certified — and of its starting search."""
+    infos = [run.info.get("solver_info") or {} for run in runs]
+    figures: dict[str, Any] = {
+        "exact_certified": all(bool(info.get("certified")) for info in infos),
+        "exact_gap": max(float(info.get("gap", 0.0)) for info in infos),
+    }
+    timelines = [(run.info.get("reference") or {}).get("reference_timeline") for run in runs]
+    if timelines and all(timelines):
+        best = [timeline["best_seconds"] for timeline in timelines]
+        figures["exact_best_seconds"] = None if None in best else statistics.fmean(best)
+        figures["exact_search_seconds"] = statistics.fmean(timeline["search_seconds"] for timeline in timelines)
+        figures["exact_best_found_by"] = ", ".join(sorted({str(timeline["best_found_by"]) for timeline in timelines}))
+    return figures
 
 
 def tts_ratio_lines(rows: Sequence[dict[str, Any]], solvers: Sequence[str] = BUDGETED_SOLVERS) -> list[str]:

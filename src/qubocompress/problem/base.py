@@ -32,6 +32,8 @@ class Target:
         metric: what the cost counts: ``"bits"`` (weight memory) or ``"bops"``.
         beta: the paper form's weight of the quantization damage (None: balanced).
         time_limit: seconds the reference optimum may take where it is a search (the MILP).
+        budget_encoding: how the budget formulation's BQM encodes the budget (``slack``,
+            ``unbalanced`` or ``lagrangian``: problem/encodings.py).
     """
 
     ratio: float
@@ -39,6 +41,7 @@ class Target:
     metric: Metric = "bits"
     beta: float | None = None
     time_limit: float = 60.0
+    budget_encoding: str = "slack"
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,11 @@ class Formulation(ABC):
     def feasible_reads(self, sampleset: dimod.SampleSet) -> np.ndarray:
         """Which rows of ``sampleset.record`` are valid plans (all of them, without constraints)."""
         return np.ones(len(sampleset.record), dtype=bool)
+
+    def read_objectives(self, sampleset: dimod.SampleSet) -> np.ndarray:
+        """Per row of ``sampleset.record``, the value compared with :meth:`reference`'s energy (a
+        read at the optimum has it ≤ E*): the BQM energies by default."""
+        return np.asarray(sampleset.record.energy, dtype=np.float64)
 
     def best_plan(self, sampleset: dimod.SampleSet) -> tuple[Plan | None, float | None, float]:
         """(the best valid plan of the reads, its energy, the share of reads that are valid);

@@ -52,6 +52,13 @@ the schedule (linear or geometric, 100–10,000 sweeps, β ranges from 1e-4/P to
 reads out of 20 in every setting). :meth:`BudgetFormulation.polish` therefore turns reads into
 plans: decode, repair into the budget, feasible steepest descent over 1- and 2-choice moves, and
 an iterated local search from the best read (:mod:`~qubocompress.problem.local_search`).
+
+Slack-free encodings (``encoding="unbalanced"`` or ``"lagrangian"``,
+:mod:`~qubocompress.problem.encodings`) replace the slack bits and the squared budget by a
+linear(-plus-quadratic) term in the unused budget; their ground state is not guaranteed to be the
+optimum, so :meth:`BudgetFormulation.energy` and :meth:`BudgetFormulation.read_objectives` then
+measure a plan by its damage (E* stays the MILP's), and the polish still guarantees the answer.
+:meth:`BudgetFormulation.to_cqm` gives the problem as a constrained model (``hybrid-cqm``).
 """
 
 from __future__ import annotations
@@ -71,6 +78,15 @@ import numpy as np
 from qubocompress.errors import ProblemError
 from qubocompress.problem.base import Formulation, Reference, Target
 from qubocompress.problem.choices import ChoiceModel, Metric, fp32_cost, plan_cost, prune_options
+from qubocompress.problem.encodings import (
+    Encoding,
+    Multiplier,
+    budget_term_minimum,
+    check_encoding,
+    choice_cqm,
+    lagrange_multiplier,
+    unbalanced_weights,
+)
 from qubocompress.problem.local_search import MoveTables, descend_all, iterated_local_search_all, repair_all
 from qubocompress.problem.milp import solve_budget_milp
 from qubocompress.problem.plan import Plan
@@ -93,6 +109,12 @@ KICK_SHARE = 0.25
 MIN_KICK = 5
 # Simulated annealing options for this formulation (see recommended_sampler_options).
 SA_OPTIONS = {"num_reads": 20, "num_sweeps": 100}
+# ... and for the slack-free encodings: sweeps (the Lagrangian BQM is sparse, so a sweep is cheap),
+# on a geometric schedule from β = HOT_BETA / P to the β at which a rise of COLD_SHARE of E* is
+# accepted with probability 1 / 100 (measured on the built-in instances: .drafts/encodings.md).
+SLACK_FREE_SWEEPS = {"unbalanced": 100, "lagrangian": 1000}
+HOT_BETA = 1e-3
+COLD_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -199,6 +221,10 @@ class BudgetFormulation(Formulation):
         penalty: weight of every constraint penalty of the BQM; None = the proven sufficient
             weight plus 5 %. A smaller one may make infeasible samples the ground state.
         time_limit: seconds the exact MILP may take (:meth:`exact_result` says if it was certified).
+        encoding: how the BQM encodes the budget (:mod:`~qubocompress.problem.encodings`):
+            ``"slack"`` (exact), ``"unbalanced"`` or ``"lagrangian"`` (no slack bits; heuristic).
+        budget_weights: ``(quadratic, linear)`` weights of the budget term of a slack-free encoding
+            (nats per unit², per unit); None = :attr:`budget_weights`' rule.
     """
 
     name = "budget"
@@ -214,7 +240,19 @@ class BudgetFormulation(Formulation):
         bit_options: Sequence[int] | None = None,
         penalty: float | None = None,
         time_limit: float = DEFAULT_TIME_LIMIT,
+        encoding: str = "slack",
+        budget_weights: Sequence[float] | None = None,
     ) -> None:
+        self.encoding: Encoding = check_encoding(encoding)
+        if budget_weights is not None:
+            weights = [_finite(w) for w in budget_weights]
+            if encoding == "slack" or len(weights) != 2 or any(w is None or w < 0 for w in weights):
+                raise ProblemError(
+                    f"budget weights are (quadratic, linear) >= 0 of a slack-free encoding, got {budget_weights!r}"
+                )
+            self._budget_weights: tuple[float, float] | None = (float(weights[0]), float(weights[1]))  # type: ignore[arg-type]
+        else:
+            self._budget_weights = None
         if metric not in ("bits", "bops", "file"):
             raise ProblemError(f"budget metric must be 'bits', 'bops' or 'file', got {metric!r}")
         if (ratio is None) == (absolute is None):
@@ -310,7 +348,14 @@ class BudgetFormulation(Formulation):
         if target.beta is not None:
             raise ProblemError("--beta weighs the paper's energy; the budget formulation has no beta")
         ratio = target.ratio if target.absolute is None else None
-        return cls(spec, ratio=ratio, absolute=target.absolute, metric=target.metric, time_limit=target.time_limit)
+        return cls(
+            spec,
+            ratio=ratio,
+            absolute=target.absolute,
+            metric=target.metric,
+            time_limit=target.time_limit,
+            encoding=target.budget_encoding,
+        )
 
     @classmethod
     def from_parameters(cls, spec: CompressionSpec, params: Mapping[str, Any]) -> BudgetFormulation:
@@ -322,12 +367,14 @@ class BudgetFormulation(Formulation):
             bit_options=[int(b) for b in params["bit_options"]],
             penalty=float(params["penalty"]),
             time_limit=float(params["time_limit"]),
+            encoding=params.get("encoding", "slack"),
+            budget_weights=params.get("budget_weights"),
         )
 
     def parameters(self) -> dict[str, Any]:
-        """The budget's settings, its resolved penalty included (so the rebuilt BQM does not depend
-        on the MILP's bounds)."""
-        return {
+        """The budget's settings, its resolved penalty and (slack-free encodings) budget weights
+        included (so the rebuilt BQM does not depend on the MILP's bounds)."""
+        params = {
             "name": self.name,
             "ratio": self.ratio,
             "absolute": self.absolute,
@@ -335,10 +382,18 @@ class BudgetFormulation(Formulation):
             "bit_options": list(self.bit_options),
             "penalty": self.penalty,
             "time_limit": self.time_limit,
+            "encoding": self.encoding,
         }
+        if self.encoding != "slack":
+            params["budget_weights"] = list(self.budget_weights)
+        return params
 
     def describe(self) -> dict[str, Any]:
-        return {"budget": self.budget, "penalty": self.penalty}
+        figures: dict[str, Any] = {"budget": self.budget, "penalty": self.penalty, "encoding": self.encoding}
+        if self.encoding != "slack":
+            quadratic, linear = self.budget_weights
+            figures.update(budget_quadratic_weight=quadratic, budget_linear_weight=linear, unit=self.unit)
+        return figures
 
     def reference(self) -> Reference:
         """HiGHS's MILP optimum (:meth:`exact_result`), certified or with its proven gap."""
@@ -351,11 +406,12 @@ class BudgetFormulation(Formulation):
         return self.best_feasible(sampleset)
 
     def exact(self) -> tuple[Plan, float]:
-        """The reference optimum as ``(plan, energy)``: the BQM energy of its encoding.
+        """The reference optimum as ``(plan, energy)``, its :meth:`energy`.
 
-        That energy is its damage (:attr:`ExactResult.objective`) up to float rounding of the
-        penalty terms (~1e-10 relative); it is computed from the BQM so that a solver's read of the
-        same plan (one encoding per plan: the slack is binary) has exactly the same energy.
+        With the slack encoding that is the BQM energy of its encoding: its damage
+        (:attr:`ExactResult.objective`) up to float rounding of the penalty terms (~1e-10
+        relative), computed from the BQM so that a solver's read of the same plan (one encoding per
+        plan: the slack is binary) has exactly the same energy. Slack-free: its damage.
         """
         result = self.exact_result()
         return result.plan, self.energy(result.plan)
@@ -429,7 +485,14 @@ class BudgetFormulation(Formulation):
         units = [_ceil_div(cell.size.ravel(), self.unit) for cell in self.cells]
         capacity = self.budget // self.unit - _ceil_div(self.model.constant_cost, self.unit)
         spare = int(capacity - sum(int(u.min()) for u in units))
-        return starts, [2**i for i in range(spare.bit_length())], int(capacity)
+        slack = [2**i for i in range(spare.bit_length())] if self.encoding == "slack" else []
+        return starts, slack, int(capacity)
+
+    @cached_property
+    def _spare(self) -> int:
+        """Units of budget left after every cell's cheapest state (the ``spare`` of the BQM's budget)."""
+        capacity = self._layout[2]
+        return int(capacity - sum(int(_ceil_div(cell.size.ravel(), self.unit).min()) for cell in self.cells))
 
     @cached_property
     def variables(self) -> dict[str, Variable]:
@@ -526,13 +589,44 @@ class BudgetFormulation(Formulation):
         cells ``(P/2)·2``, a mismatch of the budget equation ``P·m² ≥ P`` (m a whole number of
         units); so its energy is ``≥ LB + P > UB ≥`` the optimum, and the ground state is a
         consistent plan within the budget: the optimum. The automatic value is ``(UB − LB)``
-        plus 5 %.
+        plus 5 %. A slack-free encoding's budget term ``q·m² + l·m`` adds its value at the optimum
+        to ``UB`` and its least value (:func:`~qubocompress.problem.encodings.budget_term_minimum`)
+        to ``LB``: then every broken one-hot or consistency constraint still lies above the
+        encoded optimum (the budget itself is no longer enforced).
         """
         if self._penalty is not None:
             return self._penalty
         upper = self.exact_result().objective
-        spread = max(upper - self._objective_terms[2], 0.0)
+        lower = self._objective_terms[2]
+        if self.encoding != "slack":
+            quadratic, linear = self.budget_weights
+            index = self.model.index_of(self.exact_result().plan)[None, :]
+            m = float(self.model.in_units(self.unit).costs(index)[0] - self.budget // self.unit)
+            upper += quadratic * m * m + linear * m
+            lower += budget_term_minimum(quadratic, linear, self._spare)
+        spread = max(upper - lower, 0.0)
         return spread * (1 + PENALTY_MARGIN) + 1e-9 * max(1.0, abs(upper))
+
+    @cached_property
+    def multiplier(self) -> Multiplier:
+        """The budget's Lagrange multiplier on the cost-rounded model, by bisection
+        (:func:`~qubocompress.problem.encodings.lagrange_multiplier`; γ in nats per :attr:`unit`)."""
+        return lagrange_multiplier(self.model.in_units(self.unit), self.budget // self.unit, self.time_limit)
+
+    @cached_property
+    def budget_weights(self) -> tuple[float, float]:
+        """``(q, l)`` of the budget term ``q·m² + l·m``, ``m = Σ a·w − spare`` in units
+        (:mod:`~qubocompress.problem.encodings`): slack ``(P, 0)``; unbalanced ``(λ₂, λ₁)`` from
+        :func:`~qubocompress.problem.encodings.unbalanced_weights` of γ; lagrangian ``(0, γ)``."""
+        if self._budget_weights is not None:
+            return self._budget_weights
+        if self.encoding == "slack":
+            return self.penalty, 0.0
+        gamma = self.multiplier.gamma
+        if self.encoding == "lagrangian":
+            return 0.0, gamma
+        linear, quadratic = unbalanced_weights(gamma, self._spare)
+        return quadratic, linear
 
     @cached_property
     def bqm(self) -> dimod.BinaryQuadraticModel:
@@ -541,20 +635,23 @@ class BudgetFormulation(Formulation):
         count = int(starts[-1])
         total = count + len(weights)
         penalty = self.penalty
+        quadratic_weight, linear_weight = self.budget_weights
         damage_linear, blocks, offset = self._objective_terms
         linear = np.zeros(total)
         linear[:count] = damage_linear
         quadratic = np.zeros((total, total))
         for (ka, kb), block in blocks.items():
             quadratic[starts[ka] : starts[ka + 1], starts[kb] : starts[kb + 1]] += block
-        # budget: P·(Σ a·v − spare)², a = a cell state's cost in units above the cell's cheapest
-        # state (with one state per cell this is the cost in units minus a constant), or a slack weight
+        # budget: q·m² + l·m, m = Σ a·v − spare, a = a cell state's cost in units above the cell's
+        # cheapest state (with one state per cell this is the cost in units minus a constant), or a
+        # slack weight; slack: q = P, l = 0
         units = [_ceil_div(cell.size.ravel(), self.unit) for cell in self.cells]
-        spare = capacity - sum(int(u.min()) for u in units)
+        spare = float(self._spare)
         a = np.concatenate([u - u.min() for u in units] + [np.array(weights, dtype=np.int64)]).astype(np.float64)
-        linear += penalty * (a * a - 2.0 * spare * a)
-        quadratic += 2.0 * penalty * np.triu(np.outer(a, a), 1)
-        offset += penalty * float(spare) ** 2
+        linear += quadratic_weight * (a * a - 2.0 * spare * a) + linear_weight * a
+        if quadratic_weight:
+            quadratic += 2.0 * quadratic_weight * np.triu(np.outer(a, a), 1)
+        offset += quadratic_weight * spare**2 - linear_weight * spare
         # one-hot per cell: P·(Σ w − 1)²
         for k in range(len(self.cells)):
             block = slice(starts[k], starts[k + 1])
@@ -631,18 +728,56 @@ class BudgetFormulation(Formulation):
 
     def _encode_rows(self, index: np.ndarray) -> np.ndarray:
         """0/1 rows in the BQM's variable order for choice vectors, slack set to the spare units."""
-        starts, weights, capacity = self._layout
+        starts = self._layout[0]
         values = np.zeros((index.shape[0], len(self.variables)), dtype=np.int8)
-        used = np.zeros(index.shape[0], dtype=np.int64)
         for k, cell in enumerate(self.cells):
-            state = cell.state_of(index)
-            values[np.arange(index.shape[0]), starts[k] + state] = 1
-            used += _ceil_div(cell.size.ravel()[state], self.unit)
+            values[np.arange(index.shape[0]), starts[k] + cell.state_of(index)] = 1
+        return self._fill_slack(values)
+
+    def _fill_slack(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (rows in the BQM's order) with the slack bits set to the spare units of their states."""
+        starts, weights, capacity = self._layout
         if weights:
+            units = np.concatenate([_ceil_div(cell.size.ravel(), self.unit) for cell in self.cells])
+            used = values[:, : starts[-1]].astype(np.int64) @ units
             spare = np.clip(capacity - used, 0, sum(weights))
             for i in range(len(weights)):
                 values[:, starts[-1] + i] = (spare >> i) & 1
         return values
+
+    # --- the constrained model ----------------------------------------------------------------------
+
+    def to_cqm(self) -> dimod.ConstrainedQuadraticModel:
+        """The budget problem as a CQM over the BQM's cell-state variables (no slack, no penalties).
+
+        Objective: the damage (the BQM's damage part); one discrete constraint per cell; cells
+        deciding the same choice agree (equalities); the true cost ≤ the budget (an inequality,
+        unrounded): its feasible optimum is :meth:`exact_result`'s
+        (:func:`~qubocompress.problem.encodings.choice_cqm`).
+        """
+        starts = self._layout[0]
+        names = list(self.variables)
+        labels = [names[starts[k] : starts[k + 1]] for k in range(len(self.cells))]
+        linear, blocks, offset = self._objective_terms
+        return choice_cqm(self.model, labels, linear, blocks, offset, self.budget)
+
+    def samples_from_states(self, sampleset: dimod.SampleSet) -> dimod.SampleSet:
+        """Reads over the cell states (a CQM solver's answer) as reads of :attr:`bqm`: the states as
+        they are, the slack bits (slack encoding) set to the spare units; energies from the BQM."""
+        starts = self._layout[0]
+        names = list(self.variables)
+        try:
+            positions = [sampleset.variables.index(v) for v in names[: starts[-1]]]
+        except ValueError as exc:
+            raise ProblemError(f"the reads lack cell states of the budget formulation: {exc}") from exc
+        values = np.zeros((len(sampleset.record), len(names)), dtype=np.int8)
+        values[:, : starts[-1]] = sampleset.record.sample[:, positions]
+        return dimod.SampleSet.from_samples_bqm(
+            (self._fill_slack(values), names),
+            self.bqm,
+            info=dict(sampleset.info),
+            num_occurrences=sampleset.record.num_occurrences,
+        )
 
     def encode(self, plan: Plan) -> dict[str, int]:
         """The sample of a plan on the grid: its cells' states, slack = spare budget units (clipped)."""
@@ -650,8 +785,29 @@ class BudgetFormulation(Formulation):
         return dict(zip(self.variables, row.tolist()))
 
     def energy(self, plan: Plan) -> float:
-        """BQM energy of :meth:`encode` (plan): its damage when it fits the BQM's rounded budget."""
-        return float(self.bqm.energy(self.encode(plan)))
+        """The energy a plan is measured by (what :meth:`reference` and :meth:`read_objectives` give).
+
+        Slack encoding: the BQM energy of :meth:`encode` (plan), its damage when it fits the BQM's
+        rounded budget. Slack-free encodings: its damage (nats), plus :attr:`penalty` when it is
+        over the budget; its BQM energy adds the budget term, which depends on the plan's cost, so
+        plans are ranked by their damage, not by their BQM energy.
+        """
+        if self.encoding == "slack":
+            return float(self.bqm.energy(self.encode(plan)))
+        return self.objective(plan) + (0.0 if self.feasible(plan) else self.penalty)
+
+    def read_objectives(self, sampleset: dimod.SampleSet) -> np.ndarray:
+        """Per record row, the value compared with :meth:`reference`'s energy.
+
+        Slack encoding: the BQM energies (exact: within the budget they are the damage, and any
+        read below ``E*`` would break the proof of :attr:`penalty`). Slack-free encodings: a
+        feasible read's damage, ``inf`` for an infeasible one.
+        """
+        if self.encoding == "slack":
+            return np.asarray(sampleset.record.energy, dtype=np.float64)
+        values = self._sample_matrix(sampleset)
+        damages = self.model.damages(self._decode_rows(values))
+        return np.where(self._feasible_rows(values), damages, np.inf)
 
     def is_feasible(self, sample: Mapping[str, int]) -> bool:
         """True when the sample encodes a plan consistently and that plan is truly within the budget."""
@@ -674,9 +830,22 @@ class BudgetFormulation(Formulation):
         penalty, so a sweep costs O(variables²), and longer anneals did not help: the budget
         penalty's barriers (module docstring) freeze simulated annealing long before it sees the
         damage, whatever the schedule, so its reads serve as starting points for :meth:`polish`.
+        Slack-free encodings: 20 reads on a geometric schedule from ``β = 10⁻³/P`` to
+        ``ln(100) / (1 % of |E*|)`` (dwave's default cold end follows the smallest bias, ~1e-9
+        nats here, and freezes at once), 100 sweeps (unbalanced: dense) or 1,000 (Lagrangian: sparse).
         Other solvers: no recommendation (``{}``).
         """
-        return dict(SA_OPTIONS) if solver == "sa" else {}
+        if solver != "sa":
+            return {}
+        if self.encoding == "slack":
+            return dict(SA_OPTIONS)
+        scale = abs(self.exact_result().objective) or self.penalty
+        return {
+            "num_reads": SA_OPTIONS["num_reads"],
+            "num_sweeps": SLACK_FREE_SWEEPS[self.encoding],
+            "beta_schedule_type": "geometric",
+            "beta_range": (HOT_BETA / self.penalty, math.log(100) / (COLD_SHARE * scale)),
+        }
 
     # --- reading a solver's answer --------------------------------------------------------------
 

@@ -4,7 +4,8 @@ A plan on the option grid is a vector of option indices, one per :class:`Choice`
 group's least important channels to prune, how many bits a layer keeps). Its damage is a sum of
 per-choice measured terms plus pairwise interaction tables; its true cost (weight bits or BOPs)
 is a sum over layers, where layer n's cost depends on up to three choices — its output group's,
-its input group's and its own bit-width — through the product ``kept_out·kept_in·bits``. A
+its input group's (several after a concatenation) and its own bit-width — through the product
+``kept_out·kept_in·bits``. A
 :class:`Cell` tabulates one layer's cost over the joint options of the choices it depends on, so
 that the cost is linear in the cells' states: the lifted form the exact MILP and the budget BQM
 are built on.
@@ -115,7 +116,7 @@ def plan_cost(spec: CompressionSpec, plan: Plan, metric: Metric) -> int:
             spec,
             n,
             plan.kept_channels(spec, layer.out_group, layer.out_channels),
-            plan.kept_channels(spec, layer.in_group, layer.in_channels),
+            plan.kept_inputs(spec, layer),
             plan.bits[layer.name],
             metric,
         )
@@ -221,9 +222,9 @@ class ChoiceModel:
         touched: set[int] = set()
         for n, layer in enumerate(spec.layers):
             out_c = None if layer.out_group is None else self.choice_of[f"prune:{spec.groups[layer.out_group].name}"]
-            in_c = None if layer.in_group is None else self.choice_of[f"prune:{spec.groups[layer.in_group].name}"]
+            in_cs = [self.choice_of[f"prune:{spec.groups[g].name}"] for g in layer.in_groups]
             bits_c = self.choice_of[f"bits:{layer.name}"]
-            axes = tuple(dict.fromkeys(c for c in (out_c, bits_c, in_c) if c is not None and self.counts[c] > 1))
+            axes = tuple(dict.fromkeys(c for c in (out_c, bits_c, *in_cs) if c is not None and self.counts[c] > 1))
             touched.update(axes)
             size = np.zeros(tuple(int(self.counts[a]) for a in axes), dtype=np.int64)
             for state in itertools.product(*(range(int(self.counts[a])) for a in axes)):
@@ -235,7 +236,7 @@ class ChoiceModel:
                     return self.choices[c].options[picked.get(c, 0)]
 
                 kept_out = layer.out_channels - value(out_c, 0)
-                kept_in = layer.in_channels - value(in_c, 0)
+                kept_in = layer.in_channels - sum(value(c, 0) for c in in_cs)
                 size[state] = layer_cost(spec, n, kept_out, kept_in, value(bits_c, 0), self.metric)
             if axes:
                 self.cells.append(Cell(layer.name, n, axes, size))

@@ -54,6 +54,7 @@ import numbers
 import time
 import zlib
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
 
@@ -81,6 +82,41 @@ SA_OPTIONS = {"num_reads": 50, "num_sweeps": 1000}
 SEARCH_CHAINS = 8
 SEARCH_ROUNDS = 40
 MIN_KICK = 2
+# An incumbent counts as the reference's final plan within this share of |E*| (the benchmark's
+# success tolerance, solvers.metrics.REL_TOL).
+OPTIMUM_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class ReferenceTimeline:
+    """When the reference solve (:meth:`FiltersFormulation.exact_result`) got where, in wall
+    seconds from its start.
+
+    Attributes:
+        search_seconds: the iterated swap search that gives the solver its starting incumbent.
+        search_best_seconds: when that search first held its best plan.
+        solver: ``"scip"`` (convex MIQP) or ``"highs"`` (MILP).
+        solver_seconds: the solver's own wall time (model building included).
+        best_seconds: when an incumbent first came within the benchmark's success tolerance of the
+            final plan (search or solver): the time to the first optimal incumbent when the result
+            is certified. None when HiGHS improved on the search (it reports no incumbent times).
+        best_found_by: ``"search"`` or ``"solver"``: who found that incumbent.
+        proof_seconds: the whole solve's time when it proved its optimum, else None.
+        gap: the proven relative gap at the end (0 when certified).
+    """
+
+    search_seconds: float
+    search_best_seconds: float
+    solver: str
+    solver_seconds: float
+    best_seconds: float | None
+    best_found_by: str
+    proof_seconds: float | None
+    gap: float
+
+    def figures(self) -> dict[str, Any]:
+        """The fields as a dict (for metrics.json and the benchmark's runs)."""
+        return asdict(self)
 
 
 def _check_spec(spec: CompressionSpec) -> None:
@@ -223,7 +259,8 @@ class FiltersFormulation(Formulation):
 
     def describe(self) -> dict[str, Any]:
         """The penalty and its bound, the counts, the constant quantization damage, the budget
-        stage, and the rank-prefix plan's energy (what the budget form prunes) to compare with."""
+        stage, the rank-prefix plan's energy (what the budget form prunes) to compare with, and
+        the reference's timeline (:attr:`reference_timeline`: solves the reference if not yet done)."""
         return {
             "penalty": self.penalty,
             "penalty_bound": self.penalty_bound,
@@ -231,6 +268,7 @@ class FiltersFormulation(Formulation):
             "quant_damage": self.quant_damage,
             "rank_prefix_energy": self.energy(self.rank_prefix_plan()),
             "budget_stage": dict(self.stage),
+            "reference_timeline": self.reference_timeline.figures(),
         }
 
     @cached_property
@@ -456,21 +494,29 @@ class FiltersFormulation(Formulation):
 
     def exact_result(self) -> ExactResult:
         """The reference solve (module docstring), cached."""
-        return self._exact
+        return self._solved[0]
+
+    @property
+    def reference_timeline(self) -> ReferenceTimeline:
+        """When the reference solve reached its best plan and its proof (solves it if not yet done)."""
+        return self._solved[1]
 
     @cached_property
-    def _exact(self) -> ExactResult:
+    def _solved(self) -> tuple[ExactResult, ReferenceTimeline]:
         start = time.perf_counter()
-        incumbent = self._search(self._row_of(self.rank_prefix_plan()))
-        remaining = max(self.time_limit - (time.perf_counter() - start), 1e-3)
+        incumbent, history = self._search(self._row_of(self.rank_prefix_plan()), start=start)
+        search_seconds = time.perf_counter() - start
+        remaining = max(self.time_limit - search_seconds, 1e-3)
         scip = self.reference_solver == "scip" or (
             self.reference_solver == "auto" and importlib.util.find_spec("pyscipopt") is not None
         )
         convex = self._positive_semidefinite  # else SCIP's factorised MIQP would solve another problem
         solve = _solve_scip if scip and convex else _solve_milp
-        row, bound, proven, method = solve(self.gram, self._group_of, self._k, remaining, incumbent)
+        outcome = solve(self.gram, self._group_of, self._k, remaining, incumbent)
+        method = outcome.method
         if scip and not convex:
             method += " (the Gram matrix is not positive semidefinite, so not SCIP's convex MIQP)"
+        row = outcome.row
         if (
             row is None
             or not self._feasible_rows(row[None, :])[0]
@@ -480,23 +526,49 @@ class FiltersFormulation(Formulation):
             method += "; best plan: the rank-prefix plan after an iterated swap search"
         plan = self._plan_of(row)
         objective = self.objective(plan)
-        bound += self.quant_damage
+        bound = outcome.bound + self.quant_damage
         if self._positive_semidefinite:  # ½pᵀGp ≥ 0 for every p
             bound = max(bound, self.quant_damage)
         # certified: the solver proved its optimum; the incumbent is never worse than it
-        return ExactResult.of(plan, objective, proven, bound, start, method)
+        result = ExactResult.of(plan, objective, outcome.proven, bound, start, method)
+        # incumbents count as the final plan within the benchmark's success tolerance (relative to E*)
+        tolerance = OPTIMUM_TOLERANCE * max(abs(objective), 1e-300)
+        final = float(_halves(self.gram, row))
+        found = [(seconds, value, "search") for seconds, value in history]
+        if outcome.history is not None and row is not incumbent:  # the solver's incumbents, on one clock
+            found += [(outcome.started - start + seconds, value, "solver") for seconds, value in outcome.history]
+        # None: the solver's plan beat the search's, and it reports no incumbent times (HiGHS)
+        first = min((item for item in found if item[1] <= final + tolerance), default=None)
+        timeline = ReferenceTimeline(
+            search_seconds=search_seconds,
+            search_best_seconds=min(t for t, v in history if v <= history[-1][1] + tolerance),
+            solver="scip" if solve is _solve_scip else "highs",
+            solver_seconds=outcome.seconds,
+            best_seconds=None if first is None else first[0],
+            best_found_by="solver" if first is None else first[2],
+            proof_seconds=result.seconds if result.certified else None,
+            gap=result.gap,
+        )
+        return result, timeline
 
-    def _search(self, row: np.ndarray, seed: int = 0) -> np.ndarray:
+    def _search(
+        self, row: np.ndarray, seed: int = 0, start: float | None = None
+    ) -> tuple[np.ndarray, list[tuple[float, float]]]:
         """The best plan an iterated local search finds from ``row`` (one that keeps the counts):
         :data:`SEARCH_CHAINS` chains of :data:`SEARCH_ROUNDS` rounds, each a kick (random swaps in
-        random groups) and a swap descent, kept when no worse. Deterministic given ``seed``."""
+        random groups) and a swap descent, kept when no worse. Deterministic given ``seed``.
+
+        Also returns its history: (seconds since ``start`` (default: now), the best ``½pᵀGp`` held)
+        after the first descent and after each round that improved it."""
+        start = time.perf_counter() if start is None else start
         rng = np.random.default_rng(seed)
         best = np.repeat(self._descend(row[None, :]), SEARCH_CHAINS, axis=0)
         best_value = _halves(self.gram, best)
+        history = [(time.perf_counter() - start, float(best_value.min()))]
         members = [np.flatnonzero(self._group_of == a) for a in range(len(self._active))]
         movable = [a for a, m in enumerate(members) if 0 < self._k[a] < m.size]
         if not movable:
-            return best[0]
+            return best[0], history
         kick = max(MIN_KICK, int(self._k.sum()) // 10)
         for _ in range(SEARCH_ROUNDS):
             trial = best.copy()
@@ -510,12 +582,30 @@ class FiltersFormulation(Formulation):
             value = _halves(self.gram, trial)
             keep = value <= best_value
             best[keep], best_value[keep] = trial[keep], value[keep]
-        return best[int(np.argmin(best_value))]
+            if best_value.min() < history[-1][1]:
+                history.append((time.perf_counter() - start, float(best_value.min())))
+        return best[int(np.argmin(best_value))], history
 
     @cached_property
     def _positive_semidefinite(self) -> bool:
         eigenvalues = np.linalg.eigvalsh(self.gram)
         return bool(eigenvalues[0] >= -1e-9 * max(float(eigenvalues[-1]), 0.0))
+
+
+@dataclass(frozen=True)
+class _Solve:
+    """What a reference solver returned: its best x (None: none), a proven lower bound on
+    ``½xᵀGx``, whether it proved its x optimal, how, when it started (``time.perf_counter()``),
+    its wall seconds, and its incumbents as (seconds since it started, ``½xᵀGx``), None when the
+    solver does not report them."""
+
+    row: np.ndarray | None
+    bound: float
+    proven: bool
+    method: str
+    started: float
+    seconds: float
+    history: list[tuple[float, float]] | None
 
 
 def _halves(gram: np.ndarray, rows: np.ndarray) -> np.ndarray | float:
@@ -526,13 +616,13 @@ def _halves(gram: np.ndarray, rows: np.ndarray) -> np.ndarray | float:
 
 def _solve_milp(
     gram: np.ndarray, group_of: np.ndarray, counts: np.ndarray, time_limit: float, incumbent: np.ndarray
-) -> tuple[np.ndarray | None, float, bool, str]:
+) -> _Solve:
     """Minimise ``½xᵀGx`` with ``Σ_{i∈g} x_i = k_g`` by HiGHS on the RLT linearisation:
     ``y_ij ∈ [0, 1]`` per pair with ``y ≤ x_i``, ``y ≤ x_j``, ``y ≥ x_i + x_j − 1``, and every count
     equation multiplied by each ``x_i`` (``Σ_{j∈h, j≠i} y_ij = (k_h − [h = g(i)])·x_i``): exact for
     binary ``x``, and a much tighter LP than McCormick alone. scipy's HiGHS takes no starting
-    solution, so ``incumbent`` is unused. Returns (best x or None, proven lower bound, proven
-    optimal, method)."""
+    solution, so ``incumbent`` is unused; nor does it report when it found its incumbents."""
+    started = time.perf_counter()
     n = len(group_of)
     first, second = np.triu_indices(n, 1)
     pairs = first.size
@@ -586,19 +676,21 @@ def _solve_milp(
     bound = float(dual) / scale if dual is not None and math.isfinite(dual) else -math.inf
     row = None if result.x is None else (result.x[:n] > 0.5).astype(np.int8)
     method = "MILP (HiGHS): x binary, y_ij per pair (McCormick), counts as equalities and RLT cuts"
-    return row, bound, bool(result.status == 0 and row is not None), method
+    proven = bool(result.status == 0 and row is not None)
+    return _Solve(row, bound, proven, method, started, time.perf_counter() - started, None)
 
 
 def _solve_scip(
     gram: np.ndarray, group_of: np.ndarray, counts: np.ndarray, time_limit: float, incumbent: np.ndarray
-) -> tuple[np.ndarray | None, float, bool, str]:
+) -> _Solve:
     """Minimise ``½xᵀGx`` with ``Σ_{i∈g} x_i = k_g`` as a convex MIQP with SCIP, factorised so that
     SCIP sees the convexity: ``G = L Lᵀ`` (eigenvectors of the positive eigenvalues), ``z = Lᵀx``,
     ``min t`` s.t. ``Σ z_r² ≤ 2t``, started from ``incumbent``; ``G`` scaled to a largest diagonal
-    entry of 1, so that SCIP's absolute tolerances stay small next to it. Returns (best x or None,
-    proven lower bound, proven optimal, method)."""
+    entry of 1, so that SCIP's absolute tolerances stay small next to it. The history: every
+    solution SCIP kept (at most its ``limits/maxsol``, 100), at SCIP's time of finding it."""
     import pyscipopt
 
+    started = time.perf_counter()
     largest = float(np.diag(gram).max(initial=0.0))
     scale = 1.0 / largest if largest > 0 else 1.0
     values, vectors = np.linalg.eigh(gram * scale)
@@ -622,11 +714,18 @@ def _solve_scip(
     for variable, value in zip(x, incumbent.tolist()):
         model.setSolVal(start, variable, float(value))
     model.addSol(start)
+    solving = time.perf_counter()  # SCIP's clock starts with optimize()
     model.optimize()
     row = None
     if model.getNSols() > 0:
         best = model.getBestSol()
         row = np.array([model.getSolVal(best, v) > 0.5 for v in x], dtype=np.int8)
+    history = []
+    for solution in model.getSols():
+        values = np.array([model.getSolVal(solution, v) > 0.5 for v in x], dtype=np.int8)
+        history.append((solving - started + float(model.getSolTime(solution)), float(_halves(gram, values))))
     bound = float(model.getDualbound()) / scale
     method = "convex MIQP (SCIP): x binary, G = LLᵀ, t ≥ ½‖Lᵀx‖², counts as equalities"
-    return row, bound if math.isfinite(bound) else -math.inf, model.getStatus() == "optimal", method
+    proven = model.getStatus() == "optimal"
+    seconds = time.perf_counter() - started
+    return _Solve(row, bound if math.isfinite(bound) else -math.inf, proven, method, started, seconds, history)

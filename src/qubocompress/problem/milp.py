@@ -42,8 +42,11 @@ class MilpOutcome:
     proven: bool
 
 
-def solve_budget_milp(model: ChoiceModel, budget: int, time_limit: float) -> MilpOutcome:
-    """Minimise the damage of ``model`` with total cost ≤ ``budget`` within ``time_limit`` seconds."""
+def solve_budget_milp(
+    model: ChoiceModel, budget: int | None, time_limit: float, cost_weight: float = 0.0
+) -> MilpOutcome:
+    """Minimise the damage of ``model`` plus ``cost_weight`` (nats per unit of cost) × its total cost,
+    with total cost ≤ ``budget`` (None: no budget) within ``time_limit`` seconds."""
     free = model.free
     columns = 0
     x_first: dict[int, int] = {}
@@ -63,6 +66,8 @@ def solve_budget_milp(model: ChoiceModel, budget: int, time_limit: float) -> Mil
         objective[x_first[c] : x_first[c] + model.counts[c]] = model.unary[c]
     for key, table in model.pairs.items():
         objective[z_first[key] : z_first[key] + table.size] = table.ravel()
+    for cell, first in zip(model.cells, w_first):
+        objective[first : first + cell.size.size] += cost_weight * cell.size.ravel()
 
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
@@ -91,8 +96,8 @@ def solve_budget_milp(model: ChoiceModel, budget: int, time_limit: float) -> Mil
         for j in range(table.shape[1]):
             marginal(grid[:, j], x_first[b] + j)
     equalities = len(rows)
-    scale_cost = float(max(budget, 1))
-    if model.cells:
+    scale_cost = float(max(budget or 1, 1))
+    if model.cells and budget is not None:
         add_row(
             np.concatenate([first + np.arange(cell.size.size) for cell, first in zip(model.cells, w_first)]),
             np.concatenate([cell.size.ravel() for cell in model.cells]).astype(np.float64) / scale_cost,

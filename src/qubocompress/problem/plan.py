@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qubocompress.errors import ProblemError
-from qubocompress.problem.spec import CompressionSpec
+from qubocompress.problem.spec import CompressionSpec, LayerSpec
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,16 @@ class Plan:
             return total
         return total - len(self.pruned.get(spec.groups[group].name, ()))
 
+    def kept_inputs(self, spec: CompressionSpec, layer: LayerSpec) -> int:
+        """Input channels of ``layer`` that survive: ``in_channels`` less the pruned channels of its input groups."""
+        return layer.in_channels - sum(len(self.pruned.get(spec.groups[g].name, ())) for g in layer.in_groups)
+
     def layer_weights(self, spec: CompressionSpec) -> dict[str, int]:
         """Stored weights per layer after pruning, input channels removed upstream included."""
         return {
             layer.name: layer.num_weights(
                 kept_out=self.kept_channels(spec, layer.out_group, layer.out_channels),
-                kept_in=self.kept_channels(spec, layer.in_group, layer.in_channels),
+                kept_in=self.kept_inputs(spec, layer),
             )
             for layer in spec.layers
         }

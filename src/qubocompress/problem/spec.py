@@ -10,7 +10,8 @@ Size model (the real one, used to check every plan): a layer's stored weights ar
     kept_out * kernel_area * (1 if depthwise else kept_in // groups * in_features_per_channel)
 
 where ``kept_out`` drops the pruned channels of the layer's output group and ``kept_in`` the pruned
-channels of its input group (pruning layer n removes input channels of the layers it feeds).
+channels of its input groups (pruning layer n removes input channels of the layers it feeds; a
+layer after a concatenation reads several groups).
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class LayerSpec:
         out_group: index into ``CompressionSpec.groups`` pruning this layer's outputs, or None
             when its outputs are not prunable (the classifier).
         in_group: index of the group whose pruning removes this layer's input channels, or None.
+        extra_in_groups: further groups whose channels its input also holds (after a
+            concatenation), each pruned channel of them one input channel less.
         quant_damage: shape ``(b_max,)``; entry ``b-1`` is the measured increase of the
             calibration loss (nats) when only this layer is quantized to ``b`` bits.
     """
@@ -120,10 +123,19 @@ class LayerSpec:
     out_positions: int = 1
     out_group: int | None = None
     in_group: int | None = None
+    extra_in_groups: tuple[int, ...] = ()
     quant_damage: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quant_damage", np.asarray(self.quant_damage, dtype=np.float64))
+        object.__setattr__(self, "extra_in_groups", tuple(int(g) for g in self.extra_in_groups))
+        if self.extra_in_groups and self.in_group is None:
+            raise ProblemError(f"layer {self.name!r}: extra_in_groups need an in_group")
+
+    @property
+    def in_groups(self) -> tuple[int, ...]:
+        """Every group whose pruned channels this layer's input loses (``in_group`` first)."""
+        return (() if self.in_group is None else (self.in_group,)) + self.extra_in_groups
 
     @property
     def depthwise(self) -> bool:
@@ -237,7 +249,7 @@ class CompressionSpec:
         if self.file_layout is not None and len(self.file_layout.filter_bytes) != len(self.layers):
             raise ProblemError("the file layout must give filter_bytes for every layer of the spec")
         for layer in self.layers:
-            for g in (layer.out_group, layer.in_group):
+            for g in (layer.out_group, *layer.in_groups):
                 if g is not None and not 0 <= g < len(self.groups):
                     raise ProblemError(f"layer {layer.name!r} refers to unknown channel group {g}")
             if layer.quant_damage.size not in (0, self.b_max):
@@ -338,6 +350,7 @@ class CompressionSpec:
                     "out_positions": layer.out_positions,
                     "out_group": layer.out_group,
                     "in_group": layer.in_group,
+                    "extra_in_groups": list(layer.extra_in_groups),
                     "quant_damage": layer.quant_damage.tolist(),
                 }
                 for layer in self.layers

@@ -24,6 +24,12 @@ that the base spec of a seed never changes:
   of the two single damages times a correlation ``ρ`` (median 0.3 for neighbours, halved per
   further step, negative with probability 0.2): errors of nearby layers mostly compound, and a
   cross term vanishes where either choice leaves its layer untouched.
+
+A filter Gram matrix for the ``filters`` formulation, added by :func:`with_synthetic_filter_gram`
+(a third random stream): ``G = UᵀU/N`` of N per-sample channel contributions; within a group they
+share a few latent factors, so that some filters are redundant (strongly correlated: cheap alone,
+dear together) and some complementary (anti-correlated), each channel scaled by its importance
+(the damage of removing a channel ~ its importance², as the budget form's curve has it).
 """
 
 from __future__ import annotations
@@ -290,6 +296,7 @@ def synthetic_resnet_spec(
 
 # Random stream of the measurements, apart from the base spec's (same seed, different stream).
 _MEASUREMENT_STREAM = 0x5EED
+_GRAM_STREAM = 0x6A3D  # the filter Gram matrix's random stream
 # Median correlation of the cross term of two neighbouring choices, and the share of negative ones.
 _NEIGHBOUR_CORRELATION = 0.3
 _NEGATIVE_SHARE = 0.2
@@ -304,6 +311,28 @@ def _prune_curve(rng: np.random.Generator, group: ChannelGroup, options: Sequenc
     curve = scale * removed**1.5 * rng.lognormal(0.0, 0.1, size=len(options))
     curve[0] = 0.0
     return np.maximum.accumulate(curve)  # pruning more never hurts less
+
+
+def with_synthetic_filter_gram(spec: CompressionSpec, seed: int = 0, samples: int = 64) -> CompressionSpec:
+    """``spec`` with a synthetic filter Gram matrix over every channel of every group (module docstring).
+
+    Args:
+        spec: any spec with channel groups.
+        seed: random seed (a stream apart from the base spec's and the measurements').
+        samples: N, the calibration samples the contributions are drawn for (>= 1).
+    """
+    if samples < 1:
+        raise ProblemError(f"samples must be >= 1, got {samples}")
+    rng = np.random.default_rng([seed, _GRAM_STREAM])
+    columns = []
+    for group in spec.groups:
+        factors = max(1, group.size // 4)
+        loading = rng.normal(size=(factors, group.size)) * (rng.random((factors, group.size)) < 0.5)
+        own = rng.normal(size=(samples, group.size))
+        shared = rng.normal(size=(samples, factors)) @ loading
+        columns.append((own + 2 * shared) * group.importance / np.sqrt(1 + 4 * (loading**2).sum(axis=0)))
+    contributions = np.concatenate(columns, axis=1) if columns else np.zeros((samples, 0))
+    return replace(spec, filter_gram=contributions.T @ contributions / samples)
 
 
 def with_synthetic_measurements(

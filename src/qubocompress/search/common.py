@@ -96,7 +96,7 @@ class DecisionSpace:
         self.budget = int(math.floor(self.fp32_cost / self.ratio))
         # the layers whose cost each group gene changes (its output and input layers)
         self.layers_of_group = [
-            [n for n, layer in enumerate(spec.layers) if g in (layer.out_group, layer.in_group)]
+            [n for n, layer in enumerate(spec.layers) if g in (layer.out_group, *layer.in_groups)]
             for g in range(self.num_groups)
         ]
         self._check_reachable()
@@ -150,7 +150,7 @@ class DecisionSpace:
     def _layer_cost(self, x: np.ndarray, n: int) -> int:
         layer = self.spec.layers[n]
         kept_out = self._kept(x, layer.out_group, layer.out_channels)
-        kept_in = self._kept(x, layer.in_group, layer.in_channels)
+        kept_in = layer.in_channels - sum(self.prune_options[g][x[g]] for g in layer.in_groups)
         bits = self.bit_options[x[self.num_groups + n]]
         return layer_cost(self.spec, n, kept_out, kept_in, bits, self.metric)
 

@@ -1,6 +1,7 @@
 """Solvers: one ``dimod.Sampler`` per method, each returning a SampleSet with timings in ``info``."""
 
 from qubocompress.solvers.base import solve
+from qubocompress.solvers.decomposed import DecomposedQpuSampler
 from qubocompress.solvers.exact import ExactSampler, solve_exactly
 from qubocompress.solvers.ga import GeneticAlgorithmSampler
 from qubocompress.solvers.greedy import SteepestDescentSampler
@@ -16,6 +17,7 @@ from qubocompress.solvers.tabu import TabuSearchSampler
 __all__ = [
     "SOLVERS",
     "SOLVER_NAMES",
+    "DecomposedQpuSampler",
     "ExactSampler",
     "GeneticAlgorithmSampler",
     "HybridSampler",

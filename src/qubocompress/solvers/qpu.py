@@ -5,7 +5,8 @@ The BQM is minor-embedded into the QPU's working graph — by ``minorminer.find_
 (``minorminer.busclique``, what ``DWaveCliqueSampler`` uses; the better choice for dense blocks:
 2–3× shorter chains, up to ~180 variables on Advantage) — and sampled with
 ``FixedEmbeddingComposite``. Reported: the QPU's own timing (µs, ``info["qpu_timing_us"]``;
-``info["timing"]["qpu_access_seconds"]`` is the charged QPU access time), the embedding search
+``info["timing"]["qpu_access_seconds"]`` is the charged QPU access time; none from a child that is not a
+``DWaveSampler``, such as Ocean's ``MockDWaveSampler``, whose timing is made up), the embedding search
 time, the chain strength used, chain lengths and the mean chain-break fraction (also per read in
 the ``chain_break_fraction`` field).
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import dimod
@@ -139,6 +140,33 @@ def _chain_strength(value: Any) -> Any:
     )
 
 
+def clique_embedding(variables: Iterable[Any], graph: Any) -> tuple[dict[Any, list[Any]], int]:
+    """(clique embedding of ``variables`` into the networkx ``graph`` (a Chimera, Pegasus or Zephyr
+    graph), the largest clique that graph holds); the embedding is empty when there are more
+    variables than that. By ``minorminer.busclique``, cached on disk (what ``DWaveCliqueSampler`` uses)."""
+    from minorminer.busclique import busgraph_cache
+
+    cache = busgraph_cache(graph)
+    embedding = cache.find_clique_embedding(list(variables))
+    largest = len(cache.largest_clique())
+    return {v: list(chain) for v, chain in embedding.items()}, largest
+
+
+def minor_embedding(
+    bqm: dimod.BinaryQuadraticModel, edges: Iterable[tuple[Any, Any]], seed: int | None, timeout: float, **options: Any
+) -> dict[Any, list[Any]]:
+    """``minorminer.find_embedding`` of ``bqm``'s interaction graph (every variable, coupled or not)
+    into ``edges``, seeded, within ``timeout`` seconds (minorminer checks it between its rounds, so
+    a search can run past it); further ``options`` go to find_embedding. Empty when none is found."""
+    import minorminer
+
+    source = list(bqm.quadratic) + [(v, v) for v in bqm.variables]
+    if seed is not None:
+        options["random_seed"] = int(seed)
+    embedding = minorminer.find_embedding(source, list(edges), timeout=timeout, **options)
+    return {v: list(chain) for v, chain in embedding.items()}
+
+
 class QpuSampler(dimod.Sampler):
     """A D-Wave QPU with minor-embedding; every failure is a one-line SolverError.
 
@@ -169,7 +197,7 @@ class QpuSampler(dimod.Sampler):
         client_config: dict[str, Any] | None = None,
         **defaults: Any,
     ) -> None:
-        system, self._minorminer = require_all(QPU_REQUIRES, "qpu")
+        system, _ = require_all(QPU_REQUIRES, "qpu")
         self.clique = bool(clique)
         self.defaults = self._checked({**self.DEFAULTS, **defaults})
         if child_sampler is None:
@@ -178,6 +206,8 @@ class QpuSampler(dimod.Sampler):
                 config["solver"] = solver
             child_sampler = call_cloud(lambda: system.DWaveSampler(**config), "qpu")
         self.child = child_sampler
+        # a child that is not a DWaveSampler (Ocean's MockDWaveSampler, a test's) reports no QPU time
+        self.on_qpu = isinstance(child_sampler, system.DWaveSampler)
 
     def _checked(self, params: dict[str, Any]) -> dict[str, Any]:
         known_options(params, self.DEFAULTS, "solver 'qpu'")
@@ -206,31 +236,23 @@ class QpuSampler(dimod.Sampler):
 
     def _embed(self, bqm: dimod.BinaryQuadraticModel, seed: int | None, timeout: float) -> dict[Any, list[Any]]:
         """A minor embedding of ``bqm`` into the child's graph; SolverError when none is found."""
-        _, edges, _ = self.child.structure
         if self.clique:
-            from minorminer.busclique import busgraph_cache, find_clique_embedding
-
-            graph = self.child.to_networkx_graph()
-            embedding = find_clique_embedding(list(bqm.variables), graph, use_cache=True)
+            embedding, largest = clique_embedding(bqm.variables, self.child.to_networkx_graph())
             if not embedding:
-                largest = len(busgraph_cache(graph).largest_clique())
                 raise SolverError(
                     f"solver 'qpu': a clique of {bqm.num_variables} variables does not fit this QPU "
                     f"(largest clique: {largest}); use the hybrid solver or a smaller problem"
                 )
-            return {v: list(chain) for v, chain in embedding.items()}
-        source = list(bqm.quadratic) + [(v, v) for v in bqm.variables]
-        options: dict[str, Any] = {"timeout": timeout}
-        if seed is not None:
-            options["random_seed"] = int(seed)
-        embedding = self._minorminer.find_embedding(source, edges, **options)
+            return embedding
+        _, edges, _ = self.child.structure
+        embedding = minor_embedding(bqm, edges, seed, timeout)
         if not embedding:
             raise SolverError(
                 f"solver 'qpu' found no minor embedding of {bqm.num_variables} variables and "
                 f"{bqm.num_interactions} couplings in the QPU graph within {timeout:g} s; try clique=True for "
                 "dense problems, a longer embedding_timeout, or the hybrid solver"
             )
-        return {v: list(chain) for v, chain in embedding.items()}
+        return embedding
 
     def sample(self, bqm: dimod.BinaryQuadraticModel, seed: int | None = None, **kwargs: Any) -> dimod.SampleSet:
         """Embed ``bqm``, sample it on the QPU and unembed (majority vote over broken chains)."""
@@ -262,7 +284,7 @@ class QpuSampler(dimod.Sampler):
         seconds = time.perf_counter() - start
         context = result.info.get("embedding_context", {})
         chains = [len(chain) for chain in embedding.values()]
-        qpu_timing = dict(result.info.get("timing", {}))
+        qpu_timing = dict(result.info.get("timing", {})) if self.on_qpu else {}
         info = {
             "parameters": {key: value for key, value in params.items() if key != "chain_strength"},
             "chain_strength": None if context.get("chain_strength") is None else float(context["chain_strength"]),
@@ -271,12 +293,12 @@ class QpuSampler(dimod.Sampler):
             "qubits": sum(chains),
             "embedding": "clique (busclique)" if self.clique else "minorminer.find_embedding",
             "problem_id": result.info.get("problem_id"),
+            "on_qpu": self.on_qpu,
             "qpu_timing_us": qpu_timing,
-            "timing": {
-                "embedding_seconds": embedding_seconds,
-                "qpu_access_seconds": float(qpu_timing.get("qpu_access_time", math.nan)) * 1e-6,
-            },
+            "timing": {"embedding_seconds": embedding_seconds},
         }
+        if self.on_qpu:
+            info["timing"]["qpu_access_seconds"] = float(qpu_timing.get("qpu_access_time", math.nan)) * 1e-6
         return timed_sampleset(
             bqm,
             result.record.sample,

@@ -2,13 +2,14 @@
 
 A factory takes the formulation (or None) and the user's options and returns a ``dimod.Sampler``;
 solvers that do not use the formulation simply ignore it. Optional packages (openjij,
-simulated-bifurcation, dwave-system, pymoo, stable-baselines3) are imported only when their
+simulated-bifurcation, dwave-system, dwave-hybrid, pymoo, stable-baselines3) are imported only when their
 sampler is built, and a missing one is a SolverError naming the extra to install.
 
 :func:`preflight` is the cheap check to run before any other work: the name is known, the optional
 packages its sampler imports are installed (``SolverEntry.requires``, found without importing
-them), and any further check of the entry (``SolverEntry.check``: for ``qpu`` and ``hybrid``, that
-a D-Wave API token is configured; read locally, no network call). It builds no sampler.
+them), and any further check of the entry (``SolverEntry.check``: for ``qpu``, ``hybrid``,
+``hybrid-cqm`` and ``qpu-decomposed`` unless ``qpu=mock``, that a D-Wave API token is configured; read locally, no
+network call). It builds no sampler.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import dimod
 
 from qubocompress.errors import SolverError
 from qubocompress.solvers.base import Requirement, require_installed
+from qubocompress.solvers.decomposed import DECOMPOSED_REQUIRES, DecomposedQpuSampler, check_decomposed
 from qubocompress.solvers.exact import ExactSampler
 from qubocompress.solvers.ga import GA_REQUIRES, GeneticAlgorithmSampler
 from qubocompress.solvers.greedy import SteepestDescentSampler
-from qubocompress.solvers.hybrid import HYBRID_REQUIRES, HybridSampler
+from qubocompress.solvers.hybrid import HYBRID_REQUIRES, HybridCQMSampler, HybridSampler
 from qubocompress.solvers.qpu import QPU_REQUIRES, QpuSampler, check_token
 from qubocompress.solvers.rl import RL_REQUIRES, ReinforcementLearningSampler
 from qubocompress.solvers.sa import SimulatedAnnealingSampler
@@ -78,9 +80,22 @@ SOLVERS: dict[str, SolverEntry] = {
         requires=QPU_REQUIRES,
         check=check_token,
     ),
+    "qpu-decomposed": SolverEntry(
+        lambda formulation, **options: DecomposedQpuSampler(**options),
+        "dwave-hybrid decomposition (Kerberos-like): 50-variable sub-problems embedded on the QPU, racing tabu; "
+        "needs a Leap token, or qpu=mock for MockDWaveSampler (classical, not a QPU)",
+        requires=DECOMPOSED_REQUIRES,
+        check=check_decomposed,
+    ),
     "hybrid": SolverEntry(
         lambda formulation, **options: HybridSampler(**options),
         "D-Wave Leap hybrid BQM solver, for problems larger than a QPU (needs a Leap token)",
+        requires=HYBRID_REQUIRES,
+        check=check_token,
+    ),
+    "hybrid-cqm": SolverEntry(
+        lambda formulation, **options: HybridCQMSampler(formulation, **options),
+        "D-Wave Leap hybrid CQM solver on the budget formulation's constrained model (needs a Leap token)",
         requires=HYBRID_REQUIRES,
         check=check_token,
     ),
