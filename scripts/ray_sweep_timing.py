@@ -34,19 +34,39 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def kill_one_case_worker(killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL the first Ray worker seen running a sweep case (Ray titles it ``ray::run_case_task``)."""
-    import psutil
+def _parent(pid: int) -> int:
+    """The parent of process ``pid`` (0 when it is gone), from /proc."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
+
+def kill_own_worker(title: str, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first process titled ``title`` (a Ray worker running such a task) that descends
+    from this process (its own local cluster, never another Ray on the machine)."""
+    me = os.getpid()
     while not stop.is_set() and not killed:
-        for process in psutil.process_iter(["pid", "cmdline"]):
-            if "ray::run_case_task" in " ".join(process.info["cmdline"] or ()):
-                try:
-                    os.kill(process.info["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                killed.append(process.info["pid"])
-                return
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            pid = ancestor = int(entry.name)
+            if title not in command:
+                continue
+            while ancestor > 1 and ancestor != me:
+                ancestor = _parent(ancestor)
+            if ancestor != me:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            killed.append(pid)
+            return
         time.sleep(0.05)
 
 
@@ -73,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         serial = run([*sweep, "--out", str(out / "serial")])
         killed: list[int] = []
         stop = threading.Event()
-        watcher = threading.Thread(target=kill_one_case_worker, args=(killed, stop), daemon=True)
+        watcher = threading.Thread(target=kill_own_worker, args=("ray::run_case_task", killed, stop), daemon=True)
         if args.kill:
             watcher.start()
         try:

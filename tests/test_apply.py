@@ -467,7 +467,7 @@ def test_artifact_preserves_conv_hyper_parameters(tmp_path):
     assert loaded.bn_dw.eps == dw_pruned.bn_dw.eps and loaded.bn_dw.momentum == dw_pruned.bn_dw.momentum
 
 
-@pytest.mark.parametrize("name", ["lenet5", "vgg", "resnet20", "mobilenet"])
+@pytest.mark.parametrize("name", ["lenet5", "vgg", "vgg16", "resnet20", "resnet56", "mobilenet"])
 def test_built_in_models_prune_and_reload_with_the_default_builder(name, tmp_path):
     from qubocompress.models import zoo
 

@@ -1,5 +1,6 @@
-"""Sweep cases as Ray tasks: a local 2-worker cluster, a worker killed mid-case, workers that die every
-time or cannot import a task's module, and the one-line errors of bad cluster settings."""
+"""Sweep cases and bench runs as Ray tasks: a local 2-worker cluster, a worker killed mid-case or
+mid-run, workers that die every time or cannot import a task's module, and the one-line errors of
+bad cluster settings."""
 
 from __future__ import annotations
 
@@ -7,30 +8,39 @@ import os
 import sqlite3
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from qubocompress import cluster as cluster_module
+from qubocompress.bench.instances import save_instance
+from qubocompress.bench.runner import SweepConfig
+from qubocompress.bench.runner import run_sweep as bench_sweep
+from qubocompress.bench.store import ResultStore
+from qubocompress.cli import main
 from qubocompress.cluster import Cluster, Crashed, connect
 from qubocompress.errors import ClusterError
 from qubocompress.sweeps import STORE_FILE, read_sweep
 
+from test_bench import tiny_instance
 from test_pipeline import assert_one_line_error, data_dir, run  # noqa: F401  (data_dir is a fixture)
 from test_scripts import load_script
 from test_sweep import sweep_args
 
+kill_own_worker = load_script("ray_sweep_timing").kill_own_worker
+
 ray = pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the Ray workers in /proc (Linux)")
 def test_a_sweep_on_two_ray_workers_survives_a_worker_killed_mid_case(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(
-        target=load_script("ray_sweep_timing").kill_one_case_worker, args=(killed, stop), daemon=True
-    )
+    killer = threading.Thread(target=kill_own_worker, args=("ray::run_case_task", killed, stop), daemon=True)
     killer.start()
     try:
         args = sweep_args(data_dir, out, "--target-ratio", "4,6,8", "--routes", "qubo,uniform", "--workers", "2")
@@ -53,6 +63,59 @@ def test_a_sweep_on_two_ray_workers_survives_a_worker_killed_mid_case(data_dir: 
     assert not list((out / "cases").glob(".*.partial-*"))
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the Ray workers in /proc (Linux)")
+def test_a_bench_on_two_ray_workers_writes_every_run_once_with_a_worker_killed_mid_run(tmp_path: Path) -> None:
+    instances = save_instance(tiny_instance(), tmp_path / "instances")
+    out = tmp_path / "bench"
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_own_worker, args=("ray::run_bench_task", killed, stop), daemon=True)
+    killer.start()
+    try:
+        argv = ["bench", "--instances", instances, "--solvers", "sa,ga", "--seeds", "3", "--out", out]
+        argv += ["--solver-option", "sa:num_reads=2000", "--solver-option", "sa:num_sweeps=1000", "--workers", "2"]
+        assert main([str(word) for word in argv]) == 0
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no run's worker was seen to kill"
+    with ResultStore(out / "results.sqlite") as store:
+        runs = store.runs()
+    keys = [(run.key.solver, run.key.seed) for run in runs]
+    assert sorted(keys) == [(solver, seed) for solver in ("ga", "sa") for seed in range(3)]  # each once
+    assert all(run.status == "ok" for run in runs), [run.info.get("error") for run in runs]
+    # the budgeted ga runs were sent once the sa runs were stored: their equal budget matched sa's
+    assert all(run.info["budget"].startswith("time limit") for run in runs if run.key.solver == "ga")
+
+
+def test_a_bench_on_ray_records_what_it_records_in_this_process(tmp_path: Path) -> None:
+    config = SweepConfig(solvers=["sa", "tabu"], seeds=(0, 1), solver_options={"sa": {"num_reads": 20}})
+    records = {}
+    for where, cluster in (("here", None), ("ray", Cluster(workers=2))):
+        with ResultStore(tmp_path / f"{where}.sqlite") as store:
+            outcome = bench_sweep([tiny_instance()], config, store, progress=False, cluster=cluster)
+            assert outcome.executed == 4 and outcome.reused == 0
+            records[where] = {(r.key.solver, r.key.seed): r for r in store.runs()}
+            assert store.instances()[0]["e_star"] is not None
+    assert records["ray"].keys() == records["here"].keys()
+    for key, here in records["here"].items():
+        ray_record = records["ray"][key]
+        assert ray_record.status == here.status == "ok"
+        assert ray_record.energies.tolist() == here.energies.tolist() and ray_record.successes == here.successes
+
+
+def slow_square_with(offset: int) -> Callable[[int], int]:
+    """A pool actor's function: the square of a value plus ``offset``, slower for small values (so
+    that the results come back out of order)."""
+
+    def square(value: int) -> int:
+        time.sleep(0.05 * (4 - value % 4))
+        return value * value + offset
+
+    return square
+
+
 def crash_on_odd(value: int) -> int:
     """A task that kills its own worker for odd values (pickled by value, see the test)."""
     if value % 2:
@@ -60,7 +123,7 @@ def crash_on_odd(value: int) -> int:
     return 10 * value
 
 
-def test_a_task_whose_worker_dies_every_time_is_crashed_and_a_missing_module_is_one_line(
+def test_a_task_whose_worker_dies_every_time_is_crashed_a_missing_module_is_one_line_and_a_pool_keeps_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -77,6 +140,8 @@ def test_a_task_whose_worker_dies_every_time_is_crashed_and_a_missing_module_is_
         with pytest.raises(ClusterError, match="cannot import 'driver_only_module'") as error:
             list(session.run_unordered(driver_only_module.double, [(1,)], {}))
         assert "\n" not in str(error.value)
+        pool = session.pool(slow_square_with, (session.put(7),), 2)  # its actors hold both CPUs: last
+        assert pool.size == 2 and pool.map(list(range(9))) == [v * v + 7 for v in range(9)]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,41 @@ def test_image_folders_unreadable_image(tmp_path: Path) -> None:
     write_image_folders(tmp_path / "pics")
     (tmp_path / "pics" / "train" / "cat" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png cannot be read as an image"):
+        load_dataset(tmp_path / "pics")
+
+
+def test_cifar_style_folder_of_32x32_rgb_images_in_png_jpeg_and_bmp(tmp_path: Path) -> None:
+    write_image_folders(tmp_path / "cifar", "RGB", size=(32, 32))
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "cifar" / "train" / "cat" / "photo.jpg")
+    Image.fromarray(pixels).save(tmp_path / "cifar" / "test" / "ant" / "scan.bmp")
+    data = load_dataset(tmp_path / "cifar")
+    assert data.input_shape == (3, 32, 32) and len(data.mean) == len(data.std) == 3
+    assert (len(data.train) + len(data.val), len(data.test)) == (25, 7)
+
+
+def test_image_files_are_parsed_only_as_png_jpeg_or_bmp(tmp_path: Path) -> None:
+    # a TIFF named .png: Pillow would open it, but only the PNG, JPEG and BMP decoders may run
+    write_image_folders(tmp_path / "pics")
+    Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(tmp_path / "pics" / "train" / "cat" / "t.png", "TIFF")
+    with pytest.raises(DataError, match=r"t.png cannot be read as an image \(cannot identify image file"):
+        load_dataset(tmp_path / "pics")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk of a ``width`` x ``height`` gray image, and IEND (no pixels)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_an_image_that_claims_a_huge_size_is_refused_before_decoding(tmp_path: Path) -> None:
+    write_image_folders(tmp_path / "pics")
+    (tmp_path / "pics" / "test" / "ant" / "bomb.png").write_bytes(png_header(40_000, 40_000))
+    with pytest.raises(DataError, match=r"bomb.png cannot be read as an image \(Image size \(1600000000 pixels\)"):
         load_dataset(tmp_path / "pics")
 
 

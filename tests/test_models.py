@@ -23,6 +23,7 @@ from qubocompress.models.train import (
     evaluate_loss,
     load_checkpoint,
     load_or_train,
+    resolve_device,
     save_checkpoint,
     train,
     training_layout,
@@ -88,6 +89,35 @@ def test_resnet20_layout() -> None:
     assert len(adds) == 9
 
 
+def test_resnet56_layout() -> None:
+    model = build_model("resnet56", width=4)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 55 + 2  # 1 + 3 stages x 9 blocks x 2 conv3x3, two option-B 1x1 shortcuts
+    assert [len(stage) for stage in (model.layer1, model.layer2, model.layer3)] == [9, 9, 9]
+    assert [model.layer1[0].conv1.out_channels, model.layer3[8].conv2.out_channels] == [4, 16]
+    adds = [n for n in torch.fx.symbolic_trace(model).graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+    assert len(adds) == 27
+    # the CIFAR layout at width 16 has the paper's 0.85 M parameters
+    assert count_params(build_model("resnet56", in_channels=3, input_size=32)) == 855770
+
+
+def test_vgg16_layout() -> None:
+    model = build_model("vgg16")
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
+    assert all(c.bias is None and c.kernel_size == (3, 3) for c in convs)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == 4
+    assert model.classifier[-1].in_features == 128
+    # width 64 is CIFAR VGG-16 with BatchNorm (14,728,266 parameters with conv biases; 4,224 of them)
+    original = build_model("vgg16", in_channels=3, input_size=32, width=64)
+    assert [c.out_channels for c in original.features if isinstance(c, nn.Conv2d)][-1] == 512
+    assert count_params(original) == 14_728_266 - 4_224
+    with pytest.raises(ModelError, match="vgg16 needs inputs of at least 16x16 pixels, got 12"):
+        build_model("vgg16", input_size=12)
+    with pytest.raises(ModelError, match="resnet56 width must be at least 1, got 0"):
+        build_model("resnet56", width=0)
+
+
 def test_mobilenet_has_depthwise_blocks() -> None:
     model = build_model("mobilenet")
     depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
@@ -96,7 +126,7 @@ def test_mobilenet_has_depthwise_blocks() -> None:
 
 
 def test_unknown_model_lists_names() -> None:
-    expected = "unknown model 'alexnet'; built-in models are: lenet5, mobilenet, resnet20, vgg"
+    expected = "unknown model 'alexnet'; built-in models are: lenet5, mobilenet, resnet20, resnet56, vgg, vgg16"
     with pytest.raises(ModelError, match=expected):
         build_model("alexnet")
 
@@ -263,6 +293,38 @@ def test_load_or_train_caches(data: Dataset, tmp_path: Path) -> None:
 
     _, other_seed = load_or_train("vgg", data, seed=4, config=config, cache_dir=tmp_path, model_kwargs=TINY)
     assert other_seed["cached"] is False and other_seed["cache_path"] != path
+
+
+@pytest.mark.parametrize("name", ["resnet56", "vgg16"])
+def test_bigger_models_train_on_rgb_images_and_are_cached(name: str, tmp_path: Path) -> None:
+    rgb = synthetic_dataset(num_classes=3, n_train=64, n_val=16, n_test=16, shape=(3, 32, 32))
+    config = replace(FAST, epochs=1)
+    kwargs = {"width": 2}
+    model, info = load_or_train(name, rgb, config=config, cache_dir=tmp_path, model_kwargs=kwargs)
+    assert info["cached"] is False and info["cache_path"].name.startswith(f"{name}-synthetic-s0-")
+    assert info["arch"]["kwargs"] == {"num_classes": 3, "in_channels": 3, "input_size": 32, "width": 2}
+    assert model(rgb.test.x[:2]).shape == (2, 3)
+    again, cached = load_or_train(name, rgb, config=config, cache_dir=tmp_path, model_kwargs=kwargs)
+    assert cached["cached"] is True and evaluate(again, rgb.test) == info["test_acc"]
+
+
+def test_device_names_and_the_cpu_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu", lines.append) == torch.device("cpu")
+    assert resolve_device("auto", lines.append) == torch.device("cpu") and lines == []
+    assert resolve_device("cuda:1", lines.append) == torch.device("cpu")
+    assert lines == [
+        "warning: --device cuda:1: torch sees no CUDA GPU (torch.cuda.is_available() is false); using the CPU"
+    ]
+    for bad in ("gpu", "cuda:", "CUDA", "cuda:x", ""):
+        with pytest.raises(ModelError, match=r"^--device must be cpu, cuda, cuda:N .* or auto .*; got "):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ModelError, match=r"^--device cuda:2: torch sees 1 CUDA GPU\(s\), cuda:0 to cuda:0$"):
+        resolve_device("cuda:2")
 
 
 def test_corrupt_cache_is_retrained(data: Dataset, tmp_path: Path) -> None:

@@ -530,3 +530,20 @@ def test_the_uniform_baseline_of_equal_scores_is_the_one_closest_to_the_target()
         for row in choice["candidates"]
     ]
     assert cost_ratio(spec, plan, "bits") == min(ratios) >= 6.0
+
+
+def test_a_group_the_paper_form_cannot_certify_is_refused_before_the_analysis(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qubocompress import pipeline
+    from qubocompress.models.zoo import build_model
+
+    def no_measurement(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the analysis ran before the refusal")
+
+    monkeypatch.setattr(pipeline, "analyse_model", no_measurement)
+    dataset = synthetic_dataset(n_train=16, n_val=8, n_test=8)
+    resnet56 = build_model("resnet56", width=2)  # stage 1's residual group ties the stem and nine convs
+    config = CompressConfig(model="resnet56", formulation="paper", analysis_cache=False)
+    with pytest.raises(ProblemError, match=r"'conv1' ties 10 layers: .* use --formulation budget"):
+        pipeline.analyse(resnet56, dataset, config, "resnet56", log=lambda line: None)
+    resnet20 = build_model("resnet20", width=2)  # its groups tie at most 4 layers: 8**4 joint choices
+    pipeline.check_paper_certifiable(pipeline.trace_model(resnet20, dataset.input_shape), bit_levels=3)

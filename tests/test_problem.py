@@ -402,3 +402,11 @@ def test_synthetic_spec_scales_past_ten_thousand_variables() -> None:
 def test_synthetic_spec_rejects_bad_shapes(options: dict[str, object], message: str) -> None:
     with pytest.raises(ProblemError, match=message):
         synthetic_spec(**options)
+
+
+@pytest.mark.parametrize("blocks", [2.7, "2", True, 0])
+def test_a_spec_file_with_a_bad_blocks_value_is_a_problem_error(blocks: object) -> None:
+    data = synthetic_spec(seed=0).to_dict()
+    data["groups"][0]["blocks"] = blocks
+    with pytest.raises(ProblemError, match="blocks must be an integer >= 1"):
+        CompressionSpec.from_dict(data)

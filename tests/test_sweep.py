@@ -256,6 +256,7 @@ def test_the_uniform_route_is_a_compress_search(data_dir: Path, tmp_path: Path) 
             out=Path("runs/x y"),
             calibration_samples=256,
             search_evaluations=50,
+            device="auto",
         ),
         CompressConfig(budget="32KiB", metric="file", formulation="budget", seed=7, untrained=True),
     ],

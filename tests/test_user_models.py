@@ -171,7 +171,10 @@ def test_built_in_model_with_a_qubocompress_checkpoint(tmp_path):
         ("{pkg}.nets:not_a_model", r"^factory {pkg}.nets:not_a_model returned a int, not a torch.nn.Module$"),
         ("{pkg}.nets:CONSTANT", r"^{pkg}.nets:CONSTANT is a int, not a callable that builds a model$"),
         ("{pkg}.nets:no_layers", r"^model {pkg}.nets:no_layers has no compressible layer \(Conv2d or Linear\)$"),
-        ("{pkg}.nets:", r"^unknown model '{pkg}.nets:': use a built-in name \(lenet5, mobilenet, resnet20, vgg\)"),
+        (
+            "{pkg}.nets:",
+            r"^unknown model '{pkg}.nets:': use a built-in name \(lenet5, mobilenet, resnet20, resnet56, vgg, vgg16\)",
+        ),
         ("resnet99", r"^unknown model 'resnet99'"),
         ("missing/model.pt", r"^model file missing/model.pt does not exist$"),
     ],

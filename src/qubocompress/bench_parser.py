@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from qubocompress.cluster import add_cluster_arguments
 from qubocompress.names import BENCH_MODELS, OFFLINE_SOLVERS
 
 DEFAULT_OUT = Path("runs/bench")
@@ -155,4 +156,5 @@ def add_bench_parser(subparsers: Any, formatter_class: type[argparse.HelpFormatt
         "results.sqlite.previous (replacing an older one)",
     )
     bench.set_defaults(fresh=False)
+    add_cluster_arguments(bench, "run the instance × solver × seed runs (this process writes the store)")
     return bench

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from qubocompress.bench_parser import add_bench_parser
-from qubocompress.cluster import Cluster
+from qubocompress.cluster import Cluster, add_cluster_arguments
 from qubocompress.config import CompressConfig, parse_solver_option
 from qubocompress.errors import QubocompressError
 from qubocompress.names import (
@@ -89,6 +89,13 @@ def _add_data_args(parser: argparse.ArgumentParser, sweep: bool = False) -> None
         metavar="HOW",
         help="input preprocessing the model expects: mean-std (per channel, from the train split), none (pixels "
         "in [0, 1]), or MEAN,STD (two numbers, or M1,..,MC,S1,..,SC per channel)",
+    )
+    parser.add_argument(
+        "--device",
+        default=CompressConfig.device,
+        metavar="DEVICE",
+        help="where training, the analysis, fine-tuning and the sb solver run: cpu, cuda, cuda:N, or auto (cuda "
+        "when torch sees a GPU); cuda without one falls back to the CPU with a warning",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines: warnings and errors only")
     if sweep:
@@ -346,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--json", action="store_true", help="print the metrics (metrics.json) as JSON on stdout instead of the table"
     )
+    add_cluster_arguments(compress, "score each --search ga-acc generation's plans in parallel")
     compress.add_argument(
         "--export",
         choices=("onnx",),
@@ -410,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh", action="store_true", help="start over: the folder's store and cases are set aside (.previous)"
     )
     sweep.add_argument("--no-report", action="store_true", help="do not write report.html")
-    _add_cluster_args(sweep)
+    add_cluster_arguments(sweep, "run the cases (their ga-acc / rl-acc searches stay serial inside)")
     report = sub.add_parser(
         "report",
         help="write report.html (figures embedded) for a run, sweep or bench folder",
@@ -462,20 +470,6 @@ def _items(text: str | None, what: str) -> list[str]:
     return items
 
 
-def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    """--workers and --ray-address: run the cases as Ray tasks (the ray extra)."""
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="run the cases on a local Ray cluster of N workers"
-    )
-    where.add_argument(
-        "--ray-address",
-        default=None,
-        metavar="ADDRESS",
-        help="run the cases on an existing Ray cluster: auto (this machine's), ray://HOST:PORT or HOST:PORT",
-    )
-
-
 def _cluster(args: argparse.Namespace) -> Cluster:
     cluster = Cluster(address=args.ray_address, workers=args.workers)
     cluster.check()
@@ -506,6 +500,7 @@ def _run_sweep(args: argparse.Namespace, argv: list[str]) -> int:
     solvers = _items(args.solvers, "--solvers")
     cases = sweep_cases(targets, _items(args.routes, "--routes"), solvers, seeds)
     per_case = {"target_ratio": None, "budget": None, "solver": solvers[0], "search": "qubo", "seed": 0}
+    per_case.update(workers=None, ray_address=None)  # the sweep's cluster runs the cases: their searches stay serial
     base = _compress_config(argparse.Namespace(**{**vars(args), **per_case, "no_baseline": True}))
     command = shlex.join(["qubocompress", *argv])
     cluster = _cluster(args)
@@ -584,7 +579,10 @@ def _compress_config(args: argparse.Namespace) -> CompressConfig:
         baseline=not args.no_baseline,
         untrained=args.untrained,
         export_onnx=getattr(args, "export", None) == "onnx",
+        device=args.device,
         solver_options=dict(parse_solver_option(text) for text in getattr(args, "solver_option", [])),
+        workers=getattr(args, "workers", None),
+        ray_address=getattr(args, "ray_address", None),
     )
 
 
@@ -620,14 +618,16 @@ def _run_train(args: argparse.Namespace) -> int:
     from qubocompress.data.datasets import load_dataset
     from qubocompress.io import check_writable_file
     from qubocompress.models.stats import count_macs, count_params
-    from qubocompress.models.train import load_or_train, save_checkpoint
+    from qubocompress.models.train import check_device, load_or_train, resolve_device, save_checkpoint
 
+    check_device(args.device)
     if args.save is not None:
         check_writable_file(args.save, "--save")  # before the training, not after it
     dataset = load_dataset(args.data, args.normalize)
     if dataset.note:
         _log(dataset.note)
-    model, info = load_or_train(args.model, dataset, seed=args.seed, progress=_log)
+    device = resolve_device(args.device, _log)
+    model, info = load_or_train(args.model, dataset, seed=args.seed, progress=_log, device=device)
     print(
         f"{args.model} on {dataset.name}: {count_params(model):,} params, "
         f"{count_macs(model, dataset.input_shape):,} MACs, test top-1 {100 * info['test_acc']:.2f}% "
@@ -657,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
                 out=args.out,
                 finetune_epochs=DEMO_FINETUNE_EPOCHS,
                 export_onnx=True,
+                device=args.device,
             )
             return _run_compress(config)
         if args.command == "compress":

@@ -9,10 +9,15 @@ comes back as a :class:`Crashed` outcome with the reason, and the others go on. 
 :class:`QubocompressError` the task raises is raised again on the driver, its one line kept; any
 other exception comes back as Ray's ``RayTaskError``, with the worker's traceback. Ray is the
 optional ``ray`` extra; asking for a cluster without it is one line.
+
+:meth:`Session.pool` starts Ray actors that each build a function once (from object references:
+e.g. a model and a data split sent to each actor once) and :meth:`Pool.map` applies it to many
+items, one at a time per actor, the results in the items' order: the search's plan scoring.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
 import re
@@ -70,6 +75,12 @@ class Cluster:
         if self.enabled and importlib.util.find_spec("ray") is None:
             raise ClusterError(f"running on Ray needs the ray package: {RAY_EXTRA}")
 
+    def reach(self) -> None:
+        """ClusterError unless the port of ``address`` answers within CONNECT_TIMEOUT seconds (a
+        local cluster, ``auto`` or none: nothing to try); before any long work."""
+        if self.address not in (None, "auto"):
+            _reachable(self.address)
+
     def describe(self) -> str:
         """``a local Ray cluster of 2 workers`` or ``the Ray cluster at ray://h:10001``."""
         if self.workers is not None:
@@ -105,6 +116,21 @@ def _import_failure(exc: BaseException) -> str | None:
     return match[1] if match else None
 
 
+def add_cluster_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--workers N`` and ``--ray-address ADDRESS`` (mutually exclusive) on ``parser``, each run
+    doing ``what`` (e.g. ``"run the cases"``); :class:`Cluster` takes the two values."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=int, default=None, metavar="N", help=f"{what} on a local Ray cluster of N workers"
+    )
+    where.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help=f"{what} on an existing Ray cluster: auto (this machine's), ray://HOST:PORT or HOST:PORT",
+    )
+
+
 class Session:
     """An open cluster; :meth:`run_unordered` runs tasks on it."""
 
@@ -121,49 +147,118 @@ class Session:
         """``value`` in the cluster's object store, sent once to every task that takes the reference."""
         return self._ray.put(value)
 
+    def register(self, kind: type, to_bytes: Callable[[Any], bytes], from_bytes: Callable[[bytes], Any]) -> None:
+        """Send every ``kind`` object as ``to_bytes(obj)``, read back by ``from_bytes`` (module-level,
+        importable by name on the workers): for objects Ray's pickler cannot send (dimod's BQMs)."""
+        self._ray.util.register_serializer(kind, serializer=to_bytes, deserializer=from_bytes)
+
     def run_unordered(
         self, function: Callable[..., Any], arguments: Sequence[tuple[Any, ...]], shared: Mapping[str, Any]
     ) -> Iterator[tuple[int, Any]]:
         """``function(*arguments[i], **shared)`` as Ray tasks; yields ``(i, result)`` as each finishes,
         the result a :class:`Crashed` where the task's worker died every time. ``shared``: keyword
-        arguments for every task, object references from :meth:`put` (resolved on the worker).
-        ``function`` must be importable by name on the workers (a module-level function)."""
+        arguments for every task, object references from :meth:`put` (resolved on the worker); so
+        are the references among ``arguments[i]``. ``function`` must be importable by name on the
+        workers (a module-level function)."""
         ray = self._ray
         remote = ray.remote(num_cpus=1, max_retries=self.cluster.retries, retry_exceptions=False)(function)
         pending = {remote.remote(*args, **shared): i for i, args in enumerate(arguments)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(done[0])
-            try:
-                result = ray.get(done[0])
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, QubocompressError):
-                    raise cause from None
-                module = _import_failure(exc)
-                if module is not None:
-                    raise ClusterError(self._missing_module(module)) from None
-                raise
-            except (
-                ray.exceptions.WorkerCrashedError,
-                ray.exceptions.NodeDiedError,
-                ray.exceptions.ObjectLostError,
-                ray.exceptions.OutOfMemoryError,
-            ) as exc:
-                tries = self.cluster.retries + 1
-                result = Crashed(f"its Ray worker died {tries} time{'s' if tries != 1 else ''}: {_crash_reason(exc)}")
-            except ray.exceptions.RaySystemError as exc:
-                module = _import_failure(exc)
-                if module is None:
-                    raise
+            yield pending.pop(done[0]), self._result(done[0], self.cluster.retries + 1)
+
+    def pool(self, build: Callable[..., Callable[[Any], Any]], arguments: tuple[Any, ...], size: int) -> Pool:
+        """``size`` Ray actors (one CPU each), each holding ``build(*arguments)``, built once on its
+        worker (object references among ``arguments`` are resolved there: each actor fetches them
+        once). Each actor holds its CPU until the pool is gone. An actor whose worker dies is not
+        started again (Ray cannot rebuild one from object references safely): :meth:`Pool.map` then
+        fails with one ClusterError line. ``build`` must be importable by name on the workers (a
+        module-level function)."""
+        actor = self._ray.remote(num_cpus=1, max_restarts=0)(Holder)
+        return Pool(self, [actor.remote(build, *arguments) for _ in range(max(1, size))])
+
+    def _result(self, reference: Any, tries: int) -> Any:
+        """``ray.get(reference)``, a :class:`Crashed` where its worker died all ``tries`` times; a task's
+        QubocompressError raised again as it is, a module the workers lack as one ClusterError line."""
+        ray = self._ray
+        try:
+            return ray.get(reference)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, QubocompressError):
+                raise cause from None
+            module = _import_failure(exc)
+            if module is not None:
                 raise ClusterError(self._missing_module(module)) from None
-            yield index, result
+            raise
+        except (
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.OutOfMemoryError,
+            ray.exceptions.RayActorError,
+        ) as exc:
+            module = _import_failure(exc)
+            if module is not None:
+                raise ClusterError(self._missing_module(module)) from None
+            return Crashed(f"its Ray worker died {tries} time{'s' if tries != 1 else ''}: {_crash_reason(exc)}")
+        except ray.exceptions.RaySystemError as exc:
+            module = _import_failure(exc)
+            if module is None:
+                raise
+            raise ClusterError(self._missing_module(module)) from None
 
     def _missing_module(self, module: str) -> str:
         return (
             f"the workers of {self.cluster.describe()} cannot import {module!r}: install qubocompress "
             "(the same version) on every node of the cluster"
         )
+
+
+class Holder:
+    """The state of one :meth:`Session.pool` actor: the function ``build(*arguments)`` made."""
+
+    def __init__(self, build: Callable[..., Callable[[Any], Any]], *arguments: Any) -> None:
+        self._function = build(*arguments)
+
+    def call(self, item: Any) -> Any:
+        """The function applied to ``item``."""
+        return self._function(item)
+
+
+class Pool:
+    """The actors of :meth:`Session.pool`."""
+
+    def __init__(self, session: Session, actors: list[Any]) -> None:
+        self._session = session
+        self._actors = actors
+
+    @property
+    def size(self) -> int:
+        """How many actors: how many items are worked on at once."""
+        return len(self._actors)
+
+    def map(self, items: Sequence[Any]) -> list[Any]:
+        """The function of every actor applied to each item, the results in the items' order; each
+        idle actor takes the next item. An actor whose worker died is a ClusterError."""
+        ray = self._session._ray
+        results: list[Any] = [None] * len(items)
+        idle = list(self._actors)
+        pending: dict[Any, tuple[int, Any]] = {}
+        queue = list(enumerate(items))[::-1]
+        while queue or pending:
+            while idle and queue:
+                index, item = queue.pop()
+                actor = idle.pop()
+                pending[actor.call.remote(item)] = (index, actor)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            index, actor = pending.pop(done[0])
+            result = self._session._result(done[0], tries=1)
+            if isinstance(result, Crashed):
+                raise ClusterError(f"an actor on {self._session.cluster.describe()} stopped: {result.reason}")
+            results[index] = result
+            idle.append(actor)
+        return results
 
 
 @contextmanager
@@ -174,8 +269,7 @@ def connect(cluster: Cluster) -> Iterator[Session]:
     cluster.check()
     if not cluster.enabled:
         raise ClusterError("no Ray cluster given: pass --workers N or --ray-address")
-    if cluster.address not in (None, "auto"):
-        _reachable(cluster.address)
+    cluster.reach()
     import ray
 
     options: dict[str, Any] = {

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qubocompress.errors import ProblemError, SolverError
+from qubocompress.cluster import Cluster
+from qubocompress.errors import ClusterError, ProblemError, SolverError
 from qubocompress.limits import check_seed
 from qubocompress.names import (
     AUTO_SENSITIVITY,
@@ -86,6 +87,10 @@ class CompressConfig:
 
     ``budget`` (an absolute cost, :func:`parse_budget`) replaces ``target_ratio`` when given: the
     run uses the ratio fp32 cost / budget, and the budget formulation the budget itself.
+    ``device`` ("cpu", "cuda", "cuda:N" or "auto"): where training, the analysis, fine-tuning and the
+    ``sb`` solver run; "cuda" without a GPU falls back to the CPU with one warning line.
+    ``workers`` / ``ray_address``: score each ga-acc generation's plans in parallel on Ray actors, on
+    a local cluster of that many workers / on an existing cluster (:class:`~qubocompress.cluster.Cluster`).
     """
 
     model: str = "vgg"
@@ -119,6 +124,13 @@ class CompressConfig:
     calibration_samples: int | None = None
     untrained: bool = False
     export_onnx: bool = False
+    device: str = "cpu"
+    workers: int | None = None
+    ray_address: str | None = None
+
+    def cluster(self) -> Cluster:
+        """Where the search scores its plans: :attr:`Cluster.enabled` False for this process."""
+        return Cluster(address=self.ray_address, workers=self.workers)
 
     def layer_sensitivity(self) -> str:
         """The layer sensitivity the analysis uses: ``sensitivity``, with ``auto`` resolved
@@ -131,6 +143,7 @@ class CompressConfig:
         """Reject impossible settings before any work starts (``model_given``: the model comes as an
         object, so ``model`` only labels it and needs no weights)."""
         from qubocompress.data.datasets import parse_normalize
+        from qubocompress.models.train import check_device
         from qubocompress.models.user import is_factory_spec
         from qubocompress.problem import FORMULATIONS as FORMULATION_CLASSES
         from qubocompress.solvers.registry import preflight
@@ -201,6 +214,19 @@ class CompressConfig:
             raise ProblemError(f"--num-reads must be >= 1, got {self.num_reads}")
         if self.calibration_samples is not None and self.calibration_samples < 1:
             raise ProblemError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
+        check_device(self.device)
+        self.cluster().check()
+        if self.cluster().enabled and self.search != "ga-acc":
+            raise ClusterError(
+                "--workers / --ray-address score the plans of --search ga-acc in parallel; "
+                f"--search {self.search} scores its plans one after the other (rl-acc: each plan depends on the "
+                "previous score), so drop them"
+            )
+        if self.cluster().enabled and self.device != "cpu":
+            raise ClusterError(
+                f"--workers / --ray-address score plans on the Ray workers' CPUs: drop --device {self.device}"
+            )
+        self.cluster().reach()
 
     def command_line(self) -> str:
         """The ``qubocompress compress`` command that asks for this run (only the fields that differ
@@ -242,5 +268,6 @@ FLAGS = {
     "finetune_epochs": "--finetune-epochs", "beta": "--beta", "max_prune_fraction": "--max-prune",
     "num_reads": "--num-reads", "baseline": "--no-baseline", "exact_time_limit": "--exact-time-limit",
     "analysis_cache": "--no-analysis-cache", "calibration_samples": "--calibration-samples",
-    "untrained": "--untrained", "export_onnx": "--export",
+    "untrained": "--untrained", "export_onnx": "--export", "device": "--device", "workers": "--workers",
+    "ray_address": "--ray-address",
 }  # fmt: skip

@@ -10,7 +10,7 @@ these names, in this order.
 from __future__ import annotations
 
 # Built-in models (models.zoo.MODELS).
-MODELS = ("lenet5", "vgg", "resnet20", "mobilenet")
+MODELS = ("lenet5", "vgg", "vgg16", "resnet20", "resnet56", "mobilenet")
 # QUBO solvers (solvers.registry.SOLVERS); the cloud ones need a D-Wave Leap token (qpu-decomposed
 # runs offline on a mock QPU with its option qpu=mock).
 SOLVERS = (

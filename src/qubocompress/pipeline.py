@@ -11,8 +11,8 @@ import io
 import tempfile
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,20 +33,23 @@ from qubocompress.apply.finetune import finetune
 from qubocompress.apply.prune import prune_model
 from qubocompress.apply.quantize import fake_quantize, quantize_model_weights
 from qubocompress.solvers.metrics import residual_gap, success_mask
+from qubocompress.cluster import Session, connect
 from qubocompress.config import CompressConfig, parse_budget
 from qubocompress.data.datasets import Dataset, Split, load_dataset
 from qubocompress.errors import ArtifactError, ProblemError
 from qubocompress.io import prepare_output_dir, run_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qubocompress.models.stats import count_macs, count_params
-from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train
+from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train, resolve_device
 from qubocompress.models.user import arch_label, factory_label, load_user_model
 from qubocompress.models.zoo import MODELS
 from qubocompress.progress import counting
 from qubocompress.problem import FORMULATIONS, Formulation, Reference, Target
 from qubocompress.problem.choices import fp32_cost, plan_cost
+from qubocompress.problem.paper import check_certifiable
 from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec, FileLayout
 from qubocompress.search import SEARCHES
+from qubocompress.search.ga_acc import DEFAULT_POPULATION as GA_POPULATION
 from qubocompress.solvers.base import solve
 from qubocompress.solvers.composites import PolishingComposite
 from qubocompress.solvers.registry import make_sampler
@@ -131,6 +134,13 @@ def calibration_subset(dataset: Dataset, samples: int | None) -> tuple[torch.Ten
     return x[chosen], y[chosen]
 
 
+def check_paper_certifiable(graph: ModelGraph, bit_levels: int) -> None:
+    """Before the measurement: a ProblemError when a channel group ties more layers than the paper
+    formulation's exact enumeration can certify (as its reference would find only afterwards)."""
+    for g, group in enumerate(graph.groups):
+        check_certifiable(group.name, sum(layer.out_group == g for layer in graph.layers), bit_levels)
+
+
 def analyse(
     model: nn.Module, dataset: Dataset, config: CompressConfig, model_name: str, log: Log
 ) -> tuple[ModelGraph, CompressionSpec, dict[str, Any]]:
@@ -146,6 +156,8 @@ def analyse(
     ``measured_seconds`` is what the measurement took when it ran (now or when cached).
     """
     start = time.perf_counter()
+    if config.search == "qubo" and config.formulation == "paper":
+        check_paper_certifiable(trace_model(model, dataset.input_shape), config.bit_levels)
     options = analysis_options(config, dataset, model_name)
     calib = calibration_subset(dataset, config.calibration_samples)
     key = analysis_key(model, calib, options) if config.analysis_cache else ""
@@ -312,6 +324,48 @@ def validation_subset(dataset: Dataset) -> Split:
     return Split(dataset.val.x[:VAL_SAMPLES], dataset.val.y[:VAL_SAMPLES])
 
 
+@dataclass(frozen=True)
+class PlanAccuracy:
+    """A plan's score: top-1 (0..1) on ``val`` of ``model`` pruned and quantized by the plan."""
+
+    model: nn.Module
+    graph: ModelGraph
+    val: Split
+
+    def __call__(self, plan: Plan) -> float:
+        return evaluate(quantize_model_weights(prune_model(self.model, self.graph, plan), plan.bits), self.val)
+
+
+def timed_plan_accuracy(accuracy: PlanAccuracy) -> Callable[[Plan], tuple[float, float]]:
+    """What a Ray actor scores plans with: ``accuracy`` on one torch thread, each plan's (score,
+    seconds). Module-level, so that the workers import it by name."""
+    torch.set_num_threads(1)
+
+    def timed(plan: Plan) -> tuple[float, float]:
+        began = time.perf_counter()
+        score = accuracy(plan)
+        return score, time.perf_counter() - began
+
+    return timed
+
+
+def scoring_pool(
+    session: Session, accuracy: PlanAccuracy, advance: Callable[[], None], log: Log
+) -> Callable[[Sequence[Plan]], list[tuple[float, float]]]:
+    """The ``evaluate_many`` of a search on Ray: plans scored by actors (one per CPU, at most a GA
+    population's) that each hold ``accuracy`` (the model and the validation split), sent once."""
+    pool = session.pool(timed_plan_accuracy, (session.put(accuracy),), min(session.cpus, GA_POPULATION))
+    log(f"  scoring each generation's plans on {pool.size} Ray actors ({session.cluster.describe()})")
+
+    def evaluate_many(plans: Sequence[Plan]) -> list[tuple[float, float]]:
+        outcomes = pool.map(plans)
+        for _ in plans:
+            advance()
+        return outcomes
+
+    return evaluate_many
+
+
 def file_metadata(plan: Plan, dataset: Dataset) -> dict[str, Any]:
     """What the model file records besides the tensors: the plan, the input shape, the preprocessing."""
     return {"plan": plan.to_dict(), "input_shape": list(dataset.input_shape), **preprocessing_of(dataset)}
@@ -369,11 +423,7 @@ def choose_uniform_plan(
     """The uniform baseline (:func:`qubocompress.search.uniform.uniform_search`), each candidate
     scored before fine-tuning on the validation split (:func:`validation_subset`); the plan and
     ``{bit_width, prune_ratio, candidates}``."""
-    val = validation_subset(dataset)
-
-    def val_accuracy(plan: Plan) -> float:
-        return evaluate(quantize_model_weights(prune_model(model, graph, plan), plan.bits), val)
-
+    val_accuracy = PlanAccuracy(model, graph, validation_subset(dataset))
     result = SEARCHES["uniform"](spec, val_accuracy, target_ratio, metric=metric)  # type: ignore[operator]
     return result.plan, dict(result.details)
 
@@ -396,7 +446,7 @@ def size_summary(spec: CompressionSpec, plan: Plan) -> dict[str, Any]:
 def state_dict_bytes(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())``: the fp32 checkpoint size a user compares with."""
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save({name: tensor.cpu() for name, tensor in model.state_dict().items()}, buffer)
     return buffer.getbuffer().nbytes
 
 
@@ -418,21 +468,24 @@ def model_source(config: CompressConfig) -> str:
 
 
 def load_model(config: CompressConfig, dataset: Dataset, log: Log) -> tuple[nn.Module, dict[str, Any]]:
-    """The model to compress and its info (``arch``, ``test_acc``, ``cached``).
+    """The model to compress, on ``config.device`` (:func:`~qubocompress.models.train.resolve_device`),
+    and its info (``arch``, ``test_acc``, ``cached``).
 
     A qubocompress checkpoint (``--checkpoint``); a user model (``package.module:factory`` with
     ``--weights``, or a TorchScript file); a built-in model with ``--weights``; else the cached (or
     freshly trained) built-in model.
     """
+    device = resolve_device(config.device, log)
     if config.checkpoint is not None:
         model, info = load_checkpoint(config.checkpoint, dataset=dataset)
     elif config.model in MODELS and config.weights is None:
-        return load_or_train(config.model, dataset, seed=config.seed, progress=log)
+        return load_or_train(config.model, dataset, seed=config.seed, progress=log, device=device)
     else:
         model, arch = load_user_model(
             config.model, config.weights, input_shape=dataset.input_shape, num_classes=dataset.num_classes
         )
         info = {"arch": arch}
+    model = model.to(device)
     return model, {**info, "test_acc": evaluate(model, dataset.test)}
 
 
@@ -559,8 +612,13 @@ def run_compression(
     sweep loads and measures the model once for all its cases).
     ``test_accuracy(model) -> float`` replaces the top-1 on the test split in every figure;
     ``tune(model)`` replaces the fine-tuning of a compressed model (in place, quantization kept).
+    Everything runs on ``config.device`` (a given ``model`` is moved there, in place), and so does
+    the ``sb`` solver unless its options name a device; the metrics' config records the device used.
     """
-    config = replace(config, sensitivity=config.layer_sensitivity())
+    device = resolve_device(config.device, log)  # the one fallback warning; the stages get the device itself
+    config = replace(config, sensitivity=config.layer_sensitivity(), device=str(device))
+    if config.solver == "sb" and "device" not in config.solver_options:
+        config = replace(config, solver_options={**config.solver_options, "device": str(device)})
     timer = Timer(log)
     torch.manual_seed(config.seed)
 
@@ -577,7 +635,7 @@ def run_compression(
             model_info = {"arch": {"factory": factory_label(type(model)), "kwargs": {}}}
         else:
             model_info = dict(model_info)
-        model.eval()
+        model = model.to(device).eval()
         if test_accuracy is not None or "test_acc" not in model_info:  # else load_model measured it already
             model_info["test_acc"] = measure(model)
     arch = model_info.get("arch") or {"name": config.model, "kwargs": {}}
@@ -611,10 +669,7 @@ def run_compression(
     config = with_budget_as_ratio(config, spec, log)
 
     val = validation_subset(dataset)
-
-    def val_accuracy(candidate: Plan) -> float:
-        return evaluate(quantize_model_weights(prune_model(model, graph, candidate), candidate.bits), val)
-
+    val_accuracy = PlanAccuracy(model, graph, val)
     route: dict[str, Any]
     if config.search == "qubo":
         with timer.stage(
@@ -643,13 +698,17 @@ def run_compression(
             f"{config.search}: {'one plan per bit-width' if evaluations is None else f'up to {evaluations} plans'} "
             f"pruned, quantized and scored on {len(val)} validation images",
         ):
-            with counting(f"{config.search}: plans scored", evaluations) as advance:
+            with counting(f"{config.search}: plans scored", evaluations) as advance, ExitStack() as held:
 
                 def scored(candidate: Plan) -> float:
                     value = val_accuracy(candidate)
                     advance()
                     return value
 
+                on_ray: dict[str, Any] = {}
+                if config.cluster().enabled:  # validate: ga-acc only
+                    session = held.enter_context(connect(config.cluster()))
+                    on_ray["evaluate_many"] = scoring_pool(session, val_accuracy, advance, log)
                 result = search(  # type: ignore[operator]
                     spec,
                     scored,
@@ -657,6 +716,7 @@ def run_compression(
                     metric=config.metric,
                     max_evaluations=config.search_evaluations,
                     seed=config.seed,
+                    **on_ray,
                 )
         plan = result.plan
         route = {"metric": config.metric, **{k: v for k, v in result.to_dict().items() if k != "plan"}}
@@ -681,7 +741,7 @@ def run_compression(
     if config.metric == "file" and len(model_file) * 8 > fp32_cost(spec, "file") / config.target_ratio:
         raise ProblemError(f"the model file takes {len(model_file):,} bytes, over the budget: the file layout is wrong")
     reloaded, _ = read_model_file(model_file, Path(MODEL_FILE), factory_of(model, arch), trust_torchscript=True)
-    reloaded_acc = measure(reloaded)
+    reloaded_acc = measure(reloaded.to(device))
 
     metrics: dict[str, Any] = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},

@@ -50,6 +50,7 @@ from qubocompress.io import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from qubocompress.models.train import resolve_device
 from qubocompress.names import SEARCH_METHODS
 from qubocompress.pipeline import LOGGER, Log, load_model, run_compression
 
@@ -63,8 +64,9 @@ CASES_FOLDER = "cases"
 STORE_VERSION = 1
 QUBO_ROUTE = "qubo"
 # The base settings a sweep's cases share; a rerun into the same store must have the same ones.
-# (The per-case fields, the output folder and the baseline are not among them.)
-PER_CASE_FIELDS = ("target_ratio", "budget", "search", "solver", "seed", "out", "baseline")
+# (The per-case fields, the output folder, the baseline and the device, which says where the cases
+# run and not what they compute, are not among them.)
+PER_CASE_FIELDS = ("target_ratio", "budget", "search", "solver", "seed", "out", "baseline", "device")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -490,6 +492,8 @@ def run_sweep(
             log(f"{len(cases) - len(missing)} of {len(cases)} cases are done already; running the other {len(missing)}")
         rows: dict[str, SweepRow] = {}
         if missing:
+            # resolved once here (one fallback warning at most): the model loads there and every case runs there
+            base = replace(base, device=str(resolve_device(base.device, log)))
             session = held.enter_context(connect(cluster)) if cluster is not None and cluster.enabled else None
             if dataset is None:
                 dataset = load_dataset(base.data, base.normalize)

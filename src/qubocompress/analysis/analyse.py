@@ -50,7 +50,8 @@ def analyse_model(
     """Trace ``model`` and describe it as a :class:`CompressionSpec`.
 
     Args:
-        calib: ``(x, y)`` calibration inputs and int64 labels (every data-driven step uses them).
+        calib: ``(x, y)`` calibration inputs and int64 labels (every data-driven step uses them),
+            moved to the model's device.
         input_shape: (C, H, W) of one input, for tracing.
         quantizer: ``quantizer(weight, bits)`` -> the fake-quantized weight (the artifact's).
         importance: channel score, one of ``analysis.importance.IMPORTANCE_METHODS``.
@@ -76,11 +77,15 @@ def analyse_model(
         raise ProblemError("pairwise interactions are measured damage; they need measure_damage=True")
     if filter_gram and not measure_damage:
         raise ProblemError("the filter Gram matrix is an estimate of damage; it needs measure_damage=True")
-    x, y = calib
+    parameter = next(model.parameters(), None)
+    x, y = (tensor.to(parameter.device) for tensor in calib) if parameter is not None else calib
     graph = trace_model(model, input_shape)
     options = damages = None
     if prune_options is not None:
-        options = [prune_option_counts(group.channels, prune_options, max_prune_fraction) for group in graph.groups]
+        options = [
+            prune_option_counts(group.channels, prune_options, max_prune_fraction, group.blocks)
+            for group in graph.groups
+        ]
     estimate_prune = options is not None and measure_damage and layer_sensitivity == "fisher"
     names = [layer.name for layer in graph.layers]
     # one backward pass serves the data-driven importance, the Fisher prune damage, the filter Gram
@@ -104,7 +109,7 @@ def analyse_model(
         )
     if estimate_prune:
         damages = [
-            fisher_prune_damage(contributions[index], scores[index], counts)  # type: ignore[index]
+            fisher_prune_damage(contributions[index], scores[index], counts, graph.groups[index].blocks)  # type: ignore[index]
             for index, counts in enumerate(options)  # type: ignore[arg-type]
         ]
     elif options is not None and measure_damage:

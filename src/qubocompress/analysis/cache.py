@@ -28,7 +28,7 @@ from qubocompress.io import write_json_atomic
 from qubocompress.problem.spec import CompressionSpec
 
 # Bump when the analysis computes anything differently, so that old entries are not reused.
-ANALYSIS_FORMAT_VERSION = 3  # 3: groups followed through concatenations and SE gates
+ANALYSIS_FORMAT_VERSION = 4  # 3: groups followed through concatenations and SE gates; 4: grouped convs' blocks
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:

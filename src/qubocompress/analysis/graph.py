@@ -7,6 +7,14 @@ every layer joined by a residual add or a channel-wise product such as squeeze-e
 (whose input channels shrink when they are pruned). ``apply.prune`` uses it to cut the real
 model; ``analysis.spec`` uses it to fill the solver-facing ``CompressionSpec``.
 
+A grouped convolution (ResNeXt, RegNet: 1 < groups < channels) maps block j of its input to
+block j of its output, and every block must keep as many channels as the others. Its input
+channels and its output channels stay two groups (pruning one side needs nothing of the other),
+each split into ``PruningGroup.blocks`` equal contiguous blocks that must lose the same number of
+channels: the conv's ``groups``, or the lcm of the ``groups`` of every grouped conv that reads or
+writes the channels. A group whose blocks would hold one channel each (a conv with one input
+channel per group, or groups 4 and 6 over 12 channels) is frozen.
+
 A concatenation along the channel dim (DenseNet, Inception) keeps each input's group: the
 concatenated tensor is a list of parts, and a norm or consumer after it gets each part's group
 at the part's channel offset (``PruningGroup.offsets``); a consumer reading several groups lists
@@ -14,7 +22,7 @@ them all (``LayerInfo.in_group`` and ``extra_in_groups``). Nested concatenations
 elementwise ops after one, and inputs also used elsewhere are followed.
 
 Layers whose channels we cannot follow (a concatenation along another dim, a reshape other than
-flatten, an input of a grouped convolution, an unknown op) are not an error: their groups are
+flatten, a concatenation into a grouped convolution, an unknown op) are not an error: their groups are
 simply frozen (not prunable) and listed in ``ModelGraph.frozen_reasons``; their weights can still
 be quantized. Modules with weights that
 are not Conv2d/Linear (Conv1d, ConvTranspose2d, Embedding, ...) are left as they are and listed
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +152,8 @@ class PruningGroup:
             offset).
         offsets: ``(module, o)`` for every norm and consumer that sees these channels after a
             concatenation, at channel ``o`` of its channels (o > 0; a module not listed: 0).
+        blocks: equal contiguous blocks of the channels that must each lose as many (a grouped
+            convolution reads or writes them: its ``groups``, or the lcm over such convs); 1: none.
     """
 
     name: str
@@ -152,6 +163,7 @@ class PruningGroup:
     depthwise: tuple[str, ...] = ()
     consumers: tuple[tuple[str, int], ...] = ()
     offsets: tuple[tuple[str, int], ...] = ()
+    blocks: int = 1
 
     def offset(self, module: str) -> int:
         """The channel of norm or consumer ``module`` where these channels start (0 unless after a concatenation)."""
@@ -309,6 +321,8 @@ class _GroupRecord:
     depthwise: list[str] = field(default_factory=list)
     consumers: list[tuple[str, int]] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
+    blocks: int = 1
+    split_by: list[str] = field(default_factory=list)  # the grouped convs behind ``blocks``
     frozen: str | None = None
     parent: int | None = None
 
@@ -359,10 +373,11 @@ def _propagate_shapes(gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) ->
     """Run ``gm`` once on zeros of ``(2, *input_shape)`` and record every tensor node's shape."""
     recorder = _ShapeRecorder(gm)
     was_training = gm.training
+    parameter = next(gm.parameters(), None)
     gm.eval()
     try:
         with torch.no_grad():
-            recorder.run(torch.zeros((2, *input_shape)))
+            recorder.run(torch.zeros((2, *input_shape), device=parameter.device if parameter is not None else None))
     except Exception as exc:  # any failure of the user's forward on this input
         raise _run_failure(exc, input_shape) from exc
     finally:
@@ -428,13 +443,20 @@ class _Tracer:
         for gid, _ in chans.tracked():
             self._freeze(gid, reason)
 
+    def _split(self, gid: int, conv: str, groups: int) -> None:
+        """Grouped conv ``conv`` reads or writes group ``gid``: its blocks become the lcm with ``groups``."""
+        rec = self._record(gid)
+        rec.blocks = math.lcm(rec.blocks, groups)
+        rec.split_by.append(f"{conv} (groups={groups})")
+
     def _union(self, a: int, b: int, where: str) -> int:
         ra, rb = sorted((self._root(a), self._root(b)))
         if ra == rb:
             return ra
         keep, gone = self.records[ra], self.records[rb]
-        for attr in ("producers", "norms", "depthwise", "consumers"):
+        for attr in ("producers", "norms", "depthwise", "consumers", "split_by"):
             getattr(keep, attr).extend(getattr(gone, attr))
+        keep.blocks = math.lcm(keep.blocks, gone.blocks)
         for module, offset in gone.offsets.items():
             keep.place(module, offset)
         if keep.channels != gone.channels:
@@ -608,19 +630,20 @@ class _Tracer:
             self._record(gid).depthwise.append(name)
             self._add_layer(name, kind, cout, cin, groups, kernel_area, 1, out_positions, gid, [gid])
             return _Channels(gid)
+        if groups > 1 and first.parts:
+            # every part would have to lose as many channels per conv group as the others: a tie
+            # between groups, which one group's blocks cannot say
+            self._freeze_all(first, f"feeds grouped convolution {name} (groups={groups}) after a concatenation")
+            first = _UNTRACKED
+        for gid, offset in first.tracked():
+            self._record(gid).consumers.append((name, per_channel))
+            self._record(gid).place(name, offset)
+            if groups > 1:
+                self._split(gid, name, groups)
+        gid = self._new(cout, producer=name)
         if groups > 1:
-            self._freeze_all(
-                first,
-                f"feeds grouped convolution {name} (groups={groups}), whose channels qubocompress cannot prune "
-                "(each of its groups must keep as many channels as the others)",
-            )
-        else:
-            for gid, offset in first.tracked():
-                self._record(gid).consumers.append((name, per_channel))
-                self._record(gid).place(name, offset)
-        frozen = f"grouped convolution {name} (groups={groups}) cannot lose channels" if groups > 1 else None
-        gid = self._new(cout, producer=name, frozen=frozen)
-        in_gids = [g for g, _ in first.tracked()] if groups == 1 else []
+            self._split(gid, name, groups)
+        in_gids = [g for g, _ in first.tracked()]
         self._add_layer(name, kind, cout, in_channels, groups, kernel_area, per_channel, out_positions, gid, in_gids)
         return _Channels(gid)
 
@@ -647,6 +670,13 @@ class _Tracer:
         for gid, rec in enumerate(self.records):
             if rec.parent is not None or not rec.producers:
                 continue
+            if rec.blocks == rec.channels > 1 and not rec.frozen:
+                convs = list(dict.fromkeys(rec.split_by))
+                many = len(convs) > 1
+                rec.frozen = (
+                    f"grouped convolution{'s' * many} {', '.join(convs)} split{'s' * (not many)} these "
+                    f"{rec.channels} channels into blocks of one (each block must lose as many as the others)"
+                )
             if rec.frozen:
                 frozen[rec.producers[0]] = rec.frozen
                 continue
@@ -660,6 +690,7 @@ class _Tracer:
                     depthwise=tuple(rec.depthwise),
                     consumers=tuple(rec.consumers),
                     offsets=tuple((module, offset) for module, offset in rec.offsets.items() if offset),
+                    blocks=rec.blocks,
                 )
             )
 

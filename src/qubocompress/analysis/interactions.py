@@ -45,12 +45,11 @@ from qubocompress.analysis.sensitivity import (
     Quantizer,
     mean_loss,
     prune_damage,
-    prune_order,
     quant_damage,
     quantized_weights,
 )
 from qubocompress.errors import ProblemError
-from qubocompress.problem.spec import Interaction
+from qubocompress.problem.spec import Interaction, prune_order
 
 DEFAULT_BITS = (2, 3, 4)
 DEFAULT_MAX_PASSES = 256
@@ -202,7 +201,7 @@ def _prune_table(
     singles: Mapping[int, np.ndarray],
 ) -> np.ndarray:
     g, h = pair
-    order_g, order_h = (prune_order(prune.importance[i]) for i in pair)
+    order_g, order_h = (prune_order(prune.importance[i], graph.groups[i].blocks) for i in pair)
     options_g, options_h = prune.options[g], prune.options[h]
     table = np.zeros((len(options_g), len(options_h)))
     for a, count_g in enumerate(options_g):

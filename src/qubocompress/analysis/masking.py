@@ -5,10 +5,12 @@ reaches the rest of the network only through the group's consumers. Its producer
 depthwise convs (carriers: depthwise output channel i reads only input channel i, which belongs to
 the same group), the residual adds and channel-wise products joining it, and the concatenations
 that carry it to a consumer at an offset all stay inside the group, and the tracer freezes any
-group whose channels leave by another way (the model output, a reshape, a grouped conv). So
-zeroing the weights that read channel i in every consumer (weight dim 1, features
-``[(o+i)*k, (o+i+1)*k)`` for ``k`` input features per channel and the group's offset ``o`` in that
-consumer's input) removes every effect of the channel,
+group whose channels leave by another way (the model output, a reshape, a concatenation into a
+grouped conv). So zeroing the weights that read channel i in every consumer (weight dim 1,
+features ``[(o+i)*k, (o+i+1)*k)`` for ``k`` input features per channel and the group's offset
+``o`` in that consumer's input; in a grouped conv, whose weight is ``[out, in/g, kh, kw]``, only
+the filters of the conv group j = c // (in/g) of input channel c read it, at column c mod (in/g))
+removes every effect of the channel,
 which is what :func:`qubocompress.apply.prune.prune_model` does by cutting tensors; the producer,
 norm and depthwise rows can stay as they are, since nothing reads them any more. (The one
 difference: a pruned channel carrying inf or NaN would still poison a masked consumer, as
@@ -29,7 +31,7 @@ from torch import nn
 from qubocompress.analysis.graph import ModelGraph, PruningGroup
 from qubocompress.errors import ModelError
 
-# (weight, feature indices along dim 1, the values they held)
+# (weight or a view of its rows, feature indices along dim 1, the values they held)
 _Saved = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -51,16 +53,26 @@ def graph_module(model: nn.Module, name: str, kinds: tuple[type[nn.Module], ...]
 
 
 def consumer_module(model: nn.Module, name: str, per_channel: int) -> nn.Module:
-    """The consumer ``name``: a Conv2d (ungrouped, one feature per channel) or a Linear."""
+    """The consumer ``name``: a Conv2d (one feature per channel) or a Linear."""
     module = graph_module(model, name, (nn.Conv2d, nn.Linear), "consumer")
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise ModelError(
-            f"cannot prune the input channels of grouped conv {name!r} (groups={module.groups}); "
-            "its channel group should be frozen in the model graph"
-        )
     if isinstance(module, nn.Conv2d) and per_channel != 1:
         raise ModelError(f"conv {name!r} cannot take {per_channel} input features per channel")
     return module
+
+
+def weight_columns(module: nn.Module, features: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
+    """Where a consumer's weight reads input features ``features`` (sorted): ``(output rows,
+    columns of weight dim 1)``, one pair per conv group that reads some. An ungrouped layer: every
+    row, the features themselves; a grouped conv (weight ``[out, in/g, kh, kw]``): group j's rows
+    and the features of its input block, less the block's start."""
+    groups = getattr(module, "groups", 1)
+    if groups == 1:
+        return [(slice(None), features)]
+    per_in, per_out = module.weight.shape[1], module.weight.shape[0] // groups
+    block = features // per_in
+    return [
+        (slice(j * per_out, (j + 1) * per_out), features[block == j] - j * per_in) for j in torch.unique(block).tolist()
+    ]
 
 
 def zero_consumer_inputs(model: nn.Module, group: PruningGroup, channels: torch.Tensor) -> list[_Saved]:
@@ -71,10 +83,12 @@ def zero_consumer_inputs(model: nn.Module, group: PruningGroup, channels: torch.
     saved: list[_Saved] = []
     with torch.no_grad():
         for name, per_channel in group.consumers:
-            weight = consumer_module(model, name, per_channel).weight
-            features = feature_indices(channels, per_channel, group.offset(name)).to(weight.device)
-            saved.append((weight, features, weight.index_select(1, features).clone()))
-            weight.index_fill_(1, features, 0.0)
+            module = consumer_module(model, name, per_channel)
+            features = feature_indices(channels, per_channel, group.offset(name)).to(module.weight.device)
+            for rows, columns in weight_columns(module, features):
+                weight = module.weight[rows]  # a view: edits reach the module's weight
+                saved.append((weight, columns, weight.index_select(1, columns).clone()))
+                weight.index_fill_(1, columns, 0.0)
     return saved
 
 

@@ -54,6 +54,7 @@ from qubocompress.analysis.masking import masked_channels
 from qubocompress.errors import ProblemError
 from qubocompress.progress import track
 from qubocompress.names import LAYER_SENSITIVITIES
+from qubocompress.problem.spec import prune_order
 
 Quantizer = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -315,11 +316,6 @@ def fisher_damage(
     }
 
 
-def prune_order(importance: np.ndarray) -> np.ndarray:
-    """Channel indices from least to most important, ties by index (``ChannelGroup.prune_order``)."""
-    return np.argsort(np.asarray(importance), kind="stable")
-
-
 def prune_damage(
     model: nn.Module,
     graph: ModelGraph,
@@ -333,8 +329,8 @@ def prune_damage(
     """Measured loss increase (nats) of pruning, for each count k in ``options``, the k least
     important channels of group ``group_index`` (rest of the model fp32 and unpruned).
 
-    Channels are ordered by :func:`prune_order`; pruning is simulated by :func:`masked_channels`,
-    which equals physical pruning. A count of 0 costs no pass and is exactly 0. ``base_loss``:
+    Channels are ordered by :func:`prune_order` over the group's blocks; pruning is simulated by
+    :func:`masked_channels`, which equals physical pruning. A count of 0 costs no pass and is exactly 0. ``base_loss``:
     the fp32 :func:`mean_loss` on ``(x, y)`` if already known (saves one pass).
     """
     group = graph.groups[group_index]
@@ -342,7 +338,7 @@ def prune_damage(
         raise ProblemError(
             f"prune options {list(options)} of group {group.name!r} must lie in [0, {group.channels - 1}]"
         )
-    order = prune_order(importance)
+    order = prune_order(importance, group.blocks)
     base = mean_loss(model, x, y) if base_loss is None else base_loss
     damage = np.zeros(len(options))
     for i, count in enumerate(options):
@@ -352,16 +348,19 @@ def prune_damage(
     return damage
 
 
-def fisher_prune_damage(contributions: np.ndarray, importance: np.ndarray, options: Sequence[int]) -> np.ndarray:
+def fisher_prune_damage(
+    contributions: np.ndarray, importance: np.ndarray, options: Sequence[int], blocks: int = 1
+) -> np.ndarray:
     """Estimated loss increase (nats) of pruning, for each count k in ``options``, the k least
     important channels of a group: ``½ (1/N) Σ_s (Σ_{c pruned} u_sc)²``, the empirical-Fisher
     second-order term of removing them together (cross-channel terms included; the first-order
     term, which averages out near a trained minimum, is left out as for the layers).
 
     ``contributions``: the group's (N, channels) ``u_sc = Σ_sites a·∂L_s/∂a`` from
-    ``analysis.backward.backward_statistics``; channels are ordered by :func:`prune_order`.
+    ``analysis.backward.backward_statistics``; channels are ordered by :func:`prune_order` over the
+    group's ``blocks``.
     """
-    order = prune_order(importance)
+    order = prune_order(importance, blocks)
     samples = max(len(contributions), 1)
     return np.array(
         [float(np.square(contributions[:, order[: int(count)]].sum(axis=1)).sum()) / (2 * samples) for count in options]

@@ -18,19 +18,23 @@ def _check_fraction(max_prune_fraction: float) -> None:
         raise ProblemError(f"max prune fraction must be in [0, 1), got {max_prune_fraction}")
 
 
-def max_pruned_channels(channels: int, max_prune_fraction: float) -> int:
-    """How many of ``channels`` may be pruned: ``floor(fraction * channels)``, at most channels − 1."""
+def max_pruned_channels(channels: int, max_prune_fraction: float, blocks: int = 1) -> int:
+    """How many of ``channels`` may be pruned: ``floor(fraction * channels)``, at most channels − 1,
+    rounded down to a multiple of ``blocks`` (a grouped convolution's; see ``ChannelGroup.blocks``)."""
     _check_fraction(max_prune_fraction)
-    return min(int(np.floor(max_prune_fraction * channels)), channels - 1)
+    return min(int(np.floor(max_prune_fraction * channels)), channels - 1) // blocks * blocks
 
 
-def prune_option_counts(channels: int, fractions: Sequence[float], max_prune_fraction: float) -> tuple[int, ...]:
+def prune_option_counts(
+    channels: int, fractions: Sequence[float], max_prune_fraction: float, blocks: int = 1
+) -> tuple[int, ...]:
     """The prune options of a group of ``channels``: each fraction times ``channels``, rounded half
-    up, capped at :func:`max_pruned_channels`, deduplicated, ascending, always starting at 0."""
+    up to a multiple of ``blocks``, capped at :func:`max_pruned_channels`, deduplicated, ascending,
+    always starting at 0."""
     if any(not 0.0 <= f < 1.0 for f in fractions):
         raise ProblemError(f"prune option fractions must lie in [0, 1), got {list(fractions)}")
-    cap = max_pruned_channels(channels, max_prune_fraction)
-    return tuple(sorted({0} | {min(int(np.floor(f * channels + 0.5)), cap) for f in fractions}))
+    cap = max_pruned_channels(channels, max_prune_fraction, blocks)
+    return tuple(sorted({0} | {min(int(np.floor(f * channels / blocks + 0.5)) * blocks, cap) for f in fractions}))
 
 
 def build_spec(
@@ -70,10 +74,11 @@ def build_spec(
         ChannelGroup(
             name=group.name,
             importance=np.asarray(score, dtype=np.float64),
-            max_pruned=max_pruned_channels(group.channels, max_prune_fraction),
+            max_pruned=max_pruned_channels(group.channels, max_prune_fraction, group.blocks),
             members=group.producers + group.depthwise,
             prune_options=tuple(group_options),
             prune_damage=np.asarray(group_damage, dtype=np.float64),
+            blocks=group.blocks,
         )
         for group, score, group_options, group_damage in zip(graph.groups, importance, options, damages, strict=True)
     )

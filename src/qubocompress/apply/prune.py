@@ -7,7 +7,9 @@ in every consumer (:mod:`qubocompress.analysis.masking`, which the sensitivity a
 which must compute the same function (tests check that they agree).
 
 As in Torch-Pruning, each module type has its prune functions, one per side (output channels,
-input features), and the channel groups say which indices each module loses. All of a module's
+input features), and the channel groups say which indices each module loses. A grouped Conv2d
+loses as many channels from each of its groups on either side and keeps its ``groups``
+(Torch-Pruning's other rule, dropping whole groups, would tie a conv's input to its output). All of a module's
 indices are gathered over every pruned group first and cut at once: after a concatenation one
 norm or consumer holds several groups, each at an offset into its original channels.
 """
@@ -22,9 +24,16 @@ import torch
 from torch import nn
 
 from qubocompress.analysis.graph import NORMS, ModelGraph, PruningGroup
-from qubocompress.analysis.masking import consumer_module, feature_indices, graph_module, zero_consumer_inputs
+from qubocompress.analysis.masking import (
+    consumer_module,
+    feature_indices,
+    graph_module,
+    weight_columns,
+    zero_consumer_inputs,
+)
 from qubocompress.errors import ModelError
 from qubocompress.problem.plan import Plan
+from qubocompress.problem.spec import block_counts, uneven_blocks
 
 
 _Pruned = list[tuple[PruningGroup, torch.Tensor]]
@@ -46,6 +55,9 @@ def _pruned_groups(graph: ModelGraph, plan: Plan) -> Iterator[tuple[PruningGroup
             raise ModelError(f"plan prunes channels {list(indices)} of group {name!r}, which has {group.channels}")
         if len(set(indices)) >= group.channels:
             raise ModelError(f"plan prunes all {group.channels} channels of group {name!r}; keep at least one")
+        uneven = uneven_blocks(name, set(indices), group.channels, group.blocks)
+        if uneven is not None:
+            raise ModelError(uneven)
         yield group, torch.tensor(sorted(set(indices)), dtype=torch.long)
 
 
@@ -68,9 +80,22 @@ def _select_buffer(module: nn.Module, attr: str, index: torch.Tensor) -> None:
 # -- one prune function per module type and side (the Torch-Pruning layout) --------------------
 
 
+def _check_even(module: nn.Module, keep: torch.Tensor, size: int, side: str) -> None:
+    """ModelError unless ``keep`` (of ``size`` channels) leaves each group of a grouped conv as many."""
+    counts = block_counts(keep.tolist(), size, module.groups).tolist()
+    if len(set(counts)) > 1:
+        raise ModelError(
+            f"pruning would leave the {module.groups} groups of a grouped Conv2d {counts} {side} channels; "
+            "each must keep as many (the model graph should split its channel group into blocks)"
+        )
+
+
 def _conv_out(module: nn.Module, keep: torch.Tensor) -> None:
-    """Keep output channels ``keep`` of a Conv2d (a depthwise conv: its input channels and groups too)."""
+    """Keep output channels ``keep`` of a Conv2d (a depthwise conv: its input channels and groups too;
+    a grouped conv: as many in each group, ``groups`` unchanged)."""
     depthwise = module.groups == module.in_channels == module.out_channels > 1
+    if module.groups > 1 and not depthwise:
+        _check_even(module, keep, module.out_channels, "output")
     _select_param(module, "weight", 0, keep)
     _select_param(module, "bias", 0, keep)
     module.out_channels = int(keep.numel())
@@ -79,8 +104,16 @@ def _conv_out(module: nn.Module, keep: torch.Tensor) -> None:
 
 
 def _conv_in(module: nn.Module, keep: torch.Tensor) -> None:
-    """Keep input channels ``keep`` of an ungrouped Conv2d."""
-    _select_param(module, "weight", 1, keep)
+    """Keep input channels ``keep`` of a Conv2d. A grouped conv (weight ``[out, in/g, kh, kw]``)
+    keeps as many of each group's input block, each group's filters the columns of its own block."""
+    if module.groups == 1:
+        _select_param(module, "weight", 1, keep)
+    else:
+        _check_even(module, keep, module.in_channels, "input")
+        weight = module.weight.detach()
+        pieces = weight_columns(module, keep.to(weight.device))
+        kept = torch.cat([weight[rows].index_select(1, columns) for rows, columns in pieces])
+        module.weight = nn.Parameter(kept, requires_grad=module.weight.requires_grad)
     module.in_channels = int(keep.numel())
 
 
@@ -170,7 +203,8 @@ def _prune_in_place(model: nn.Module, groups: _Pruned) -> None:
             size = module.num_features if isinstance(module, NORMS) else module.weight.shape[0]
             _registered(_PRUNE_OUT, module)(module, _kept(size, cut.out))
         if cut.inputs:
-            _registered(_PRUNE_IN, module)(module, _kept(module.weight.shape[1], cut.inputs))
+            features = module.weight.shape[1] * getattr(module, "groups", 1)  # a grouped conv's: in_channels
+            _registered(_PRUNE_IN, module)(module, _kept(features, cut.inputs))
 
 
 def _apply(
@@ -190,8 +224,10 @@ def prune_model(model: nn.Module, graph: ModelGraph, plan: Plan) -> nn.Module:
 
     Producers lose output channels (weight dim 0 and bias), norms their per-channel parameters and
     running statistics, depthwise convs their channels (and ``groups``), consumers the matching
-    input slice of weight dim 1. ``plan.bits`` is ignored. Raises ModelError when the plan names
-    a group the graph does not have, an out-of-range channel, or every channel of a group.
+    input slice of weight dim 1 (a grouped conv: in each group's filters, the columns of its own
+    input block; its ``groups`` stay). ``plan.bits`` is ignored. Raises ModelError when the plan
+    names a group the graph does not have, an out-of-range channel, every channel of a group, or
+    different numbers from the blocks of a group that a grouped conv splits.
     """
     return _apply(model, graph, plan, _prune_in_place)
 

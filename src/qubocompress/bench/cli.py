@@ -70,6 +70,7 @@ from qubocompress.bench.runner import (
 )
 from qubocompress.bench.store import ResultStore
 from qubocompress.bench_parser import FULL_SEEDS, QUICK_SEEDS
+from qubocompress.cluster import Cluster
 from qubocompress.config import parse_solver_option
 from qubocompress.errors import DataError, SolverError
 from qubocompress.limits import MAX_SEED
@@ -474,6 +475,9 @@ def run_bench(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     config = sweep_config(args)
     plan = instance_plan(args)
+    cluster = Cluster(address=args.ray_address, workers=args.workers)
+    cluster.check()
+    cluster.reach()
     if args.qpu_fit:  # its packages are checked before the sweep, not after it
         from qubocompress.solvers.base import require_all
         from qubocompress.solvers.qpu_fit import FIT_REQUIRES
@@ -486,7 +490,7 @@ def run_bench(args: argparse.Namespace) -> int:
         instances = build_instances(plan)
         for instance in instances:
             save_instance(instance, out / "instances")
-        outcome = run_sweep(instances, config, store, progress=sys.stderr.isatty(), log=_log)
+        outcome = run_sweep(instances, config, store, progress=sys.stderr.isatty(), log=_log, cluster=cluster)
         rows = summarize(store, instances, config)
         from qubocompress.bench.plots import write_plots
 

@@ -17,6 +17,10 @@ kept in the run's info; the solver's own ``info["stopped_by"]`` says what actual
 The exact solver runs once per instance (seed 0) on a freshly built formulation, so its time is
 its own (the certified optimum is not reused from the instance's cache).
 
+On Ray (``run_sweep(cluster=...)``, ``bench --workers N | --ray-address ADDR``) each run is a task
+that returns its record and this process alone writes the store; the budgeted solvers' runs are
+sent once the default solver's are stored, so an equal budget is what it is without Ray.
+
 Aggregation (see :mod:`qubocompress.solvers.metrics` for the definitions), per instance × solver:
 ``E*`` (certified, or the best energy any run found), best energy and residual gap (best, and
 median over runs), ``p_s_read``, ``p_s_run``, mean/median solve seconds per run, TTS99 per read
@@ -40,7 +44,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,9 +54,11 @@ import numpy as np
 
 from qubocompress.bench.instances import BUILTIN_MODELS, Instance
 from qubocompress.problem import Formulation
+from qubocompress.problem.bqm_file import read_bqm
 from qubocompress.solvers.composites import PolishingComposite
 from qubocompress.solvers.metrics import residual_gap, success_mask, tts99
 from qubocompress.bench.store import ResultStore, RunKey, RunRecord, options_hash
+from qubocompress.cluster import Cluster, Crashed, Session, connect
 from qubocompress.errors import QubocompressError, SolverError
 from qubocompress.solvers.registry import SOLVER_NAMES, make_sampler
 from qubocompress.names import CLOUD_SOLVERS as CLOUD_SOLVER_NAMES
@@ -232,10 +239,9 @@ def _default_solver_seconds(store: ResultStore, instance: Instance, config: Swee
     return statistics.fmean(times) if times else None
 
 
-def _budget_kwargs(
-    sampler: dimod.Sampler, instance: Instance, config: SweepConfig, store: ResultStore
-) -> tuple[dict[str, Any], str]:
-    """(sample keywords, description) of a budgeted solver's time limit on ``instance``."""
+def _budget_kwargs(sampler: dimod.Sampler, config: SweepConfig, reference: float | None) -> tuple[dict[str, Any], str]:
+    """(sample keywords, description) of a budgeted solver's time limit on an instance whose
+    default-solver runs took ``reference`` seconds each on average (None: none ran)."""
     budget = config.budget
     if budget.mode == "converge":
         return {}, "own convergence"
@@ -244,7 +250,6 @@ def _budget_kwargs(
     if budget.mode == "fixed":
         assert budget.seconds is not None
         return {"time_limit": budget.seconds}, f"time limit {budget.seconds:g} s (stated)"
-    reference = _default_solver_seconds(store, instance, config)
     if reference is None:
         return {}, f"own convergence (no {DEFAULT_SOLVER} run to match)"
     seconds = max(budget.factor * reference, MIN_EQUAL_TIME_LIMIT)
@@ -275,9 +280,11 @@ def _independent_reads(record: np.recarray) -> bool:
 
 
 def _run_once(
-    name: str, instance: Instance, seed: int, config: SweepConfig, store: ResultStore, key: RunKey
+    name: str, instance: Instance, seed: int, config: SweepConfig, reference: float | None, key: RunKey
 ) -> RunRecord:
-    """One solver run; a solver's refusal (QubocompressError) becomes an ``"error"`` record."""
+    """One solver run; a solver's refusal (QubocompressError) becomes an ``"error"`` record.
+    ``reference``: the default solver's mean seconds per run on ``instance`` (a budgeted solver's
+    equal budget; :func:`_default_solver_seconds`)."""
     options = config.run_options(name)
     info: dict[str, Any] = {}
     raw = None
@@ -287,7 +294,7 @@ def _run_once(
         if "seed" in sampler.parameters:
             kwargs["seed"] = seed
         if name in BUDGETED_SOLVERS:
-            budget_kwargs, info["budget"] = _budget_kwargs(sampler, instance, config, store)
+            budget_kwargs, info["budget"] = _budget_kwargs(sampler, config, reference)
             kwargs.update(budget_kwargs)
         elif name not in OWN_READS_SOLVERS and config.num_reads is not None and "num_reads" in sampler.parameters:
             kwargs["num_reads"] = config.num_reads
@@ -320,9 +327,6 @@ def _run_once(
     occurrences = np.asarray(record.num_occurrences, dtype=np.int64)
     timing = dict(sampleset.info.get("timing", {}))
     e_best = float(energies.min()) if energies.size else None
-    successes = 0
-    if instance.e_star is not None and energies.size:
-        successes = int(occurrences[success_mask(energies, instance.e_star)].sum())
     kept = {k: v for k, v in sampleset.info.items() if k not in ("timing", "evaluations", "stopped_by")}
     info.update({"wall_seconds": wall, "timing": _jsonable(timing), "solver_info": _jsonable(kept)})
     info["independent_reads"] = _independent_reads(record)
@@ -338,7 +342,7 @@ def _run_once(
         status="ok",
         e_best=e_best,
         reads=int(occurrences.sum()),
-        successes=successes,
+        successes=_successes(energies, occurrences, instance.e_star),
         solve_seconds=float(timing.get("solve_seconds", wall)),
         embed_seconds=float(timing.get("embedding_seconds", 0.0)),
         build_seconds=instance.build_seconds + extra_build,
@@ -348,6 +352,25 @@ def _run_once(
         energies=energies,
         occurrences=occurrences,
     )
+
+
+def _successes(energies: np.ndarray, occurrences: np.ndarray, e_star: float | None) -> int:
+    """Reads at ``e_star`` (0 when it is unknown)."""
+    if e_star is None or not energies.size:
+        return 0
+    return int(occurrences[success_mask(energies, e_star)].sum())
+
+
+def bqm_bytes(bqm: dimod.BinaryQuadraticModel) -> bytes:
+    """``bqm`` in dimod's own file format: how a Ray task is sent its instance's BQMs."""
+    return bqm.to_file().read()
+
+
+def run_bench_task(
+    instance: Instance, name: str, seed: int, config: SweepConfig, reference: float | None, key: RunKey
+) -> RunRecord:
+    """One run on a Ray worker (:func:`_run_once`; module-level, so that the workers import it by name)."""
+    return _run_once(name, instance, seed, config, reference, key)
 
 
 def _raw_reads(raw: dimod.SampleSet, instance: Instance, solve_seconds: float | None) -> dict[str, Any]:
@@ -388,55 +411,130 @@ def run_sweep(
     store: ResultStore,
     progress: bool = True,
     log: Log | None = None,
+    cluster: Cluster | None = None,
 ) -> SweepOutcome:
     """Run every (instance, solver, seed) not already in ``store``; each run is stored as it ends.
 
     Progress: a rich bar (``progress``), else one ``log`` line per run (when ``log`` is given).
+    ``cluster``: run them as Ray tasks there (:mod:`qubocompress.cluster`), each returning its
+    record, which this process alone writes: first every run but the budgeted solvers', then theirs
+    (an equal budget needs the default solver's times). A run whose worker died on every retry is an
+    ``"error"`` record; a run Ray retried is written once (it returns once).
     """
     config.validate()
+    if cluster is not None:
+        cluster.check()
     outcome = SweepOutcome(skipped=probe_solvers(config, instances[0] if instances else None))
     solvers = [name for name in config.ordered_solvers() if name not in outcome.skipped]
     if log is not None:
         for name, reason in outcome.skipped.items():
             log(f"skipping solver {name}: {reason}")
     for instance in instances:
-        store.add_instance(
-            instance.name,
-            instance.sha256,
-            instance.num_variables,
-            instance.num_interactions,
-            instance.e_star,
-            instance.certified,
-            instance.source,
-            instance.build_seconds,
-        )
+        _store_instance(store, instance)
     planned = _planned_runs(instances, solvers, config)
     todo = [(inst, name, seed) for inst, name, seed in planned if not store.has_run(run_key(inst, name, seed, config))]
     outcome.reused = len(planned) - len(todo)
-    with _progress(progress, len(todo)) as advance:
-        for number, (instance, name, seed) in enumerate(todo, 1):
-            label = f"{instance.name} ({instance.num_variables} vars) · {name} · seed {seed}"
-            advance(label)
-            if log is not None and not progress:
-                log(f"[{number}/{len(todo)}] {label}")
-            record = _run_once(name, instance, seed, config, store, run_key(instance, name, seed, config))
+    with ExitStack() as held:
+        session = held.enter_context(connect(cluster)) if cluster is not None and cluster.enabled and todo else None
+        advance = held.enter_context(_progress(progress, len(todo)))
+        quiet_log = None if progress else log
+        if session is None:
+            records = _runs_here(todo, config, store, advance, quiet_log)
+        else:
+            records = _runs_on(session, todo, config, store, advance, quiet_log)
+        for instance, record in records:
+            # reads at E* as known now (a Ray task saw the E* of when it was sent)
+            record.successes = _successes(record.energies, record.occurrences, instance.e_star)
             store.add_run(record)
             outcome.executed += 1
             if not instance.certified and record.e_best is not None:
                 if instance.e_star is None or record.e_best < instance.e_star:
                     instance.e_star = record.e_best
-                    store.add_instance(
-                        instance.name,
-                        instance.sha256,
-                        instance.num_variables,
-                        instance.num_interactions,
-                        instance.e_star,
-                        False,
-                        instance.source,
-                        instance.build_seconds,
-                    )
+                    _store_instance(store, instance)
         advance(None)
     return outcome
+
+
+def _store_instance(store: ResultStore, instance: Instance) -> None:
+    store.add_instance(
+        instance.name,
+        instance.sha256,
+        instance.num_variables,
+        instance.num_interactions,
+        instance.e_star,
+        instance.certified,
+        instance.source,
+        instance.build_seconds,
+    )
+
+
+def _label(instance: Instance, name: str, seed: int) -> str:
+    return f"{instance.name} ({instance.num_variables} vars) · {name} · seed {seed}"
+
+
+def _reference(store: ResultStore, instance: Instance, name: str, config: SweepConfig) -> float | None:
+    """The default solver's mean seconds on ``instance`` for a budgeted solver's run, else None."""
+    return _default_solver_seconds(store, instance, config) if name in BUDGETED_SOLVERS else None
+
+
+def _runs_here(
+    todo: Sequence[tuple[Instance, str, int]],
+    config: SweepConfig,
+    store: ResultStore,
+    advance: Callable[[str | None], None],
+    log: Log | None,
+) -> Iterator[tuple[Instance, RunRecord]]:
+    """The runs one after the other in this process (each stored before the next starts)."""
+    for number, (instance, name, seed) in enumerate(todo, 1):
+        label = _label(instance, name, seed)
+        advance(label)
+        if log is not None:
+            log(f"[{number}/{len(todo)}] {label}")
+        reference = _reference(store, instance, name, config)
+        yield instance, _run_once(name, instance, seed, config, reference, run_key(instance, name, seed, config))
+
+
+def _runs_on(
+    session: Session,
+    todo: Sequence[tuple[Instance, str, int]],
+    config: SweepConfig,
+    store: ResultStore,
+    advance: Callable[[str | None], None],
+    log: Log | None,
+) -> Iterator[tuple[Instance, RunRecord]]:
+    """The runs as Ray tasks, each instance sent once; the budgeted solvers' after the others'
+    are stored (their references are read from the store then)."""
+    if log is not None:
+        log(f"running {len(todo)} runs on {session.cluster.describe()} ({session.cpus} CPUs)")
+    session.register(dimod.BinaryQuadraticModel, bqm_bytes, read_bqm)
+    sent = {id(instance): session.put(instance) for instance, _, _ in todo}
+    number = 0
+    for budgeted in (False, True):
+        phase = [run for run in todo if (run[1] in BUDGETED_SOLVERS) == budgeted]
+        arguments = [
+            (
+                sent[id(inst)],
+                name,
+                seed,
+                config,
+                _reference(store, inst, name, config),
+                run_key(inst, name, seed, config),
+            )
+            for inst, name, seed in phase
+        ]
+        for index, record in session.run_unordered(run_bench_task, arguments, {}):
+            instance, name, seed = phase[index]
+            if isinstance(record, Crashed):
+                key = run_key(instance, name, seed, config)
+                record = RunRecord(
+                    key, config.run_options(name), "error", None, 0, 0, 0.0, info={"error": record.reason}
+                )
+            number += 1
+            label = _label(instance, name, seed)
+            advance(label)
+            if log is not None:
+                log(f"[{number}/{len(todo)}] {label}: {record.status}")
+            yield instance, record
 
 
 class _progress:

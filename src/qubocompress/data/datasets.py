@@ -51,6 +51,9 @@ IDX_STEMS = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# The only decoders Pillow may use on them, whatever a file's bytes claim to be (never, say, EPS,
+# which Pillow hands to Ghostscript); a file none of them parses is a DataError.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP")
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 SPLIT_SEED = 0  # the fixed train/val/test/calib permutations
 VAL_FRACTION_DENOMINATOR = 6  # val = 1/6 of the training file
@@ -593,7 +596,7 @@ def _read_images(files: list[tuple[Path, int]], gray: bool, size: tuple[int, int
     arrays = []
     for path, _ in files:
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
                 if image.size != size:
                     raise DataError(
                         f"{path} is {image.size[0]}x{image.size[1]} pixels but the other images are "
@@ -602,7 +605,7 @@ def _read_images(files: list[tuple[Path, int]], gray: bool, size: tuple[int, int
                 arrays.append(np.asarray(image.convert(mode), dtype=np.uint8))
         except DataError:
             raise
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"{path} cannot be read as an image ({exc})") from None
     stacked = np.stack(arrays)
     tensor = torch.from_numpy(stacked).unsqueeze(1) if gray else torch.from_numpy(stacked).permute(0, 3, 1, 2)
@@ -629,10 +632,10 @@ def _load_image_folders(directory: Path, preprocessing: Preprocessing) -> Datase
     size: tuple[int, int] | None = None
     for path, _ in train_files + test_files:
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
                 modes.add(image.mode)
                 size = size or image.size
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"{path} cannot be read as an image ({exc})") from None
     assert size is not None
     gray = modes <= GRAY_MODES

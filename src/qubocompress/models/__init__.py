@@ -9,6 +9,7 @@ from qubocompress.models.train import (
     evaluate_loss,
     load_checkpoint,
     load_or_train,
+    resolve_device,
     save_checkpoint,
     train,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "evaluate_loss",
     "load_checkpoint",
     "load_or_train",
+    "resolve_device",
     "save_checkpoint",
     "train",
 ]

@@ -1,4 +1,4 @@
-"""Built-in CNNs for small gray or colour images (28×28 by default).
+"""Built-in CNNs for small gray or colour images (28×28 by default; CIFAR's 32×32 RGB as well).
 
 Every builder takes ``num_classes``, ``in_channels`` and ``input_size`` (the side of a square
 input, in pixels), and most a ``width`` (channels of the first stage). All models are plain
@@ -109,6 +109,38 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
 
+# CIFAR VGG-16 (the VGG-16 convs with BatchNorm): conv3×3 widths as multiples of ``width``,
+# "M" a 2×2 max-pool. The fifth pool of the 32×32 layout is a global average pool here, so that
+# 28×28 inputs (1×1 after four pools) fit as well.
+VGG16_PLAN = (1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8)
+
+
+class VGG16(nn.Module):
+    """CIFAR VGG-16 with BatchNorm: 13 conv3×3-BN-ReLU (2×w, 2×2w, 3×4w, 3×8w, 3×8w) with a max-pool
+    after each of the first four stages, then global average pool and fc (``width=64`` is the
+    original's 64-512 channels; the default 16, a quarter, trains on a CPU in minutes per epoch).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16) -> None:
+        super().__init__()
+        _check_common("vgg16", num_classes, in_channels, input_size, min_size=16)
+        if width < 1:
+            raise ModelError(f"vgg16 width must be at least 1, got {width}")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for step in VGG16_PLAN:
+            if step == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += _conv_bn_relu(channels, int(step) * width)
+                channels = int(step) * width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 class BasicBlock(nn.Module):
     """Two conv3×3-BN with a shortcut: identity, or 1×1 conv stride 2 + BN (option B)."""
 
@@ -141,21 +173,26 @@ class ResNet20(nn.Module):
     Stages 2 and 3 halve the resolution (28 → 14 → 7), then global average pool and fc.
     """
 
+    NAME = "resnet20"
+    BLOCKS = 3  # BasicBlocks per stage: depth 6·BLOCKS + 2
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16) -> None:
         super().__init__()
-        _check_common("resnet20", num_classes, in_channels, input_size, min_size=4)
+        _check_common(self.NAME, num_classes, in_channels, input_size, min_size=4)
+        if width < 1:
+            raise ModelError(f"{self.NAME} width must be at least 1, got {width}")
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
-        self.layer1 = self._stage(width, width, stride=1)
-        self.layer2 = self._stage(width, 2 * width, stride=2)
-        self.layer3 = self._stage(2 * width, 4 * width, stride=2)
+        self.layer1 = self._stage(width, width, stride=1, blocks=self.BLOCKS)
+        self.layer2 = self._stage(width, 2 * width, stride=2, blocks=self.BLOCKS)
+        self.layer3 = self._stage(2 * width, 4 * width, stride=2, blocks=self.BLOCKS)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(4 * width, num_classes)
 
     @staticmethod
-    def _stage(in_channels: int, out_channels: int, stride: int, blocks: int = 3) -> nn.Sequential:
+    def _stage(in_channels: int, out_channels: int, stride: int, blocks: int) -> nn.Sequential:
         return nn.Sequential(
             BasicBlock(in_channels, out_channels, stride),
             *(BasicBlock(out_channels, out_channels, 1) for _ in range(blocks - 1)),
@@ -165,6 +202,14 @@ class ResNet20(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.fc(self.flatten(self.pool(out)))
+
+
+class ResNet56(ResNet20):
+    """CIFAR-style ResNet-56 (He et al. 2016): ResNet-20's layout with 9 BasicBlocks per stage
+    (55 conv3×3, two 1×1 shortcuts, fc)."""
+
+    NAME = "resnet56"
+    BLOCKS = 9
 
 
 def _depthwise_separable(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -212,7 +257,9 @@ class MobileNet(nn.Module):
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "vgg": VGG,
+    "vgg16": VGG16,
     "resnet20": ResNet20,
+    "resnet56": ResNet56,
     "mobilenet": MobileNet,
 }
 

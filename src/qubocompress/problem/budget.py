@@ -115,6 +115,8 @@ SA_OPTIONS = {"num_reads": 20, "num_sweeps": 100}
 SLACK_FREE_SWEEPS = {"unbalanced": 100, "lagrangian": 1000}
 HOT_BETA = 1e-3
 COLD_SHARE = 0.01
+# Rows of the dense budget coupling matrix (slack, unbalanced) computed at a time: bounds the temporaries.
+DENSE_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,18 @@ def smallest_plan(spec: CompressionSpec, bit_options: Sequence[int] | None = Non
 
 def _ceil_div(a: np.ndarray | int, b: int) -> np.ndarray | int:
     return -(-a // b)
+
+
+def bqm_from_dense(
+    linear: np.ndarray, upper: np.ndarray, offset: float, labels: Sequence[str]
+) -> dimod.BinaryQuadraticModel:
+    """A BINARY BQM from linear biases and a dense strictly upper triangular coupling matrix (its
+    zero entries are no couplings), labelled ``labels`` in order: no index arrays, so its peak is the
+    matrix plus the BQM (dimod keeps each coupling twice, 16 bytes each)."""
+    bqm = dimod.BinaryQuadraticModel.from_numpy_vectors(linear, ([], [], []), offset, dimod.BINARY)
+    bqm.add_quadratic_from_dense(upper)
+    bqm.relabel_variables(dict(enumerate(labels)))
+    return bqm
 
 
 def _finite(value: Any) -> float | None:
@@ -469,11 +483,11 @@ class BudgetFormulation(Formulation):
         optimum; unit 1 always qualifies (costs are integers).
         """
         index = self.model.index_of(self.exact_result().plan)[None, :]
-        sizes = [int(cell.size.ravel()[cell.state_of(index)][0]) for cell in self.cells]
+        sizes = np.array([int(cell.size.ravel()[cell.state_of(index)][0]) for cell in self.cells], dtype=np.int64)
         k = 1
         while True:
             unit = max(self.budget // k, 1)
-            rounded = sum(_ceil_div(size, unit) for size in sizes) + _ceil_div(self.model.constant_cost, unit)
+            rounded = int(_ceil_div(sizes, unit).sum()) + _ceil_div(self.model.constant_cost, unit)
             if rounded <= self.budget // unit or unit == 1:
                 return unit
             k = max(k + 1, int(k * 1.01))
@@ -630,18 +644,21 @@ class BudgetFormulation(Formulation):
 
     @cached_property
     def bqm(self) -> dimod.BinaryQuadraticModel:
-        """The budget problem as a BINARY BQM (module docstring); its ground state is the optimum."""
-        starts, weights, capacity = self._layout
+        """The budget problem as a BINARY BQM (module docstring); its ground state is the optimum.
+
+        Built from arrays: the damage's cross-cell blocks and the one-hot and consistency penalties
+        are sparse (:meth:`_sparse_couplings`); the slack and unbalanced budget terms couple every
+        pair of states that cost more than their cell's cheapest, so those BQMs are dense
+        (``n(n − 1)/2`` couplings, about 24·n² bytes to build; a lagrangian one stays sparse).
+        """
+        starts, weights, _ = self._layout
         count = int(starts[-1])
         total = count + len(weights)
         penalty = self.penalty
         quadratic_weight, linear_weight = self.budget_weights
-        damage_linear, blocks, offset = self._objective_terms
+        damage_linear, _, offset = self._objective_terms
         linear = np.zeros(total)
         linear[:count] = damage_linear
-        quadratic = np.zeros((total, total))
-        for (ka, kb), block in blocks.items():
-            quadratic[starts[ka] : starts[ka + 1], starts[kb] : starts[kb + 1]] += block
         # budget: q·m² + l·m, m = Σ a·v − spare, a = a cell state's cost in units above the cell's
         # cheapest state (with one state per cell this is the cost in units minus a constant), or a
         # slack weight; slack: q = P, l = 0
@@ -649,33 +666,54 @@ class BudgetFormulation(Formulation):
         spare = float(self._spare)
         a = np.concatenate([u - u.min() for u in units] + [np.array(weights, dtype=np.int64)]).astype(np.float64)
         linear += quadratic_weight * (a * a - 2.0 * spare * a) + linear_weight * a
-        if quadratic_weight:
-            quadratic += 2.0 * quadratic_weight * np.triu(np.outer(a, a), 1)
         offset += quadratic_weight * spare**2 - linear_weight * spare
-        # one-hot per cell: P·(Σ w − 1)²
-        for k in range(len(self.cells)):
-            block = slice(starts[k], starts[k + 1])
-            size = starts[k + 1] - starts[k]
-            linear[block] -= penalty
-            quadratic[block, block] += 2.0 * penalty * np.triu(np.ones((size, size)), 1)
+        for k in range(len(self.cells)):  # one-hot: P·(Σ w − 1)²
+            linear[starts[k] : starts[k + 1]] -= penalty
             offset += penalty
-        # consistency: consecutive cells deciding the same choice agree, (P/2)·Σ_o (A_o − B_o)²
-        half = penalty / 2.0
+        for c in self.model.free:  # consistency: (P/2)·Σ_o (A_o − B_o)², linear part
+            for pair in zip(self.model.cells_of[c], self.model.cells_of[c][1:]):
+                for k in pair:
+                    linear[starts[k] : starts[k + 1]] += penalty / 2.0
+        rows, cols, values = self._sparse_couplings()
+        labels = list(self.variables)
+        if not quadratic_weight:
+            return dimod.BinaryQuadraticModel.from_numpy_vectors(
+                linear, (rows, cols, values), offset, dimod.BINARY, variable_order=labels
+            )
+        dense = np.empty((total, total))
+        for first in range(0, total, DENSE_ROWS):  # 2q·a_i·a_j for i < j, a block of rows at a time
+            band = slice(first, min(first + DENSE_ROWS, total))
+            dense[band] = 2.0 * quadratic_weight * np.triu(np.outer(a[band], a), first + 1)
+        dense[rows, cols] += values
+        return bqm_from_dense(linear, dense, offset, labels)
+
+    def _sparse_couplings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The BQM's couplings but the budget term's, as ``(rows, cols, values)`` (zeros dropped):
+        the damage's cross-cell blocks, the one-hot penalties ``2P`` within each cell and the
+        consistency penalties ``±P``, summed block by block of cells (a cell's block with itself
+        upper triangular; cells deciding a choice are in ascending order, so every block lies above
+        the diagonal). Blocks come in (row cell, column cell) order, so that each coupling lands at
+        the end of both variables' neighbourhoods in dimod."""
+        starts = self._layout[0]
+        penalty = self.penalty
+        blocks = {(k, k): 2.0 * penalty * np.triu(np.ones((n, n)), 1) for k, n in enumerate(np.diff(starts))}
+        blocks.update((key, block.copy()) for key, block in self._objective_terms[1].items())
         for c in self.model.free:
             for k1, k2 in zip(self.model.cells_of[c], self.model.cells_of[c][1:]):
                 o1 = self.cells[k1].states[:, self.cells[k1].axes.index(c)]
                 o2 = self.cells[k2].states[:, self.cells[k2].axes.index(c)]
                 for k, o in ((k1, o1), (k2, o2)):
-                    block = slice(starts[k], starts[k + 1])
-                    linear[block] += half
-                    quadratic[block, block] += 2.0 * half * np.triu(o[:, None] == o[None, :], 1)
-                quadratic[starts[k1] : starts[k1 + 1], starts[k2] : starts[k2 + 1]] -= (
-                    2.0 * half * (o1[:, None] == o2[None, :])
-                )
-        rows, cols = np.nonzero(quadratic)
-        return dimod.BinaryQuadraticModel.from_numpy_vectors(
-            linear, (rows, cols, quadratic[rows, cols]), offset, dimod.BINARY, variable_order=list(self.variables)
-        )
+                    blocks[(k, k)] += penalty * np.triu(o[:, None] == o[None, :], 1)
+                cross = -penalty * (o1[:, None] == o2[None, :])
+                blocks[(k1, k2)] = blocks[(k1, k2)] + cross if (k1, k2) in blocks else cross
+        rows, cols, values = [np.zeros(0, dtype=np.int32)], [np.zeros(0, dtype=np.int32)], [np.zeros(0)]
+        for ka, kb in sorted(blocks):
+            block = blocks[(ka, kb)]
+            i, j = np.nonzero(block)
+            rows.append((starts[ka] + i).astype(np.int32))
+            cols.append((starts[kb] + j).astype(np.int32))
+            values.append(block[i, j])
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
 
     # --- samples <-> plans --------------------------------------------------------------------------
 

@@ -158,18 +158,25 @@ def choice_cqm(
     MILP's.
     """
     flat = [label for cell in labels for label in cell]
-    objective = dimod.BinaryQuadraticModel.from_numpy_vectors(
-        linear, ([], [], []), offset, dimod.BINARY, variable_order=flat
-    )
+    starts = np.cumsum([0] + [len(cell) for cell in labels])
+    rows, cols, values = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
     for (ka, kb), block in blocks.items():
-        rows, cols = np.nonzero(block)
-        objective.add_quadratic_from(
-            (labels[ka][i], labels[kb][j], float(block[i, j])) for i, j in zip(rows.tolist(), cols.tolist())
-        )
+        i, j = np.nonzero(block)
+        rows.append(starts[ka] + i)
+        cols.append(starts[kb] + j)
+        values.append(block[i, j])
+    objective = dimod.BinaryQuadraticModel.from_numpy_vectors(
+        linear,
+        (np.concatenate(rows), np.concatenate(cols), np.concatenate(values)),
+        offset,
+        dimod.BINARY,
+        variable_order=flat,
+    )
     cqm = dimod.ConstrainedQuadraticModel()
     cqm.set_objective(objective)
     for k, cell in enumerate(model.cells):
-        cqm.add_discrete(labels[k], label=f"one-hot[{cell.name}]")
+        # the cells' states are disjoint: dimod's overlap check (quadratic in the cells) is moot
+        cqm.add_discrete_from_iterable(labels[k], label=f"one-hot[{cell.name}]", check_overlaps=False)
     for c in model.free:
         for k1, k2 in zip(model.cells_of[c], model.cells_of[c][1:]):
             o1 = model.cells[k1].states[:, model.cells[k1].axes.index(c)]

@@ -18,7 +18,9 @@ freezes simulated annealing (see the budget module). The price: the counts are o
 rank-order damage, not for the Gram damage (their interplay is the budget stage's).
 
 BQM (BINARY), one variable ``p[<group>][<channel>]`` per channel of each group with ``k_g > 0``
-(every channel is a candidate; ``max_pruned`` caps how many, and ``k_g ≤ max_pruned`` already)::
+(every channel is a candidate; ``max_pruned`` caps how many, and ``k_g ≤ max_pruned`` already; a
+group split into ``blocks`` by a grouped convolution has one count per block, ``k_g / blocks``,
+so that each of the conv's groups keeps as many channels: "group" below means such a block)::
 
     E(p) = ½ pᵀ G p + A Σ_g (Σ_i p_gi − k_g)² + Q
 
@@ -65,7 +67,14 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from qubocompress.errors import ProblemError, SolverError
 from qubocompress.problem.base import Formulation, Reference, Target
-from qubocompress.problem.budget import DEFAULT_TIME_LIMIT, PENALTY_MARGIN, BudgetFormulation, ExactResult
+from qubocompress.problem.budget import (
+    DEFAULT_TIME_LIMIT,
+    DENSE_ROWS,
+    PENALTY_MARGIN,
+    BudgetFormulation,
+    ExactResult,
+    bqm_from_dense,
+)
 from qubocompress.problem.local_search import BLOCK_ENTRIES
 from qubocompress.problem.milp import OBJECTIVE_SCALE
 from qubocompress.problem.plan import Plan
@@ -183,10 +192,10 @@ class FiltersFormulation(Formulation):
         self.counts = {group.name: int(counts.get(group.name, 0)) for group in spec.groups}
         for group in spec.groups:
             k = self.counts[group.name]
-            if not 0 <= k <= group.max_pruned:
+            if not 0 <= k <= group.max_pruned or k % group.blocks:
                 raise ProblemError(
                     f"channel group {group.name!r}: cannot prune {k} of its {group.size} filters "
-                    f"(0..{group.max_pruned} allowed)"
+                    f"(0..{group.max_pruned} allowed, in multiples of its blocks={group.blocks})"
                 )
         Plan(pruned={}, bits=bits).validate(spec)
         self.bits = {layer.name: int(bits[layer.name]) for layer in spec.layers}
@@ -204,8 +213,15 @@ class FiltersFormulation(Formulation):
                 "(use --formulation budget, or a higher target)"
             )
         self._channels = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in self._active])
-        self._group_of = np.concatenate([np.full(spec.groups[g].size, a) for a, g in enumerate(self._active)])
-        self._k = np.array([self.counts[spec.groups[g].name] for g in self._active], dtype=np.int64)
+        # one count constraint per active group, or per block of a group split by a grouped conv
+        # (each block loses k_g / blocks): the constraint of each variable, and its count
+        sizes, blocks = ([getattr(spec.groups[g], key) for g in self._active] for key in ("size", "blocks"))
+        first_unit = np.cumsum([0] + blocks)
+        self._group_of = np.concatenate(
+            [first_unit[a] + np.arange(size) * b // size for a, (size, b) in enumerate(zip(sizes, blocks))]
+        )
+        counts_per_unit = [self.counts[spec.groups[g].name] // b for g, b in zip(self._active, blocks)]
+        self._k = np.repeat(counts_per_unit, blocks).astype(np.int64)
         self.gram = spec.filter_gram[np.ix_(self._channels, self._channels)]  # type: ignore[index]
         self.labels = [f"p[{spec.groups[g].name}][{i}]" for g in self._active for i in range(spec.groups[g].size)]
         self.quant_damage = float(
@@ -291,16 +307,18 @@ class FiltersFormulation(Formulation):
 
     @cached_property
     def bqm(self) -> dimod.BinaryQuadraticModel:
-        """``½pᵀGp + A Σ_g (Σ_i p_gi − k_g)² + Q`` as a BINARY BQM (module docstring)."""
+        """``½pᵀGp + A Σ_g (Σ_i p_gi − k_g)² + Q`` as a BINARY BQM (module docstring). Dense (``G``
+        couples every pair): built a block of rows at a time, about 24·n² bytes at its peak."""
         penalty = self.penalty
-        same = self._group_of[:, None] == self._group_of[None, :]
         linear = np.diag(self.gram) / 2 + penalty * (1 - 2 * self._k[self._group_of])
-        quadratic = np.triu(self.gram + 2 * penalty * same, 1)
-        rows, cols = np.nonzero(quadratic)
+        n = len(self.labels)
+        quadratic = np.empty((n, n))
+        for first in range(0, n, DENSE_ROWS):
+            rows = slice(first, min(first + DENSE_ROWS, n))
+            same = self._group_of[rows, None] == self._group_of[None, :]
+            quadratic[rows] = np.triu(self.gram[rows] + 2 * penalty * same, first + 1)
         offset = penalty * float(np.sum(self._k**2)) + self.quant_damage
-        return dimod.BinaryQuadraticModel.from_numpy_vectors(
-            linear, (rows, cols, quadratic[rows, cols]), offset, dimod.BINARY, variable_order=self.labels
-        )
+        return bqm_from_dense(linear, quadratic, offset, self.labels)
 
     # --- plans <-> samples -------------------------------------------------------------------------
 
@@ -311,8 +329,9 @@ class FiltersFormulation(Formulation):
 
     def _plan_of(self, row: np.ndarray) -> Plan:
         pruned = {group.name: () for group in self.spec.groups}
+        first = np.cumsum([0] + [self.spec.groups[g].size for g in self._active])
         for a, g in enumerate(self._active):
-            pruned[self.spec.groups[g].name] = tuple(np.flatnonzero(row[self._group_of == a]).tolist())
+            pruned[self.spec.groups[g].name] = tuple(np.flatnonzero(row[first[a] : first[a + 1]]).tolist())
         return Plan(pruned=pruned, bits=self.bits)
 
     def _row_of(self, plan: Plan) -> np.ndarray:
@@ -364,7 +383,7 @@ class FiltersFormulation(Formulation):
 
     def _counts_of(self, values: np.ndarray) -> np.ndarray:
         """Pruned channels per active group of each row."""
-        membership = np.eye(len(self._active), dtype=np.int64)[self._group_of]
+        membership = np.eye(len(self._k), dtype=np.int64)[self._group_of]
         return values.astype(np.int64) @ membership
 
     def feasible_reads(self, sampleset: dimod.SampleSet) -> np.ndarray:
@@ -418,7 +437,7 @@ class FiltersFormulation(Formulation):
         that keep the counts; each result has no improving swap."""
         gram, half = self.gram, np.diag(self.gram) / 2
         tolerance = IMPROVEMENT_TOLERANCE * max(float(np.abs(gram).max(initial=0.0)), 1e-300)
-        members = [np.flatnonzero(self._group_of == a) for a in range(len(self._active))]
+        members = [np.flatnonzero(self._group_of == a) for a in range(len(self._k))]
         blocks = [gram[np.ix_(m, m)] for m in members]
         x = x.astype(np.float64)
         step = max(1, BLOCK_ENTRIES // max(sum(m.size**2 for m in members), 1))
@@ -565,7 +584,7 @@ class FiltersFormulation(Formulation):
         best = np.repeat(self._descend(row[None, :]), SEARCH_CHAINS, axis=0)
         best_value = _halves(self.gram, best)
         history = [(time.perf_counter() - start, float(best_value.min()))]
-        members = [np.flatnonzero(self._group_of == a) for a in range(len(self._active))]
+        members = [np.flatnonzero(self._group_of == a) for a in range(len(self._k))]
         movable = [a for a, m in enumerate(members) if 0 < self._k[a] < m.size]
         if not movable:
             return best[0], history

@@ -45,8 +45,8 @@ class _CellSlices:
     """
 
     choices: np.ndarray  # (n, r)
-    fixed: np.ndarray  # (n, 2): the cell's remaining axes (a pseudo choice always at 0 if none)
-    stride: np.ndarray  # (n, 2)
+    fixed: np.ndarray  # (n, slots): the cell's remaining axes (padded with a pseudo choice always at 0)
+    stride: np.ndarray  # (n, slots)
     base: np.ndarray  # (n, width) or (n, width, width)
     valid: np.ndarray  # same shape as base
 
@@ -138,14 +138,16 @@ class MoveTables:
         pseudo = len(model.counts)
         option = np.arange(width)
         offsets = np.cumsum([0] + [cell.size.size for cell in model.cells])
+        # a line fixes all axes of its cell but one (a consumer of several concatenated groups has more than 3)
+        slots = max([2] + [len(cell.axes) - 1 for cell in model.cells])
         entries: dict[int, list[tuple[list[int], list[int], list[int], int, list[int]]]] = {1: [], 2: []}
         for k, cell in enumerate(model.cells):
             strides = [int(np.prod(cell.size.shape[i + 1 :], dtype=np.int64)) for i in range(len(cell.axes))]
             for r in (1, 2):
                 for spanned in _combinations(len(cell.axes), r):
                     rest = [i for i in range(len(cell.axes)) if i not in spanned]
-                    fixed = [cell.axes[i] for i in rest] + [pseudo] * (2 - len(rest))
-                    fixed_stride = [strides[i] for i in rest] + [0] * (2 - len(rest))
+                    fixed = [cell.axes[i] for i in rest] + [pseudo] * (slots - len(rest))
+                    fixed_stride = [strides[i] for i in rest] + [0] * (slots - len(rest))
                     spanned_axes = [cell.axes[i] for i in spanned]
                     spanned_strides = [strides[i] for i in spanned]
                     entries[r].append((spanned_axes, fixed, fixed_stride, int(offsets[k]), spanned_strides))
@@ -162,8 +164,8 @@ class MoveTables:
             slices.append(
                 _CellSlices(
                     choices=choices,
-                    fixed=np.array([e[1] for e in rows], dtype=np.int64).reshape(-1, 2),
-                    stride=np.array([e[2] for e in rows], dtype=np.int64).reshape(-1, 2),
+                    fixed=np.array([e[1] for e in rows], dtype=np.int64).reshape(-1, slots),
+                    stride=np.array([e[2] for e in rows], dtype=np.int64).reshape(-1, slots),
                     base=base,
                     valid=valid,
                 )

@@ -4,7 +4,11 @@ Variables (all BINARY):
 
 * ``p[<group>:<channel>]`` = 1 prunes that output channel of a channel group. Only the group's
   :meth:`~qubocompress.problem.spec.ChannelGroup.candidates` (its ``max_pruned`` least important
-  channels) get one; every other channel is always kept.
+  channels) get one; every other channel is always kept. In a group split into ``blocks`` (a
+  grouped convolution's, :attr:`~qubocompress.problem.spec.ChannelGroup.blocks`) one variable
+  prunes a unit, the r-th least important channel of every block (labelled by its first channel,
+  :meth:`~qubocompress.problem.spec.ChannelGroup.units`), so that each block loses as many; ``a``
+  below is then the unit's summed importance and its reward counts ``blocks`` channels.
 * ``q[<layer>:<k>]``, k = 0..K−1 (K = ``spec.bit_levels``): bits removed from the layer's weights,
   ``d[n] = Σ_k 2^k q[n,k]``, so the layer keeps ``b[n] = b_max − d[n]`` bits.
 
@@ -45,6 +49,17 @@ from qubocompress.problem.spec import CompressionSpec, LayerSpec
 MAX_EXACT_COMBINATIONS = 2**16
 
 
+def check_certifiable(group: str, members: int, bit_levels: int) -> None:
+    """A ProblemError when the exact enumeration cannot certify a channel group tying ``members``
+    layers with ``bit_levels`` bit variables each (more than MAX_EXACT_COMBINATIONS joint choices)."""
+    combos = (2**bit_levels) ** members
+    if combos > MAX_EXACT_COMBINATIONS:
+        raise ProblemError(
+            f"channel group {group!r} ties {members} layers: the paper formulation's certified optimum needs "
+            f"{combos} joint bit choices (limit {MAX_EXACT_COMBINATIONS}); use --formulation budget"
+        )
+
+
 @dataclass(frozen=True)
 class Variable:
     """What one BQM variable means.
@@ -52,7 +67,8 @@ class Variable:
     Attributes:
         kind: ``"prune"`` (a channel of a group) or ``"bit"`` (a bit-removal bit of a layer).
         owner: index of the group (``"prune"``) or layer (``"bit"``) in the spec.
-        position: the channel index (``"prune"``) or the bit's power k, worth ``2**k`` bits (``"bit"``).
+        position: the channel index (``"prune"``; a unit's first channel) or the bit's power k, worth
+            ``2**k`` bits (``"bit"``).
     """
 
     kind: Literal["prune", "bit"]
@@ -138,8 +154,9 @@ class PaperFormulation(Formulation):
             raise ProblemError(f"the layers of {spec.model!r} hold no weights")
         # w[n]: weight of one kept channel-bit of layer n in γ·R.
         self._reward_weight = self.gamma * self._filter_weights / self._full_bits
-        self._candidates = [group.candidates() for group in spec.groups]
-        self._candidate_importance = [group.importance[c] for group, c in zip(spec.groups, self._candidates)]
+        self._units = [group.units() for group in spec.groups]
+        self._blocks = [group.blocks for group in spec.groups]
+        self._candidate_importance = [group.importance[u].sum(axis=1) for group, u in zip(spec.groups, self._units)]
         self._members = [
             [n for n, layer in enumerate(spec.layers) if layer.out_group == g] for g in range(len(spec.groups))
         ]
@@ -147,9 +164,9 @@ class PaperFormulation(Formulation):
         self.variables: dict[str, Variable] = {}
         self._prune_labels: list[list[str]] = []
         for g, group in enumerate(spec.groups):
-            labels = [prune_label(group.name, int(i)) for i in self._candidates[g]]
+            labels = [prune_label(group.name, int(unit[0])) for unit in self._units[g]]
             self._prune_labels.append(labels)
-            self.variables.update({lab: Variable("prune", g, int(i)) for lab, i in zip(labels, self._candidates[g])})
+            self.variables.update({lab: Variable("prune", g, int(u[0])) for lab, u in zip(labels, self._units[g])})
         self._bit_labels: list[list[str]] = []
         for n, layer in enumerate(spec.layers):
             labels = [bit_label(layer.name, k) for k in range(self.num_bit_levels)]
@@ -195,7 +212,7 @@ class PaperFormulation(Formulation):
                 continue
             idx = np.array([index[lab] for lab in labels])
             a = self._candidate_importance[g]
-            linear[idx] += a**2 - b_max * sum(self._reward_weight[n] for n in self._members[g])
+            linear[idx] += a**2 - b_max * self._blocks[g] * sum(self._reward_weight[n] for n in self._members[g])
             i, j = np.triu_indices(len(labels), k=1)
             add(idx[i], idx[j], 2.0 * a[i] * a[j])
         for n, labels in enumerate(self._bit_labels):
@@ -208,7 +225,7 @@ class PaperFormulation(Formulation):
             if g is not None and self._prune_labels[g]:
                 p_idx = np.array([index[lab] for lab in self._prune_labels[g]])
                 pp, kk = np.meshgrid(p_idx, np.arange(self.num_bit_levels), indexing="ij")
-                add(pp.ravel(), idx[kk.ravel()], w * powers[kk.ravel()])
+                add(pp.ravel(), idx[kk.ravel()], w * self._blocks[g] * powers[kk.ravel()])
         quadratic = (np.concatenate(rows), np.concatenate(cols), np.concatenate(biases)) if rows else ([], [], [])
         return dimod.BinaryQuadraticModel.from_numpy_vectors(
             linear, quadratic, self.offset, dimod.BINARY, variable_order=order
@@ -218,7 +235,9 @@ class PaperFormulation(Formulation):
         """The plan a sample (label -> 0/1) stands for; every group appears in ``pruned``."""
         try:
             pruned = {
-                group.name: tuple(int(i) for i, lab in zip(self._candidates[g], self._prune_labels[g]) if sample[lab])
+                group.name: tuple(
+                    int(i) for unit, lab in zip(self._units[g], self._prune_labels[g]) if sample[lab] for i in unit
+                )
                 for g, group in enumerate(self.spec.groups)
             }
             bits = {
@@ -230,18 +249,20 @@ class PaperFormulation(Formulation):
         return Plan(pruned=pruned, bits=bits)
 
     def encode(self, plan: Plan) -> dict[str, int]:
-        """The sample (label -> 0/1) of a plan; its pruned channels must be candidates."""
+        """The sample (label -> 0/1) of a plan; its pruned channels must be candidates (whole units)."""
         plan.validate(self.spec)
         sample: dict[str, int] = {}
         for g, group in enumerate(self.spec.groups):
             chosen = set(plan.pruned.get(group.name, ()))
-            outside = sorted(chosen - {int(i) for i in self._candidates[g]})
+            picked = [{int(i) for i in unit} <= chosen for unit in self._units[g]]
+            outside = sorted(chosen - {int(i) for unit, on in zip(self._units[g], picked) if on for i in unit})
             if outside:
+                units = f", in units of one from each of its {group.blocks} blocks" if group.blocks > 1 else ""
                 raise ProblemError(
                     f"plan prunes channels {outside} of group {group.name!r}, which are not among its "
-                    f"{group.max_pruned} least important channels (the only ones the formulation can prune)"
+                    f"{group.max_pruned} least important channels (the only ones the formulation can prune{units})"
                 )
-            sample.update({lab: int(int(i) in chosen) for i, lab in zip(self._candidates[g], self._prune_labels[g])})
+            sample.update({lab: int(on) for on, lab in zip(picked, self._prune_labels[g])})
         for n, layer in enumerate(self.spec.layers):
             removed = self.spec.b_max - plan.bits[layer.name]
             sample.update({lab: (removed >> k) & 1 for k, lab in enumerate(self._bit_labels[n])})
@@ -270,7 +291,9 @@ class PaperFormulation(Formulation):
         """
         plan.validate(self.spec)
         pruned = {
-            group.name: tuple(sorted(int(i) for i in self._candidates[g][: len(plan.pruned.get(group.name, ()))]))
+            group.name: tuple(
+                sorted(int(i) for i in self._units[g][: len(plan.pruned.get(group.name, ())) // group.blocks].ravel())
+            )
             for g, group in enumerate(self.spec.groups)
         }
         return Plan(pruned=pruned, bits=dict(plan.bits))
@@ -361,30 +384,26 @@ class PaperFormulation(Formulation):
                 bits[layer.name] = spec.b_max - best
         for g, group in enumerate(spec.groups):
             members = self._members[g]
+            check_certifiable(group.name, len(members), self.num_bit_levels)
             combos = len(levels) ** len(members)
-            if combos > MAX_EXACT_COMBINATIONS:
-                raise ProblemError(
-                    f"channel group {group.name!r} ties {len(members)} layers: certifying it needs "
-                    f"{combos} joint bit choices (limit {MAX_EXACT_COMBINATIONS}); lower bit_levels"
-                )
             grids = np.meshgrid(*([levels] * len(members)), indexing="ij")
             removed = np.stack(grids, -1).reshape(combos, len(members)) if members else np.zeros((1, 0))
             energies = np.zeros(combos)
-            reward_per_channel = np.zeros(combos)  # c: what pruning one candidate saves in γ·R
+            reward_per_unit = np.zeros(combos)  # c: what pruning one candidate unit saves in γ·R
             for j, n in enumerate(members):
                 energies += layer_energy(n, removed[:, j])
-                reward_per_channel += self._reward_weight[n] * (spec.b_max - removed[:, j])
-            # (Σ a p)² − c Σ p with every candidate sharing c: the best k channels are the k least
+                reward_per_unit += self._blocks[g] * self._reward_weight[n] * (spec.b_max - removed[:, j])
+            # (Σ a p)² − c Σ p with every candidate unit sharing c: the best k units are the k least
             # important, and f(k) = A_k² − k c is convex in k (A_k = prefix sums of ascending a ≥ 0):
             # optimal k = number of increments A_k² − A_{k−1}² below c.
             prefix = np.concatenate([[0.0], np.cumsum(self._candidate_importance[g])])
             increments = np.maximum.accumulate(np.diff(prefix**2))  # ascending already; guard rounding
-            count = np.searchsorted(increments, reward_per_channel, side="left")
-            energies += prefix[count] ** 2 - count * reward_per_channel
+            count = np.searchsorted(increments, reward_per_unit, side="left")
+            energies += prefix[count] ** 2 - count * reward_per_unit
             best = int(np.argmin(energies))
             total += float(energies[best])
             for j, n in enumerate(members):
                 bits[spec.layers[n].name] = spec.b_max - int(removed[best, j])
-            pruned[group.name] = tuple(int(i) for i in self._candidates[g][: count[best]])
+            pruned[group.name] = tuple(int(i) for i in self._units[g][: count[best]].ravel())
         plan = Plan(pruned=pruned, bits={layer.name: bits[layer.name] for layer in spec.layers})
         return plan, total

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qubocompress.errors import ProblemError
-from qubocompress.problem.spec import CompressionSpec, LayerSpec
+from qubocompress.problem.spec import CompressionSpec, LayerSpec, uneven_blocks
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,9 @@ class Plan:
                 raise ProblemError(f"plan prunes invalid channels of group {name!r}: {list(idx)}")
             if len(idx) >= group.size:
                 raise ProblemError(f"plan prunes every channel of group {name!r}")
+            uneven = uneven_blocks(name, idx, group.size, group.blocks)
+            if uneven is not None:
+                raise ProblemError(uneven)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -103,13 +106,13 @@ class Plan:
 def uniform_plan(spec: CompressionSpec, bits: int, prune_ratio: float) -> Plan:
     """One bit-width for every layer and the same L1-style prune ratio in every group.
 
-    Each group prunes ``round(prune_ratio * size)`` of its least important channels, capped at
-    the group's ``max_pruned``.
+    Each group prunes ``round(prune_ratio * size)`` of its least important channels (rounded to
+    a multiple of its blocks), capped at the group's ``max_pruned``.
     """
     if not 0.0 <= prune_ratio < 1.0:
         raise ProblemError(f"prune ratio must be in [0, 1), got {prune_ratio}")
     pruned = {}
     for group in spec.groups:
-        count = min(int(round(prune_ratio * group.size)), group.max_pruned)
+        count = group.round_count(prune_ratio * group.size)
         pruned[group.name] = tuple(int(i) for i in group.prune_order()[:count])
     return Plan(pruned=pruned, bits={layer.name: bits for layer in spec.layers})

@@ -17,6 +17,8 @@ layer after a concatenation reads several groups).
 from __future__ import annotations
 
 import json
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,12 +29,42 @@ from qubocompress.errors import ProblemError
 FP32_BITS = 32
 
 
+def prune_order(importance: np.ndarray, blocks: int = 1) -> np.ndarray:
+    """Channel indices from least to most important (stable: ties by index), round-robin over
+    ``blocks`` equal contiguous blocks: entries ``r·blocks .. (r+1)·blocks − 1`` are the (r+1)-th
+    least important channel of each block, so every prefix of a multiple of ``blocks`` channels
+    takes as many from each block (for ``blocks=1``, the plain ascending order)."""
+    ranks = np.argsort(np.asarray(importance).reshape(blocks, -1), axis=1, kind="stable")
+    return (ranks + ranks.shape[1] * np.arange(blocks)[:, None]).T.ravel()
+
+
+def block_counts(channels: Iterable[int], size: int, blocks: int) -> np.ndarray:
+    """How many of ``channels`` lie in each of the ``blocks`` equal contiguous blocks of ``size``."""
+    return np.bincount(np.asarray(list(channels), dtype=np.int64) // (size // blocks), minlength=blocks)
+
+
+def uneven_blocks(name: str, channels: Iterable[int], size: int, blocks: int) -> str | None:
+    """Why pruning ``channels`` of group ``name`` (``size`` channels in ``blocks``) is not allowed:
+    its blocks would lose different numbers; None when they lose as many."""
+    counts = block_counts(channels, size, blocks).tolist() if blocks > 1 else [0]
+    if len(set(counts)) == 1:
+        return None
+    return (
+        f"plan prunes {counts} channels from the {blocks} blocks of group {name!r}; "
+        "a grouped convolution must lose as many from each of its groups"
+    )
+
+
 @dataclass(frozen=True)
 class ChannelGroup:
     """Output channels that are pruned together: one pruning decision per channel index.
 
     For a plain conv net a group is one layer's filters; where a residual add or a depthwise conv
-    ties channels of several layers, they share one group.
+    ties channels of several layers, they share one group. Where a grouped convolution reads or
+    writes them, its ``g`` groups split them into ``blocks`` equal contiguous blocks (``g``, or the
+    lcm of every such conv's ``g``), and every block must lose as many channels as the others, so
+    that each of the conv's groups keeps the same number: counts are then multiples of ``blocks``
+    and :meth:`prune_order` takes the blocks in turn.
 
     Attributes:
         name: label of the group (the first producing layer's module name).
@@ -45,6 +77,8 @@ class ChannelGroup:
         prune_damage: same length as ``prune_options``: the measured increase of the calibration
             loss (nats) when that many of the least important channels are pruned and the rest
             of the model is untouched.
+        blocks: equal contiguous blocks that must lose the same number of channels (1: none);
+            divides the size, and ``max_pruned`` and every prune option are multiples of it.
     """
 
     name: str
@@ -53,6 +87,7 @@ class ChannelGroup:
     members: tuple[str, ...] = ()
     prune_options: tuple[int, ...] = ()
     prune_damage: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    blocks: int = 1
 
     def __post_init__(self) -> None:
         imp = np.asarray(self.importance, dtype=np.float64)
@@ -75,6 +110,15 @@ class ChannelGroup:
             )
         if self.prune_damage.size not in (0, len(options)):
             raise ProblemError(f"channel group {self.name!r}: prune_damage needs one entry per prune option")
+        if isinstance(self.blocks, bool) or not isinstance(self.blocks, numbers.Integral) or self.blocks < 1:
+            raise ProblemError(f"channel group {self.name!r}: blocks must be an integer >= 1, got {self.blocks!r}")
+        object.__setattr__(self, "blocks", int(self.blocks))
+        if imp.size % self.blocks or any(k % self.blocks for k in (self.max_pruned, *options)):
+            raise ProblemError(
+                f"channel group {self.name!r}: its {imp.size} channels, max_pruned={self.max_pruned} and prune "
+                f"options {list(options)} must all be multiples of its blocks={self.blocks} (a grouped convolution "
+                "loses as many channels from each of its groups)"
+            )
 
     @property
     def size(self) -> int:
@@ -82,12 +126,23 @@ class ChannelGroup:
         return int(self.importance.size)
 
     def prune_order(self) -> np.ndarray:
-        """Channel indices sorted from least to most important (stable, so ties break by index)."""
-        return np.argsort(self.importance, kind="stable")
+        """Channel indices from least to most important (stable, so ties break by index), the
+        blocks taken in turn (:func:`prune_order`): the first k, k a multiple of ``blocks``, are
+        the k/blocks least important of each block."""
+        return prune_order(self.importance, self.blocks)
 
     def candidates(self) -> np.ndarray:
         """The ``max_pruned`` least important channel indices: the only ones that may be pruned."""
         return self.prune_order()[: self.max_pruned]
+
+    def units(self) -> np.ndarray:
+        """The candidates as pruning units, shape ``(max_pruned // blocks, blocks)``: row r holds
+        the channels pruned together at rank r (one per block; one channel when ``blocks=1``)."""
+        return self.candidates().reshape(-1, self.blocks)
+
+    def round_count(self, count: float) -> int:
+        """``count`` rounded (Python's ``round``) to a multiple of ``blocks``, at most ``max_pruned``."""
+        return min(self.blocks * int(round(count / self.blocks)), self.max_pruned)
 
 
 @dataclass(frozen=True)
@@ -330,6 +385,7 @@ class CompressionSpec:
                     "members": list(g.members),
                     "prune_options": list(g.prune_options),
                     "prune_damage": g.prune_damage.tolist(),
+                    "blocks": g.blocks,
                 }
                 for g in self.groups
             ],
@@ -369,6 +425,7 @@ class CompressionSpec:
                     members=tuple(g.get("members", ())),
                     prune_options=tuple(g.get("prune_options", ())),
                     prune_damage=np.asarray(g.get("prune_damage", []), dtype=np.float64),
+                    blocks=g.get("blocks", 1),
                 )
                 for g in data["groups"]
             )

@@ -4,9 +4,9 @@ Decision space. One gene per channel group — the index of its prune option: ho
 important channels (``group.prune_order()``) go — then one gene per layer — the index of its
 bit-width in ``bit_options``. A group's options are its ``prune_options`` when the spec has them
 (the same grid as the ``budget`` QUBO, so both search the same plans), else
-``round(i/4 · max_pruned)``, i = 0..4 (at the default ``max_prune_fraction`` of 0.5 that is about
-0, 12.5, 25, 37.5 and 50 % of the channels, the analysis's ``DEFAULT_PRUNE_FRACTIONS``; the
-``budget`` QUBO never prunes such a group). Bit options default to
+``round(i/4 · max_pruned)``, i = 0..4, to a multiple of the group's ``blocks`` (at the default
+``max_prune_fraction`` of 0.5 that is about 0, 12.5, 25, 37.5 and 50 % of the channels, the
+analysis's ``DEFAULT_PRUNE_FRACTIONS``; the ``budget`` QUBO never prunes such a group). Bit options default to
 (2, 3, 4, 5, 6, 8) within ``spec.min_bits..spec.b_max`` (:func:`~qubocompress.problem.budget.
 check_bit_options`). Options are ordered (more pruning, more bits), so integer operators make sense.
 
@@ -31,6 +31,10 @@ top-1 of the pruned and quantized model before fine-tuning); the searches never 
 plans are evaluated and counted once), keeps the history and the best plan, and stops the search
 when the evaluation budget or the clock runs out (checked before every new evaluation after the
 first: a running evaluation is never cut short, so a run may overshoot ``time_limit`` by one).
+:meth:`PlanScorer.score_many` scores many genomes at once (a GA's generation): with an
+``evaluate_many`` (plans -> their scores and seconds, e.g. on Ray actors) their new plans are
+evaluated together, and the cache, history, cache hits and stop are those of scoring the genomes
+one after the other; the clock is then checked once, before the batch.
 """
 
 from __future__ import annotations
@@ -51,15 +55,19 @@ from qubocompress.problem.plan import Plan
 from qubocompress.problem.spec import CompressionSpec
 
 Evaluate = Callable[[Plan], float]
+# Plans -> (score, seconds of its evaluation) of each, in order: the plans evaluated together.
+EvaluateMany = Callable[[Sequence[Plan]], Sequence[tuple[float, float]]]
 StopReason = Literal["evaluations", "time_limit", "convergence"]
 
 # Prune options of a group without measured ones: i/PRUNE_GRID_STEPS of its max_pruned, i = 0..steps.
 PRUNE_GRID_STEPS = 4
 
 
-def grid_prune_options(max_pruned: int, steps: int = PRUNE_GRID_STEPS) -> tuple[int, ...]:
-    """``round(i/steps · max_pruned)`` (half up), i = 0..steps, deduplicated and ascending."""
-    return tuple(sorted({int(math.floor(i * max_pruned / steps + 0.5)) for i in range(steps + 1)}))
+def grid_prune_options(max_pruned: int, steps: int = PRUNE_GRID_STEPS, blocks: int = 1) -> tuple[int, ...]:
+    """``round(i/steps · max_pruned)`` (half up) to a multiple of ``blocks`` (a group's, which
+    divides ``max_pruned``), i = 0..steps, deduplicated and ascending."""
+    units = max_pruned // blocks
+    return tuple(sorted({blocks * int(math.floor(i * units / steps + 0.5)) for i in range(steps + 1)}))
 
 
 class DecisionSpace:
@@ -86,7 +94,9 @@ class DecisionSpace:
         self.metric: Metric = metric
         self.ratio = float(ratio)
         self.bit_options = check_bit_options(spec, bit_options)
-        self.prune_options = [group.prune_options or grid_prune_options(group.max_pruned) for group in spec.groups]
+        self.prune_options = [
+            group.prune_options or grid_prune_options(group.max_pruned, blocks=group.blocks) for group in spec.groups
+        ]
         self.num_groups = len(spec.groups)
         self.counts = np.array(
             [len(options) for options in self.prune_options] + [len(self.bit_options)] * len(spec.layers),
@@ -236,7 +246,8 @@ class SearchResult:
         ratio: its compression vs fp32 in the search's metric (fp32 cost / plan cost).
         evaluations: calls of ``evaluate`` (distinct plans).
         seconds: wall time of the whole search, evaluations included.
-        evaluate_seconds: the part of ``seconds`` spent inside ``evaluate``.
+        evaluate_seconds: the seconds of the evaluations, summed over the plans: the part of
+            ``seconds`` spent inside ``evaluate``, or more than it when they ran in parallel.
         stopped_by: ``"evaluations"`` (the evaluation / generation / episode budget),
             ``"time_limit"`` or ``"convergence"``.
         history: the score of each evaluation, in order.
@@ -304,6 +315,8 @@ class PlanScorer:
         max_evaluations: stop before the evaluation after this many (None: no cap).
         time_limit: seconds from ``start``; no new evaluation starts after it (the first always runs).
         start: ``time.perf_counter()`` at the start of the search.
+        evaluate_many: plans -> (score, seconds) of each, the plans evaluated together (by
+            :meth:`score_many`; None: one ``evaluate`` call after the other).
     """
 
     def __init__(
@@ -313,9 +326,11 @@ class PlanScorer:
         max_evaluations: int | None,
         time_limit: float | None,
         start: float,
+        evaluate_many: EvaluateMany | None = None,
     ) -> None:
         self.space = space
         self.evaluate = check_evaluate(evaluate)
+        self.evaluate_many = None if evaluate_many is None else check_evaluate(evaluate_many)
         self.max_evaluations = max_evaluations
         self.deadline = None if time_limit is None else start + time_limit
         self.start = start
@@ -334,23 +349,64 @@ class PlanScorer:
 
         Raises :class:`SearchStopped` instead of starting an evaluation beyond the budget or the clock.
         """
-        key = tuple(int(v) for v in self.space.repair(genome))
+        key = self._key(genome)
         known = self.cache.get(key)
         if known is not None:
             self.hits += 1
             return known.score
-        if self.max_evaluations is not None and len(self.cache) >= self.max_evaluations:
-            raise SearchStopped("evaluations")
-        if self.cache and self.deadline is not None and time.perf_counter() >= self.deadline:
-            raise SearchStopped("time_limit")
+        self._check_budget(len(self.cache))
         plan = self.space.decode(key)
         began = time.perf_counter()
         value = self.evaluate(plan)
-        seconds = time.perf_counter() - began
+        return self._record(key, plan, value, time.perf_counter() - began)
+
+    def score_many(self, genomes: Sequence[Sequence[int] | np.ndarray]) -> list[float]:
+        """The scores of ``genomes``, as :meth:`score` on each in order would give them (the same
+        cache, history, hits and :class:`SearchStopped`), the new plans evaluated together by
+        ``evaluate_many`` (module docstring); without it, :meth:`score` on each in order."""
+        if self.evaluate_many is None:
+            return [self.score(genome) for genome in genomes]
+        keys = [self._key(genome) for genome in genomes]
+        new: dict[tuple[int, ...], Plan] = {}
+        stop: SearchStopped | None = None
+        for key in keys:
+            if key in self.cache or key in new:
+                self.hits += 1
+                continue
+            try:
+                self._check_budget(len(self.cache) + len(new), clock=not new)
+            except SearchStopped as stopped:
+                stop = stopped
+                break
+            new[key] = self.space.decode(key)
+        if new:
+            outcomes = list(self.evaluate_many(list(new.values())))
+            if len(outcomes) != len(new):
+                raise SolverError(f"evaluate_many returned {len(outcomes)} scores for {len(new)} plans")
+            for (key, plan), (value, seconds) in zip(new.items(), outcomes):
+                self._record(key, plan, value, seconds)
+        if stop is not None:
+            raise stop
+        return [self.cache[key].score for key in keys]
+
+    def _key(self, genome: Sequence[int] | np.ndarray) -> tuple[int, ...]:
+        """The repaired genome as the cache's key."""
+        return tuple(int(v) for v in self.space.repair(genome))
+
+    def _check_budget(self, evaluated: int, clock: bool = True) -> None:
+        """:class:`SearchStopped` instead of a new evaluation after ``evaluated`` ones: the cap, or
+        (``clock``, and after the first evaluation) the clock."""
+        if self.max_evaluations is not None and evaluated >= self.max_evaluations:
+            raise SearchStopped("evaluations")
+        if clock and evaluated and self.deadline is not None and time.perf_counter() >= self.deadline:
+            raise SearchStopped("time_limit")
+
+    def _record(self, key: tuple[int, ...], plan: Plan, value: Any, seconds: float) -> float:
+        """Keep one evaluation (``value`` must be a finite number); returns its score."""
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise SolverError(f"evaluate returned {value!r}; it must return a finite number (higher = better)")
         score = float(value)
-        self.cache[key] = Evaluation(plan, score, self.space.cost(key), seconds)
+        self.cache[key] = Evaluation(plan, score, self.space.cost(key), float(seconds))
         self.history.append(score)
         if score > self.best_score:
             self.best_key = key

@@ -12,6 +12,9 @@ duplicates, elitist survival of the ``population`` best. The action wall repairs
 before it is evaluated — pymoo's ``Repair`` step, so the population holds the repaired genomes —
 hence every evaluated plan is within the budget, and the search never spends an evaluation on an
 infeasible one. Identical plans are evaluated once (:class:`~qubocompress.search.common.PlanScorer`).
+A generation's plans are scored together: with ``evaluate_many`` (e.g. Ray actors, each holding
+the model and the validation split) in parallel, with the same plans, scores and result as one
+``evaluate`` after the other for the same seed.
 
 Single objective: maximise ``evaluate(plan)`` under the hard budget. EMOMC runs NSGA-II on (accuracy,
 cost) to trace a Pareto front; at one fixed budget, every evaluation NSGA-II spends on the front
@@ -39,7 +42,15 @@ import numpy as np
 
 from qubocompress.problem.choices import Metric
 from qubocompress.problem.spec import CompressionSpec
-from qubocompress.search.common import DecisionSpace, Evaluate, PlanScorer, SearchResult, SearchStopped, StopReason
+from qubocompress.search.common import (
+    DecisionSpace,
+    Evaluate,
+    EvaluateMany,
+    PlanScorer,
+    SearchResult,
+    SearchStopped,
+    StopReason,
+)
 from qubocompress.solvers.base import positive_int, require, time_limit_seconds
 
 METHOD = "ga-acc"
@@ -73,6 +84,7 @@ def ga_acc_search(
     patience: int | None = None,
     time_limit: float | None = None,
     seed: int = 0,
+    evaluate_many: EvaluateMany | None = None,
 ) -> SearchResult:
     """The best plan within ``ratio`` that a GA finds by calling ``evaluate`` (module docstring).
 
@@ -90,6 +102,9 @@ def ga_acc_search(
         time_limit: seconds for the whole search (None: none); no evaluation starts after it.
         seed: seeds pymoo; the same call twice gives the same result (with a deterministic
             ``evaluate`` and no time limit).
+        evaluate_many: plans -> (score, seconds) of each, each generation's new plans evaluated
+            together (:meth:`~qubocompress.search.common.PlanScorer.score_many`; None: one
+            ``evaluate`` after the other). It must score a plan as ``evaluate`` does.
     """
     start = time.perf_counter()
     who = f"search {METHOD!r}"
@@ -102,7 +117,7 @@ def ga_acc_search(
     positive_int(generations, "generations", who)
     time_limit = time_limit_seconds(time_limit, who)
     space = DecisionSpace(spec, ratio, metric, bit_options)
-    scorer = PlanScorer(space, evaluate, max_evaluations, time_limit, start)
+    scorer = PlanScorer(space, evaluate, max_evaluations, time_limit, start, evaluate_many)
     parameters = {
         "ratio": float(ratio),
         "metric": metric,
@@ -142,7 +157,7 @@ def ga_acc_search(
             super().__init__(n_var=free.size, n_obj=1, xl=0, xu=space.counts[free] - 1, vtype=int)
 
         def _evaluate(self, x: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-            out["F"] = np.array([[-scorer.score(genome(row))] for row in x])
+            out["F"] = -np.array(scorer.score_many([genome(row) for row in x]), dtype=np.float64)[:, None]
 
     algorithm = GA(
         pop_size=population,

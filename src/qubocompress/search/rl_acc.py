@@ -44,6 +44,14 @@ The episodes follow the evaluation cap: 300, or one per evaluation allowed when 
 300 are run. Stops after ``total_episodes`` episodes or ``max_evaluations`` evaluations (``"evaluations"``),
 after ``patience`` episodes without a better score (``"convergence"``), or when ``time_limit``
 seconds have passed (``"time_limit"``).
+
+Serial by design (``compress --workers`` refuses it): after the warm-up, each episode's plan comes
+from the actor as trained on every earlier episode's reward (a gradient step per step, on the
+episode just scored), so no plan can be proposed before the previous one is scored; scoring
+episodes in parallel would change the plans. Only the warm-up's plans (random actions, a third of
+the episodes at most) do not depend on scores: deferring their scores to one parallel batch would
+save at most that third of the evaluations' time (1.2x at best on 2 workers), and the patience and
+evaluation-cap stops inside the warm-up would then need replaying, so it is not done.
 """
 
 from __future__ import annotations

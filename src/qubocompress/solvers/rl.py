@@ -3,8 +3,9 @@
 A gymnasium environment walks the spec's layers in forward order. At each layer the agent picks
 an action (prune bucket, bit-width) — ``MultiDiscrete([prune_levels + 1, 2**K])``:
 
-* prune bucket j prunes ``round(j / prune_levels · max_pruned)`` of the layer's channel group,
-  always its least important candidates (``group.candidates()``, L1 order). A group whose
+* prune bucket j prunes ``round(j / prune_levels · max_pruned)`` of the layer's channel group
+  (to a multiple of its ``blocks``, :meth:`ChannelGroup.round_count`), always its least important
+  candidates (``group.candidates()``, L1 order). A group whose
   channels span several layers is decided at its first layer; later members ignore the bucket.
   Layers with unprunable outputs (the classifier) ignore it too. With ``prune_levels`` ≥ the
   largest ``max_pruned`` every pruning count is reachable; the default caps it at 32 buckets, so on
@@ -216,7 +217,9 @@ class LayerEnvironment:
                 layer = spec.layers[self.layer]
                 group = world.deciding_group[self.layer]
                 if group is not None:
-                    self.counts[group] = int(round(bucket / world.prune_levels * spec.groups[group].max_pruned))
+                    self.counts[group] = spec.groups[group].round_count(
+                        bucket / world.prune_levels * spec.groups[group].max_pruned
+                    )
                 bits = spec.min_bits + bit_choice
                 self.bits.append(bits)
                 out_group = layer.out_group

@@ -1,0 +1,126 @@
+"""ga-acc scoring each generation's plans together (PlanScorer.score_many) and on Ray actors: the same
+plans, scores and result as one evaluation after the other, and the one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qubocompress.problem.plan import Plan
+from qubocompress.search import DecisionSpace, PlanScorer, ga_acc_search
+from qubocompress.search.common import SearchStopped
+
+from test_pipeline import assert_one_line_error, data_dir, run  # noqa: F401  (data_dir is a fixture)
+from test_search import TINY, Recorder
+
+
+class Batches(Recorder):
+    """``evaluate_many`` over :class:`Recorder`: records each batch's size; seconds = 0."""
+
+    def __init__(self, spec: object) -> None:
+        super().__init__(spec)  # type: ignore[arg-type]
+        self.sizes: list[int] = []
+
+    def many(self, plans: Sequence[Plan]) -> list[tuple[float, float]]:
+        self.sizes.append(len(plans))
+        return [(self(plan), 0.0) for plan in plans]
+
+
+def key(plan: Plan) -> str:
+    return json.dumps(plan.to_dict(), sort_keys=True)
+
+
+@pytest.mark.parametrize("max_evaluations", [80, 31])  # 31: the cap falls inside a generation
+def test_ga_acc_scoring_generations_together_gives_the_serial_result(max_evaluations: int) -> None:
+    settings = {"population": 12, "generations": 10, "max_evaluations": max_evaluations, "seed": 3}
+    serial_recorder = Recorder(TINY)
+    serial = ga_acc_search(TINY, serial_recorder, 8, **settings)
+    batches = Batches(TINY)
+    batched = ga_acc_search(TINY, batches, 8, evaluate_many=batches.many, **settings)
+    assert max(batches.sizes) > 1  # whole generations went to evaluate_many
+    assert [key(p) for p in batches.plans] == [key(p) for p in serial_recorder.plans]
+    assert batched.plan == serial.plan and batched.score == serial.score
+    assert batched.history == serial.history and list(batched.cache) == list(serial.cache)
+    assert batched.stopped_by == serial.stopped_by and batched.details == serial.details
+    assert batched.evaluations == serial.evaluations <= max_evaluations
+
+
+def test_score_many_counts_hits_and_stops_as_one_score_after_the_other() -> None:
+    space = DecisionSpace(TINY, ratio=8)
+    genomes = [np.array([0, 0, 5, 5, 5]), space.smallest(), np.array([0, 0, 5, 5, 5]), np.array([1, 1, 0, 0, 0])]
+    serial = PlanScorer(space, Recorder(TINY), max_evaluations=2, time_limit=None, start=time.perf_counter())
+    batches = Batches(TINY)
+    batched = PlanScorer(space, batches, 2, None, time.perf_counter(), evaluate_many=batches.many)
+    stops = []
+    for scorer in (serial, batched):
+        with pytest.raises(SearchStopped) as stop:
+            scorer.score_many(genomes)
+        stops.append(stop.value.reason)
+    assert stops == ["evaluations", "evaluations"]
+    assert batches.sizes == [2] and batched.history == serial.history and batched.hits == serial.hits == 1
+    assert list(batched.cache) == list(serial.cache)
+
+
+def ga_args(data_dir: Path, out: Path, *extra: str) -> list[str | Path]:
+    return [
+        "compress", "--model", "lenet5", "--data", data_dir, "--out", out, "--search", "ga-acc",
+        "--search-evaluations", "30", "--target-ratio", "8", "--finetune-epochs", "0", "--no-baseline",
+        "--no-report", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow  # ~40 s on 2 shared cores: two ga-acc runs of 30 plans, one of them with a Ray start
+def test_ga_acc_on_two_ray_actors_finds_the_serial_plan(
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    one_torch_thread: None,  # the actors score on one thread each: the serial run does too
+) -> None:
+    pytest.importorskip("ray")
+    pytest.importorskip("pymoo")
+    assert run(*ga_args(data_dir, tmp_path / "serial")) == 0
+    assert run(*ga_args(data_dir, tmp_path / "ray", "--workers", "2")) == 0
+    searched = [json.loads((tmp_path / name / "metrics.json").read_text())["search"] for name in ("serial", "ray")]
+    plans = [json.loads((tmp_path / name / "plan.json").read_text()) for name in ("serial", "ray")]
+    assert plans[0] == plans[1]
+    assert searched[0]["history"] == searched[1]["history"] and len(searched[0]["history"]) == 30
+    assert searched[0]["score"] == searched[1]["score"]
+    assert searched[1]["details"] == searched[0]["details"]
+
+
+def test_a_ga_acc_config_on_ray_parses_back_from_its_command_line() -> None:
+    import shlex
+
+    from qubocompress.cli import _compress_config, build_parser
+    from qubocompress.config import CompressConfig
+
+    for config in (CompressConfig(search="ga-acc", workers=2), CompressConfig(search="ga-acc", ray_address="auto")):
+        words = shlex.split(config.command_line())
+        assert _compress_config(build_parser().parse_args(words[1:])) == config
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (("--search", "rl-acc", "--workers", "2"), "--search rl-acc scores its plans one after the other"),
+        (("--search", "ga-acc", "--workers", "0"), "--workers must be a whole number >= 1"),
+        (("--search", "ga-acc", "--workers", "2", "--device", "cuda"), "score plans on the Ray workers' CPUs"),
+        (("--search", "ga-acc", "--ray-address", "ray://127.0.0.1:1"), "cannot reach the Ray cluster"),
+    ],
+)
+def test_bad_search_cluster_settings_are_one_line_before_any_work(
+    flags: tuple[str, ...],
+    needle: str,
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("ray")
+    args = ["compress", "--model", "lenet5", "--data", data_dir, "--out", tmp_path / "run", "--quiet", *flags]
+    assert run(*args) == 2
+    assert_one_line_error(capsys, needle)
+    assert not (tmp_path / "run").exists()
