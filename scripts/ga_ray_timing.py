@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _timing import timed_cli
 
 
 def run(command: list[str]) -> float:
-    """Wall seconds of one qubocompress command (its output hidden; a failure ends the script)."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "qubocompress.cli", *command], capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or ["(no message)"]
-        raise SystemExit(f"ga_ray_timing: error: {' '.join(command)} failed: {lines[-1]}")
-    return time.perf_counter() - start
+    """Wall seconds of one qubocompress command."""
+    return timed_cli(command, "ga_ray_timing")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,24 +14,20 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from _timing import timed_cli
+
 from qubocompress.sweeps import read_sweep
 
 
 def run(command: list[str]) -> float:
-    """Wall seconds of one qubocompress command (its output hidden; a failure ends the script)."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "qubocompress.cli", *command], capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or ["(no message)"]
-        raise SystemExit(f"ray_sweep_timing: error: {' '.join(command)} failed: {lines[-1]}")
-    return time.perf_counter() - start
+    """Wall seconds of one qubocompress command."""
+    return timed_cli(command, "ray_sweep_timing")
 
 
 def _parent(pid: int) -> int:

@@ -13,22 +13,18 @@ without the sweep would run. Prints both wall times, their ratio, and the sweep'
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _timing import timed_cli
 
 from qubocompress.sweeps import read_sweep
 
 
 def run(command: list[str]) -> float:
-    """Wall seconds of one qubocompress command (its output hidden; a failure ends the script)."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "qubocompress.cli", *command], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"sweep_timing: error: {' '.join(command)} failed: {done.stderr.strip().splitlines()[-1]}")
-    return time.perf_counter() - start
+    """Wall seconds of one qubocompress command."""
+    return timed_cli(command, "sweep_timing")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -325,6 +325,61 @@ def test_what_a_concatenation_cannot_carry_stays_frozen_with_its_reason() -> Non
     assert reasons["d"] == "feeds depthwise dw after a concatenation"
 
 
+class Reductions(nn.Module):
+    """8 channels of 8x8: a mean over dim 1 keeps (N, 8) in front, as a spatial mean does."""
+
+    def __init__(self, over_channels: bool) -> None:
+        super().__init__()
+        self.over_channels = over_channels
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if self.over_channels:
+            return self.fc(y.mean(1).sum(dim=-1))  # (N, H): the heights, not the channels
+        return self.fc(torch.mean(y, dim=(-2, -1)))
+
+
+def test_a_reduction_over_the_channels_is_not_taken_for_a_spatial_one() -> None:
+    graph = trace_model(Reductions(over_channels=True), SHAPE)
+    assert graph.groups == [] and graph.frozen_reasons["a"] == "used by mean at mean, which qubocompress cannot follow"
+    spatial = trace_model(Reductions(over_channels=False), SHAPE)
+    assert [(g.name, g.consumers) for g in spatial.groups] == [("a", (("fc", 1),))]
+
+
+class FlatNorm(nn.Module):
+    """A BatchNorm1d over the flattened ``side`` x ``side`` maps of 4 channels."""
+
+    def __init__(self, side: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(side)
+        self.bn = nn.BatchNorm1d(4 * side * side)
+        self.fc = nn.Linear(4 * side * side, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(torch.flatten(self.pool(self.a(x)), 1))))
+
+
+def test_a_norm_of_flattened_maps_freezes_their_channels_and_one_of_pooled_channels_prunes() -> None:
+    # pruning channel i of the maps removes features [4i, 4i+4) of the norm, not feature i: the
+    # pruned model's norm had the wrong size and its forward failed
+    graph = trace_model(FlatNorm(side=2), SHAPE)
+    assert graph.groups == [] and graph.frozen_reasons["a"] == (
+        "used by norm bn of flattened features, which qubocompress cannot follow"
+    )
+    model = FlatNorm(side=1).eval()
+    with torch.no_grad():
+        model.bn.running_mean.normal_(generator=torch.Generator().manual_seed(0))
+    graph = trace_model(model, SHAPE)
+    assert [(g.name, g.norms, g.consumers) for g in graph.groups] == [("a", ("bn",), (("fc", 1),))]
+    plan = Plan(pruned={"a": (1, 2)}, bits={layer.name: 8 for layer in graph.layers})
+    x = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(prune_model(model, graph, plan)(x), mask_model(model, graph, plan)(x))
+
+
 def test_the_mixed_model_prunes_through_all_three() -> None:
     graph = trace_model(Mixed(), SHAPE)
     a = graph.groups[group_of(graph, "a")]

@@ -343,10 +343,11 @@ def test_unreachable_budget_names_the_smallest_plan() -> None:
         BudgetFormulation(spec, ratio=ratio * 1.01, bit_options=(2, 4, 8))
     message = str(info.value)
     assert message == (
-        f"budget {ratio * 1.01:g}x is not reachable: the smallest plan on offer is {ratio:.1f}x smaller than fp32 "
-        "(all layers at 2 bits, 50% of filters pruned)"
+        f"budget {ratio * 1.01:g}x is not reachable: the smallest plan on offer is {math.floor(10 * ratio) / 10:.1f}x "
+        "smaller than fp32 (all layers at 2 bits, 50% of filters pruned)"
     )
     assert "\n" not in message
+    BudgetFormulation(spec, ratio=float(message.split(" is ")[2].split("x")[0]), bit_options=(2, 4, 8))  # as named
     BudgetFormulation(spec, ratio=ratio * 0.999, bit_options=(2, 4, 8))  # just reachable
 
 
@@ -383,6 +384,8 @@ def test_meaningless_ratios_are_rejected(ratio: float) -> None:
         ({"ratio": 8.0, "metric": "bytes"}, "budget metric must be 'bits', 'bops' or 'file'"),
         ({"ratio": 8.0, "bit_options": (1, 9)}, r"bit options \[1, 9\] must lie in 1..8"),
         ({"ratio": 8.0, "bit_options": ()}, "bit options must not be empty"),
+        ({"ratio": 8.0, "bit_options": (2.5, 8)}, "bit options must be integers"),  # was read as 2 bits
+        ({"ratio": 8.0, "bit_options": (True, 8)}, "bit options must be integers"),
         ({"ratio": 8.0, "penalty": -1.0}, "penalty must be a finite number > 0"),
         ({"ratio": 8.0, "time_limit": 0}, "time_limit must be a positive number of seconds"),
     ],
@@ -705,3 +708,22 @@ def test_an_unproven_milp_reports_its_gap_and_a_missing_one_falls_back(monkeypat
     assert fallback.feasible(result.plan)
     info = ExactSampler(fallback).sample(fallback.bqm).info
     assert info["certified"] is False and info["gap"] == math.inf
+
+
+def test_a_bound_that_reaches_the_objective_certifies_it_even_at_zero_damage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unproven solve whose bound equals its objective is proven optimal: gap 0, not 0/0 = inf."""
+    import qubocompress.problem.budget as budget_module
+    from qubocompress.problem.budget import ExactResult
+    from qubocompress.problem.milp import MilpOutcome
+
+    plan = smallest_plan(synthetic_spec(channels=(4,), prune_steps=2))
+    zero = ExactResult.of(plan, 0.0, False, 0.0, 0.0, "test")
+    assert zero.certified and zero.gap == 0.0 and zero.bound == 0.0
+    short = ExactResult.of(plan, 2.0, False, 1.0, 0.0, "test")
+    assert not short.certified and short.gap == 0.5 and short.bound == 1.0
+    spec = synthetic_spec(channels=(4, 8), prune_steps=2, seed=1)
+    optimum = BudgetFormulation(spec, ratio=8.0).exact_result()
+    index = BudgetFormulation(spec, ratio=8.0).model.index_of(optimum.plan)
+    monkeypatch.setattr(budget_module, "solve_budget_milp", lambda *a: MilpOutcome(index, optimum.objective, False))
+    reached = BudgetFormulation(spec, ratio=8.0).exact_result()
+    assert reached.certified and reached.gap == 0.0

@@ -41,6 +41,7 @@ def test_progress_lines_go_to_stderr_without_quiet(data_dir, tmp_path, capsys):
         (["bench", "--help"], 0),
         (["compress", "--seed", "x"], 2),
         (["bench", "--seeds", "x"], 2),
+        (["bench", "--device", "gpu"], 2),
     ],
 )
 def test_help_and_argument_errors_load_neither_torch_nor_scipy_nor_dimod(argv, exit_code):
@@ -102,3 +103,67 @@ def test_export_of_a_model_file_without_an_input_shape_is_one_line(tmp_path, cap
         f"qubocompress: error: {path} records no input shape (written before qubocompress recorded it); compress again"
     ]
     assert not (tmp_path / "m.onnx").exists()
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("qubocompress: error: ") and err.count("\n") == 1, err
+    return err.strip().removeprefix("qubocompress: error: ")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-prune", "nan"], "--max-prune must be a fraction from 0 up to (not including) 1, got nan"),
+        (["--max-prune", "-0.1"], "--max-prune must be a fraction from 0 up to (not including) 1, got -0.1"),
+        (["--max-prune", "1"], "--max-prune must be a fraction from 0 up to (not including) 1, got 1.0"),
+        (["--beta", "nan"], "--beta must be a finite number >= 0, got nan"),
+        (["--beta", "-2"], "--beta must be a finite number >= 0, got -2.0"),
+        (["--model", "nosuch"], "unknown model 'nosuch': use a built-in name"),
+        (["--weights", "{tmp}/absent.pt"], "weights file {tmp}/absent.pt does not exist"),
+        (["--checkpoint", "{tmp}/absent.pt"], "checkpoint {tmp}/absent.pt does not exist"),
+        (["--checkpoint", "{tmp}"], "checkpoint {tmp} is a folder"),
+        (["--solver-option", "foo=1"], "simulated annealing has no option foo; valid options: "),
+        (["--solver-option", "num_reads=-5"], "simulated annealing: num_reads must be a positive integer, got -5"),
+        (["--solver", "exact", "--solver-option", "time_limit=0"], "exact solver: time_limit must be a positive"),
+        (["--solver", "exact", "--num-reads", "10"], "--num-reads: solver 'exact' takes no number of reads"),
+        (["--search", "ga-acc", "--num-reads", "10"], "--num-reads and --solver-option set the QUBO's solver"),
+        (["--search", "uniform", "--solver-option", "x=1"], "--num-reads and --solver-option set the QUBO's solver"),
+    ],
+)
+def test_bad_compress_values_are_one_line_errors_before_the_data_loads(flags, message, tmp_path, capsys):
+    # --data names no folder: had the value passed the checks, the error would be about the data
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    assert run("compress", "--data", tmp_path / "absent", "--out", tmp_path / "out", *flags) == 2
+    assert one_error_line(capsys).startswith(message.format(tmp=tmp_path))
+
+
+@pytest.mark.parametrize("command", ["sweep", "ablate"])
+def test_sweep_and_ablate_check_max_prune_and_the_model_before_the_data_loads(command, tmp_path, capsys):
+    base = [command, "--data", tmp_path / "absent", "--out", tmp_path / "out"]
+    assert run(*base, "--max-prune", "2") == 2
+    assert one_error_line(capsys).startswith("--max-prune must be a fraction")
+    assert run(*base, "--model", "nosuch") == 2
+    assert one_error_line(capsys).startswith("unknown model 'nosuch'")
+
+
+def test_a_bad_sweep_seed_names_the_seeds_flag(tmp_path, capsys):
+    assert run("sweep", "--data", tmp_path / "absent", "--out", tmp_path / "out", "--seeds", "0,-1") == 2
+    assert one_error_line(capsys) == "--seeds must be a whole number from 0 to 2,147,483,647, got -1"
+
+
+def test_train_refuses_an_unknown_model_before_the_data_loads(tmp_path, capsys):
+    assert run("train", "--data", tmp_path / "absent", "--model", "nosuch") == 2
+    assert one_error_line(capsys) == (
+        "unknown model 'nosuch'; built-in models are: lenet5, mobilenet, resnet20, resnet56, vgg, vgg16"
+    )
+
+
+@pytest.mark.parametrize("device", ["gpu", "auto", "cuda:x", "CUDA"])
+def test_bench_refuses_a_device_the_sb_solver_cannot_take_before_any_instance(device, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("bench", "--instances", "n100", "--out", tmp_path / "bench", "--device", device)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --device: expected cpu, cuda or cuda:N (the sb solver's device), got {device!r}" in err
+    assert not (tmp_path / "bench").exists()

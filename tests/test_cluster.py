@@ -1,11 +1,16 @@
 """Sweep cases and bench runs as Ray tasks: a local 2-worker cluster, a worker killed mid-case or
-mid-run, workers that die every time or cannot import a task's module, and the one-line errors of
-bad cluster settings."""
+mid-run, workers that die every time (a failed row, once) or cannot import a task's module, a
+driver killed mid-sweep (the rerun runs each case once), and the one-line errors of bad cluster
+settings, before any folder is made (with or without Ray)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import signal
+import socket
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -15,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from qubocompress import cluster as cluster_module
+from qubocompress import sweeps as sweep_module
 from qubocompress.bench.instances import save_instance
 from qubocompress.bench.runner import SweepConfig
 from qubocompress.bench.runner import run_sweep as bench_sweep
@@ -27,13 +33,15 @@ from qubocompress.sweeps import STORE_FILE, read_sweep
 from test_bench import tiny_instance
 from test_pipeline import assert_one_line_error, data_dir, run  # noqa: F401  (data_dir is a fixture)
 from test_scripts import load_script
-from test_sweep import sweep_args
+from test_sweep import recorded, sweep_args
 
 kill_own_worker = load_script("ray_sweep_timing").kill_own_worker
 
-ray = pytest.importorskip("ray")
+# Only the tests that start Ray need it: the one-line refusals below run (and must pass) without it.
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
 
 
+@needs_ray
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the Ray workers in /proc (Linux)")
 def test_a_sweep_on_two_ray_workers_survives_a_worker_killed_mid_case(data_dir: Path, tmp_path: Path) -> None:
@@ -63,6 +71,74 @@ def test_a_sweep_on_two_ray_workers_survives_a_worker_killed_mid_case(data_dir: 
     assert not list((out / "cases").glob(".*.partial-*"))
 
 
+DOOMED_CASE = "6x-uniform-seed0"
+
+
+def die_on_the_doomed_case(case: sweep_module.SweepCase, inputs: sweep_module.CaseInputs) -> sweep_module.CaseOutput:
+    """The sweep's Ray task, whose worker dies on every try of DOOMED_CASE (pickled by value)."""
+    if case.name == DOOMED_CASE:
+        os._exit(1)
+    return sweep_module.run_case_task(case, inputs)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_sweep_case_whose_worker_dies_on_every_try_is_recorded_failed_with_its_reason_once(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(sweep_module, "run_case_task", die_on_the_doomed_case)
+    out = tmp_path / "sweep"
+    args = sweep_args(data_dir, out, "--target-ratio", "4,6", "--routes", "uniform", "--workers", "2")
+    assert run(*args) == 0
+    rows = {row.case: row for row in read_sweep(out).rows}
+    assert list(rows) == ["4x-uniform-seed0", DOOMED_CASE] and rows["4x-uniform-seed0"].ok
+    tries = cluster_module.DEFAULT_RETRIES + 1
+    assert rows[DOOMED_CASE].status == "failed" and f"its Ray worker died {tries} times" in rows[DOOMED_CASE].reason
+    assert sorted(p.name for p in (out / "cases").iterdir() if not p.name.startswith(".")) == ["4x-uniform-seed0"]
+    # rerun: both are recorded, so nothing runs again (no cluster is even started) and nothing is added
+    monkeypatch.setattr(sweep_module, "connect", _no_connect)
+    before = [(r.case, r.status, r.reason) for r in read_sweep(out).rows]
+    assert run(*args) == 0
+    assert [(r.case, r.status, r.reason) for r in read_sweep(out).rows] == before
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_ray_sweep_whose_driver_is_killed_resumes_running_each_case_once(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    args = sweep_args(data_dir, out, "--target-ratio", "4,6,8,10", "--routes", "uniform", "--workers", "2")
+    command = [sys.executable, "-m", "qubocompress.cli", *(str(a) for a in args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # kill it once a case is recorded, while the others run on its cluster
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / STORE_FILE).exists() and recorded(out):
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the sweep ended before its driver could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    done_before = recorded(out)
+    assert 1 <= len(done_before) < 4
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = recorded(out)
+    names = [name for name, _, _ in after]
+    assert len(names) == len(set(names)) == 4 and after[: len(done_before)] == done_before
+    assert all(status == "ok" for _, status, _ in after)
+    assert not list((out / "cases").glob(".*.partial-*"))
+    assert sorted(p.name for p in (out / "cases").iterdir() if not p.name.startswith(".")) == sorted(names)
+
+
+@needs_ray
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the Ray workers in /proc (Linux)")
 def test_a_bench_on_two_ray_workers_writes_every_run_once_with_a_worker_killed_mid_run(tmp_path: Path) -> None:
@@ -89,6 +165,7 @@ def test_a_bench_on_two_ray_workers_writes_every_run_once_with_a_worker_killed_m
     assert all(run.info["budget"].startswith("time limit") for run in runs if run.key.solver == "ga")
 
 
+@needs_ray
 def test_a_bench_on_ray_records_what_it_records_in_this_process(tmp_path: Path) -> None:
     config = SweepConfig(solvers=["sa", "tabu"], seeds=(0, 1), solver_options={"sa": {"num_reads": 20}})
     records = {}
@@ -123,9 +200,12 @@ def crash_on_odd(value: int) -> int:
     return 10 * value
 
 
+@needs_ray
 def test_a_task_whose_worker_dies_every_time_is_crashed_a_missing_module_is_one_line_and_a_pool_keeps_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import ray
+
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     # a module only this process can import: the workers cannot, as on a cluster without qubocompress
     (tmp_path / "driver_only_module.py").write_text("def double(x):\n    return 2 * x\n")
@@ -149,20 +229,58 @@ def test_a_task_whose_worker_dies_every_time_is_crashed_a_missing_module_is_one_
     [
         (("--workers", "0"), ("--workers must be a whole number >= 1",)),
         (("--ray-address", "nowhere"), ("--ray-address must be auto, ray://HOST:PORT or HOST:PORT",)),
-        (("--ray-address", "ray://127.0.0.1:1"), ("cannot reach the Ray cluster at ray://127.0.0.1:1",)),
+        # getaddrinfo takes 70000 as 70000 - 65536: a cluster on port 4464 would have been reached
+        (("--ray-address", "127.0.0.1:70000"), ("--ray-address 127.0.0.1:70000: the port must be 1 to 65535",)),
+        # (Ray found, past Cluster.check: the address is tried, the device weighed)
+        pytest.param(
+            ("--ray-address", "127.0.0.1:1"), ("cannot reach the Ray cluster at 127.0.0.1:1",), marks=needs_ray
+        ),
+        pytest.param(("--workers", "2", "--device", "cuda"), ("drop --device cuda",), marks=needs_ray),
+        pytest.param(("--workers", "2", "--device", "auto"), ("drop --device auto",), marks=needs_ray),
     ],
 )
 def test_bad_cluster_settings_are_one_line_before_any_work(
-    flags: tuple[str, ...], needles: tuple[str, ...], data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    flags: tuple[str, ...],
+    needles: tuple[str, ...],
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(sweep_module, "connect", _no_connect)
     assert run(*sweep_args(data_dir, tmp_path / "sweep", "--target-ratio", "4", *flags)) == 2
     assert_one_line_error(capsys, *needles)
-    assert not (tmp_path / "sweep" / "cases").exists()
+    assert not (tmp_path / "sweep").exists()  # no store, no folder: refused before any of it
 
 
-def test_asking_for_ray_without_it_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_connect(cluster: Cluster) -> None:
+    raise AssertionError(f"connected to {cluster.describe()} for a sweep that should have been refused")
+
+
+def test_a_ray_client_address_without_ray_client_names_its_extra_in_one_line(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = cluster_module.importlib.util.find_spec
+    monkeypatch.setattr(cluster_module.importlib.util, "find_spec", lambda name: None if name == "grpc" else real(name))
+    with pytest.raises(ClusterError, match=r"pip install 'ray\[client\]'"):
+        Cluster(address="ray://head:10001").check()
+    Cluster(address="head:6379").check()  # a GCS address needs no Ray Client
+    # a port that answers, as a Ray Client server's would: refused at once, not a traceback from ray.init
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = f"ray://127.0.0.1:{server.getsockname()[1]}"
+        assert run(*sweep_args(data_dir, tmp_path / "sweep", "--target-ratio", "4", "--ray-address", address)) == 2
+    assert_one_line_error(capsys, f"--ray-address {address} connects through Ray Client", "ray[client]")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_asking_for_ray_without_it_names_the_extra(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = cluster_module.importlib.util.find_spec
     monkeypatch.setattr(cluster_module.importlib.util, "find_spec", lambda name: None if name == "ray" else real(name))
     with pytest.raises(ClusterError, match=r"pip install 'qubocompress\[ray\]'"):
         Cluster(workers=2).check()
     Cluster().check()  # no cluster asked for: nothing to check
+    assert run(*sweep_args(data_dir, tmp_path / "sweep", "--target-ratio", "4", "--workers", "2")) == 2
+    assert_one_line_error(capsys, "running on Ray needs the ray package: pip install 'qubocompress[ray]'")
+    assert not (tmp_path / "sweep").exists()

@@ -303,6 +303,93 @@ def test_an_image_that_claims_a_huge_size_is_refused_before_decoding(tmp_path: P
         load_dataset(tmp_path / "pics")
 
 
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, body) of each chunk of a PNG file."""
+    chunks, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunks.append((data[at + 4 : at + 8], data[at + 8 : at + 8 + length]))
+        at += 12 + length
+    return chunks
+
+
+def test_a_png_with_a_broken_chunk_among_its_pixels_is_a_data_error(tmp_path: Path) -> None:
+    # Pillow finds a chunk type that is not one only while decoding, and raises SyntaxError for it
+    write_image_folders(tmp_path / "pics")
+    path = tmp_path / "pics" / "train" / "cat" / "0.png"
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    chunks = dict(png_chunks(path.read_bytes()))
+    pixels = chunks[b"IDAT"]
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", chunks[b"IHDR"])
+        + chunk(b"IDAT", pixels[:10])
+        + chunk(b"\x01\x02\x03\x04", b"")
+        + chunk(b"IDAT", pixels[10:])
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(SyntaxError):  # what Pillow itself raises
+        Image.open(path).convert("L")
+    with pytest.raises(DataError, match=r"0.png cannot be read as an image \(broken PNG file"):
+        load_dataset(tmp_path / "pics")
+
+
+def test_sixteen_bit_gray_pngs_are_scaled_not_clipped(tmp_path: Path) -> None:
+    # convert("L") clips a 16-bit gray image ("I;16") at 255: every pixel from 255/65535 up would read as white
+    write_image_folders(tmp_path / "pics")
+    values = np.arange(120, dtype=np.uint16).reshape(10, 12) * 500
+    for path in (tmp_path / "pics").rglob("*.png"):
+        Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I;16"
+    data = load_dataset(tmp_path / "pics", normalize="none")
+    assert data.input_shape == (1, 10, 12)
+    torch.testing.assert_close(data.test.x[0, 0], torch.from_numpy(values / 65535.0).float())
+
+
+def test_sixteen_bit_gray_beside_rgb_images_becomes_three_equal_channels(tmp_path: Path) -> None:
+    write_image_folders(tmp_path / "pics", "RGB")
+    values = np.full((10, 12), 30_000, dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "pics" / "test" / "ant" / "0.png")
+    data = load_dataset(tmp_path / "pics", normalize="none")
+    ant = data.test.x[data.test.y == 0][0]
+    torch.testing.assert_close(ant, torch.full((3, 10, 12), 30_000 / 65535.0))
+
+
+def test_an_image_past_pillows_bomb_limit_is_refused_where_pillow_only_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # between Pillow's MAX_IMAGE_PIXELS and twice it, Pillow warns and decodes; the folder loader refuses
+    write_image_folders(tmp_path / "pics")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the images are 12x10 = 120 pixels
+    with pytest.raises(DataError, match=r"0.png cannot be read as an image \(Image size \(120 pixels\) exceeds limit"):
+        load_dataset(tmp_path / "pics")
+
+
+def test_sizes_are_checked_on_every_header_before_any_image_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_image_folders(tmp_path / "pics")
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(tmp_path / "pics" / "test" / "cat" / "odd.png")
+    loads = []
+    original = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(self) or original(self))
+    with pytest.raises(DataError, match=r"odd.png is 5x5 pixels but the other images are 12x10 \(as .*0.png\)"):
+        load_dataset(tmp_path / "pics")
+    assert loads == []
+
+
+def test_a_folder_too_big_to_decode_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_image_folders(tmp_path / "pics", "RGB")
+    monkeypatch.setattr(datasets, "MAX_DECODED_IMAGE_BYTES", 30 * 3 * 12 * 10 * 4 - 1, raising=False)
+    with pytest.raises(DataError, match=r"30 images of 12x10x3 would take 0.0 GiB as float32, more than"):
+        load_dataset(tmp_path / "pics")
+    monkeypatch.setattr(datasets, "MAX_DECODED_IMAGE_BYTES", 30 * 3 * 12 * 10 * 4)
+    assert load_dataset(tmp_path / "pics").input_shape == (3, 10, 12)
+
+
 def test_image_folders_unknown_test_class(tmp_path: Path) -> None:
     write_image_folders(tmp_path / "pics")
     (tmp_path / "pics" / "test" / "dog").mkdir()

@@ -219,6 +219,52 @@ def test_for_target_takes_counts_and_bits_from_the_budget_optimum() -> None:
         assert rebuilt.bqm == formulation.bqm
 
 
+def test_groups_without_prune_options_are_refused_before_the_budget_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No group offers a prune option: the budget stage could prune nothing, whatever the target."""
+    spec = with_gram(synthetic_spec(channels=(8, 12), seed=0))  # no prune options measured
+    assert all(group.max_pruned > 0 and not group.prune_options for group in spec.groups)
+
+    def no_milp(*args: object) -> None:
+        raise AssertionError("the budget stage ran")
+
+    monkeypatch.setattr(BudgetFormulation, "for_target", no_milp)
+    with pytest.raises(ProblemError, match="no prunable channel group: no group offers a prune option") as error:
+        FiltersFormulation.for_target(spec, Target(ratio=4.0))
+    assert "\n" not in str(error.value)
+
+
+def unproven_solver(row: np.ndarray | None, bound: float, proven: bool) -> object:
+    from qubocompress.problem.filters import _Solve
+
+    return lambda *args: _Solve(row, bound, proven, "stub", 0.0, 0.0, None)
+
+
+def test_a_plan_of_dead_channels_is_certified_by_the_psd_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Channels with zero contributions (dead ReLUs): pruning them costs 0 = the PSD bound ½pᵀGp ≥ 0,
+    which proves the plan optimal even when the solver proves nothing (no 0/0 = inf gap)."""
+    gram = tiny_spec(sizes=(4,)).filter_gram.copy()
+    gram[:2, :] = gram[:, :2] = 0.0  # channels 0 and 1 are dead
+    spec = replace(tiny_spec(sizes=(4,), gram=gram), groups=(ChannelGroup("g0", np.array([0.1, 0.2, 0.3, 0.4]), 3),))
+    monkeypatch.setattr("qubocompress.problem.filters._solve_milp", unproven_solver(None, -np.inf, False))
+    formulation = FiltersFormulation(spec, {"g0": 2}, full_bits(spec), reference_solver="highs")
+    result = formulation.exact_result()
+    assert result.plan.pruned["g0"] == (0, 1) and result.objective == 0.0
+    assert result.certified and result.gap == 0.0
+
+
+def test_a_proof_of_a_solution_off_the_counts_certifies_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tiny_spec(sizes=(5, 7), seed=1)
+    off_counts = np.ones(12, dtype=np.int8)  # prunes everything: breaks both counts
+    monkeypatch.setattr("qubocompress.problem.filters._solve_milp", unproven_solver(off_counts, -np.inf, True))
+    formulation = FiltersFormulation(spec, {"g0": 2, "g1": 3}, full_bits(spec), reference_solver="highs")
+    result = formulation.exact_result()
+    assert formulation.feasible_reads(
+        dimod.SampleSet.from_samples_bqm(formulation.encode(result.plan), formulation.bqm)
+    )
+    assert not result.certified and result.gap > 0
+    assert formulation.reference_timeline.proof_seconds is None
+
+
 # --- polish ------------------------------------------------------------------------------------------
 
 
@@ -347,12 +393,16 @@ def test_bad_input_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
     bits = full_bits(spec)
     # what the analysis gives a model with no prunable group (a TorchScript one): bits only
     bits_only = CompressionSpec("scripted", (LayerSpec("fc", "linear", 3, 4),), (), filter_gram=np.zeros((0, 0)))
+    unprunable = replace(spec, groups=tuple(replace(group, max_pruned=0) for group in spec.groups))
     cases = [
         (lambda: FiltersFormulation(bits_only, {}, {"fc": 8}), "no prunable channel group"),
         (lambda: FiltersFormulation.for_target(bits_only, Target(ratio=2.0)), "no prunable channel group"),
         (lambda: FiltersFormulation(replace(spec, filter_gram=None), {"g0": 1}, bits), "no filter Gram matrix"),
         (lambda: FiltersFormulation(spec, {"g0": 4}, bits), "cannot prune 4 of its 4 filters"),
         (lambda: FiltersFormulation(spec, {"g0": -1}, bits), "cannot prune -1"),
+        (lambda: FiltersFormulation(spec, {"g0": 1.5}, bits), "count must be a whole number of filters, got 1.5"),
+        (lambda: FiltersFormulation(spec, {"g0": True}, bits), "count must be a whole number of filters, got True"),
+        (lambda: FiltersFormulation(unprunable, {}, bits), r"no prunable channel group \(every group's max_pruned"),
         (lambda: FiltersFormulation(spec, {"g9": 1}, bits), "unknown channel groups"),
         (lambda: FiltersFormulation(spec, {}, bits), "prunes no filter"),
         (lambda: FiltersFormulation(spec, {"g0": 1}, bits, time_limit=0), "time_limit must be a positive"),

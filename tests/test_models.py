@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,6 +139,22 @@ def test_bad_model_arguments() -> None:
         build_model("lenet5", input_size=8)
     with pytest.raises(ModelError, match="unknown vgg head 'big'"):
         build_model("vgg", head="big")
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("vgg16", {"width": True}, "bad arguments for model 'vgg16': width must be a whole number, got True"),
+        ("resnet56", {"input_size": 7.5}, "bad arguments for model 'resnet56': input_size must be a whole number"),
+        ("lenet5", {"num_classes": 10.0}, "bad arguments for model 'lenet5': num_classes must be a whole number"),
+        ("vgg", {"hidden": 0}, "vgg width and hidden must be at least 1, got 16 and 0"),
+        ("mobilenet", {"width": 0}, "mobilenet width must be at least 1, got 0"),
+    ],
+)
+def test_model_arguments_that_count_must_be_whole_and_positive(name: str, kwargs: dict, message: str) -> None:
+    # a checkpoint's arch kwargs come from a file: a bool, float or zero there built a model
+    with pytest.raises(ModelError, match=re.escape(message)):
+        build_model(name, **kwargs)
 
 
 # ---------------------------------------------------------------- counts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 import sys
 from dataclasses import replace
@@ -22,12 +24,14 @@ from qubocompress.errors import ProblemError
 from qubocompress.models.train import evaluate
 from qubocompress.pipeline import (
     CompressConfig,
+    absolute_budget,
     choose_uniform_plan,
     cost_ratio,
     frozen_lines,
     model_source,
     parse_budget,
     solve_formulation,
+    with_budget_as_ratio,
 )
 from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.choices import fp32_cost, plan_cost
@@ -546,4 +550,15 @@ def test_a_group_the_paper_form_cannot_certify_is_refused_before_the_analysis(mo
     with pytest.raises(ProblemError, match=r"'conv1' ties 10 layers: .* use --formulation budget"):
         pipeline.analyse(resnet56, dataset, config, "resnet56", log=lambda line: None)
     resnet20 = build_model("resnet20", width=2)  # its groups tie at most 4 layers: 8**4 joint choices
-    pipeline.check_paper_certifiable(pipeline.trace_model(resnet20, dataset.input_shape), bit_levels=3)
+    pipeline.check_paper_certifiable(pipeline.trace_model(resnet20, dataset.input_shape), 3, max_prune_fraction=0.5)
+    # with nothing prunable the residual group ties nothing: each layer is enumerated alone
+    pipeline.check_paper_certifiable(pipeline.trace_model(resnet56, dataset.input_shape), 3, max_prune_fraction=0.0)
+
+
+def test_an_absolute_budget_gives_the_qubo_and_the_searches_the_same_whole_budget() -> None:
+    spec = synthetic_spec(seed=0)
+    config = CompressConfig(budget="2.01kB", metric="bits")  # 2.01 * 8000 is 16079.999999999998 in floats
+    assert absolute_budget(config) == 16080
+    as_ratio = with_budget_as_ratio(config, spec, log=lambda line: None)
+    assert math.floor(fp32_cost(spec, "bits") / as_ratio.target_ratio) == 16080  # what the searches take
+    assert absolute_budget(CompressConfig(budget="2.0001kB", metric="bits")) == 16000  # a fraction of a bit: down

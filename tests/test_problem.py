@@ -16,6 +16,7 @@ from qubocompress.problem.paper import (
     PaperFormulation,
     Variable,
     balanced_beta,
+    check_certifiable,
     quant_sensitivity,
 )
 from qubocompress.problem.plan import Plan
@@ -310,6 +311,34 @@ def test_exact_refuses_components_too_large_to_enumerate() -> None:
     spec = CompressionSpec("toy", members, (group,))
     with pytest.raises(ProblemError, match=f"needs 262144 joint bit choices \\(limit {MAX_EXACT_COMBINATIONS}\\)"):
         PaperFormulation(spec).exact()
+
+
+def test_a_group_without_candidates_ties_no_layers_and_is_certified() -> None:
+    """max_pruned 0: no prune variable couples its six layers, so each is enumerated alone."""
+    rng = np.random.default_rng(3)
+    damages = [np.sort(rng.random(8))[::-1] for _ in range(6)]
+    members = tuple(
+        LayerSpec(f"l{n}", "conv", 3, 3, kernel_area=9, out_group=0, quant_damage=damages[n]) for n in range(6)
+    )
+    spec = CompressionSpec("toy", members, (ChannelGroup("shared", np.ones(3), 0),))
+    formulation = PaperFormulation(spec, gamma=0.5)
+    plan, energy = formulation.exact()
+    ground = dimod.ExactSolver().sample(formulation.bqm).first
+    assert_close(energy, ground.energy, energy_scale(formulation))
+    assert formulation.decode(ground.sample) == plan and plan.pruned == {"shared": ()}
+    check_certifiable("shared", 6, 3, prunable=False)
+    with pytest.raises(ProblemError, match="needs 262144 joint bit choices"):
+        check_certifiable("shared", 6, 3)
+
+
+def test_canonical_refuses_more_pruned_channels_than_candidates() -> None:
+    spec = synthetic_spec(channels=(4, 8), seed=1)
+    formulation = PaperFormulation(spec)
+    group = spec.groups[1]
+    over = tuple(int(i) for i in group.prune_order()[: group.max_pruned + 1])
+    plan = Plan(pruned={group.name: over}, bits={layer.name: 8 for layer in spec.layers})
+    with pytest.raises(ProblemError, match=f"can prune at most {group.max_pruned}"):  # was: silently fewer
+        formulation.canonical(plan)
 
 
 def test_exact_plan_names_every_group() -> None:

@@ -3,6 +3,7 @@ and the QUBO scaling script on a tiny curve."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 
 import dimod
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from qubocompress.problem.budget import BudgetFormulation
 from qubocompress.problem.encodings import ENCODINGS
 from qubocompress.problem.filters import FiltersFormulation
+from qubocompress.problem.spec import ChannelGroup, CompressionSpec, FileLayout, Interaction, LayerSpec
 from qubocompress.problem.synthetic import synthetic_resnet_spec, synthetic_spec, with_synthetic_filter_gram
 
 from test_scripts import load_script
@@ -85,6 +87,69 @@ def test_array_built_bqm_equals_the_dense_build(shape: str, encoding: str) -> No
     )
     if encoding == "lagrangian":  # no budget couplings: every bias is summed as before, bit for bit
         assert built == oracle
+
+
+def random_spec(rng: np.random.Generator) -> CompressionSpec:
+    """A small random spec with what the synthetic nets lack: grouped-conv blocks, concatenated
+    inputs (``extra_in_groups``), groups no layer touches, interactions and a file layout."""
+    groups = []
+    for g in range(int(rng.integers(1, 4))):
+        blocks = int(rng.choice([1, 2]))
+        size = blocks * int(rng.integers(2, 5))
+        most = blocks * int(rng.integers(1, size // blocks))
+        extra = sorted({blocks * int(v) for v in rng.integers(1, most // blocks + 1, size=2)})
+        damage = np.concatenate([[0.0], np.cumsum(rng.random(len(extra)))])
+        groups.append(ChannelGroup(f"g{g}", rng.random(size), most, (), (0, *extra), damage, blocks))
+    layers = []
+    for n in range(int(rng.integers(1, 4))):
+        out = int(rng.integers(-1, len(groups)))
+        ins = [int(g) for g in rng.choice(len(groups), size=int(rng.integers(0, len(groups) + 1)), replace=False)]
+        layers.append(
+            LayerSpec(
+                f"l{n}",
+                "conv",
+                groups[out].size if out >= 0 else 3,
+                sum(groups[g].size for g in ins) + int(rng.integers(0, 3)) or 1,
+                kernel_area=int(rng.choice([1, 9])),
+                out_positions=int(rng.choice([1, 4])),
+                out_group=out if out >= 0 else None,
+                in_group=ins[0] if ins else None,
+                extra_in_groups=tuple(ins[1:]),
+                quant_damage=2 * rng.random(4),
+            )
+        )
+    base = CompressionSpec("random", tuple(layers), tuple(groups), b_max=4, bit_levels=2)
+    families = [f"bits:{layer.name}" for layer in layers] + [f"prune:{group.name}" for group in groups]
+    terms = []
+    for first, second in rng.choice(families, size=(int(rng.integers(0, 4)), 2)):
+        shape = (base._family_size(str(first)), base._family_size(str(second)))
+        terms.append(Interaction(str(first), str(second), 0.3 * rng.normal(size=shape)))
+    layout = FileLayout(tuple(int(b) for b in rng.integers(0, 10, len(layers))), int(rng.integers(0, 100)), 10**5)
+    return replace(base, interactions=tuple(terms), file_layout=layout)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_array_built_bqm_equals_the_dense_build_on_random_specs(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    spec = random_spec(rng)
+    metric = ("bits", "bops", "file")[seed % 3]
+    ratio = 1.2 if metric == "file" else 4.0
+    formulation = BudgetFormulation(spec, ratio=ratio, metric=metric, bit_options=(1, 2, 4), time_limit=10)
+    built, oracle = formulation.bqm, dense_bqm(formulation)
+    assert list(built.variables) == list(oracle.variables)
+    labels = list(formulation.variables)
+    samples = rng.integers(0, 2, size=(100, len(labels)), dtype=np.int8)
+    scale = 1.0 + formulation.penalty * (1 + formulation._spare) ** 2
+    np.testing.assert_allclose(
+        built.energies((samples, labels)), oracle.energies((samples, labels)), rtol=1e-12, atol=1e-12 * scale
+    )
+    # encoded plans within the BQM's budget have energy = damage; the others pay the penalty
+    index = np.stack([rng.integers(0, k, size=50) for k in formulation.model.counts], axis=1)
+    energies = built.energies((formulation._encode_rows(index), labels))
+    damages = formulation.model.damages(index)
+    fits = formulation.model.in_units(formulation.unit).costs(index) <= formulation.budget // formulation.unit
+    np.testing.assert_allclose(energies[fits], damages[fits], atol=1e-9 * scale)
+    assert np.all(energies[~fits] >= damages[~fits] + formulation.penalty * (1 - 1e-9))
 
 
 def test_cqm_objective_is_the_damage_part_of_the_bqm() -> None:

@@ -17,6 +17,8 @@ from qubocompress.report import markdown_table
 from test_pipeline import data_dir  # noqa: F401  (a fixture)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.append(str(SCRIPTS))  # the scripts import their shared helpers (_timing) as siblings
 
 
 def load_script(name: str) -> ModuleType:

@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import time
@@ -225,7 +226,7 @@ def test_an_unreachable_budget_names_the_smallest_reachable_ratio(metric: str, s
     loosest = DecisionSpace(VGG, ratio=2, metric=metric)  # type: ignore[arg-type]
     best = loosest.fp32_cost / loosest.cost(loosest.smallest())
     message = (
-        rf"budget 1000x is not reachable: the smallest plan on offer is {best:.1f}x {smaller} "
+        rf"budget 1000x is not reachable: the smallest plan on offer is {math.floor(10 * best) / 10:.1f}x {smaller} "
         r"\(all layers at 2 bits, 50% of filters pruned\)"
     )
     with pytest.raises(ProblemError, match=message):
@@ -237,6 +238,19 @@ def test_an_unreachable_budget_names_the_smallest_reachable_ratio(metric: str, s
     without_pruning = r"the smallest plan on offer is 4.0x smaller than fp32 \(all layers at 8 bits, no filters pruned"
     with pytest.raises(ProblemError, match=without_pruning):
         DecisionSpace(synthetic_spec(max_prune_fraction=0.0), ratio=5, bit_options=[8])
+
+
+def test_an_unreachable_budget_names_a_ratio_that_is_reachable() -> None:
+    # the smallest VGG plan is 63.67x smaller: asked for 63.68x, the message must not say 63.7x (rounded
+    # up past what was asked) but 63.6x, a ratio the space can then be built for
+    loosest = DecisionSpace(VGG, ratio=2)
+    best = loosest.fp32_cost / loosest.cost(loosest.smallest())
+    assert round(best, 1) > best * 1.0001  # this spec rounds up
+    with pytest.raises(ProblemError) as error:
+        DecisionSpace(VGG, ratio=best * 1.0001)
+    named = float(re.search(r"the smallest plan on offer is ([0-9.]+)x", str(error.value)).group(1))  # type: ignore[union-attr]
+    assert named == math.floor(10 * best) / 10 <= best
+    assert DecisionSpace(VGG, ratio=named).feasible(loosest.smallest())
 
 
 # --- the scorer: wall, memo, budget ---------------------------------------------------------------
@@ -498,6 +512,16 @@ BAD_ARGUMENTS: list[tuple[str, dict, str]] = [
     ("rl-acc", {"max_evaluations": -3}, "search 'rl-acc': max_evaluations must be a positive integer, got -3"),
     ("rl-acc", {"time_limit": math.nan}, "search 'rl-acc': time_limit must be a positive number of seconds, got nan"),
     ("rl-acc", {"time_limit": 0.0}, "search 'rl-acc': time_limit must be a positive number of seconds, got 0.0"),
+    (
+        "rl-acc",
+        {"total_episodes": 1},
+        "search 'rl-acc': total_episodes must be at least 2 (a warm-up episode, then learning), got 1",
+    ),
+    ("ga-acc", {"seed": -1}, "search 'ga-acc': seed must be a whole number from 0 to 2,147,483,647, got -1"),
+    ("ga-acc", {"seed": None}, "search 'ga-acc': seed must be a whole number from 0 to 2,147,483,647, got None"),
+    ("ga-acc", {"seed": 1.5}, "search 'ga-acc': seed must be a whole number from 0 to 2,147,483,647, got 1.5"),
+    ("rl-acc", {"seed": 2**32}, "search 'rl-acc': seed must be a whole number from 0 to 2,147,483,647, got 4294967296"),
+    ("rl-acc", {"seed": "7"}, "search 'rl-acc': seed must be a whole number from 0 to 2,147,483,647, got '7'"),
 ]
 
 
@@ -508,6 +532,25 @@ def test_bad_search_settings_are_clear_errors(method: str, kwargs: dict, message
         SEARCHES[method](TINY, recorder, 8, **kwargs)
     assert str(error.value) == message
     assert not recorder.plans
+
+
+NUMPY_SETTINGS: dict[str, dict[str, Any]] = {
+    "ga-acc": {
+        "population": np.int64(6),
+        "generations": np.int32(2),
+        "max_evaluations": np.int64(9),
+        "patience": np.int64(5),
+    },
+    "rl-acc": {"total_episodes": np.int64(6), "warmup_episodes": np.int64(2), "max_evaluations": np.int64(5)},
+}
+
+
+@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
+def test_numpy_integer_settings_give_a_json_ready_result(method: str) -> None:
+    result = SEARCHES[method](TINY, Recorder(TINY), 8, seed=np.int64(3), **NUMPY_SETTINGS[method])
+    assert all(type(result.parameters[name]) is int for name in (*NUMPY_SETTINGS[method], "seed"))
+    again = json.loads(json.dumps(result.to_dict()))
+    assert again["parameters"]["seed"] == 3 and again["parameters"]["max_evaluations"] == result.evaluations
 
 
 @pytest.mark.parametrize("method", sorted(TINY_SETTINGS))

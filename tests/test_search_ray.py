@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qubocompress.errors import SolverError
 from qubocompress.problem.plan import Plan
 from qubocompress.search import DecisionSpace, PlanScorer, ga_acc_search
 from qubocompress.search.common import SearchStopped
@@ -66,6 +67,51 @@ def test_score_many_counts_hits_and_stops_as_one_score_after_the_other() -> None
     assert list(batched.cache) == list(serial.cache)
 
 
+def test_score_many_checks_the_clock_once_before_each_batch() -> None:
+    space = DecisionSpace(TINY, ratio=8)
+    genomes = [space.smallest(), np.array([0, 0, 5, 5, 5]), np.array([1, 1, 0, 0, 0])]
+    batches = Batches(TINY)
+    past = time.perf_counter() - 10.0  # the 1 s limit ran out before the first batch
+    scorer = PlanScorer(space, batches, None, 1.0, past, evaluate_many=batches.many)
+    assert len(scorer.score_many(genomes)) == 3  # the first batch always runs, all of it
+    assert batches.sizes == [3]
+    fresh = np.array([0, 1, 0, 0, 0])
+    assert tuple(space.repair(fresh).tolist()) not in scorer.cache
+    with pytest.raises(SearchStopped) as stop:
+        scorer.score_many([space.smallest(), fresh])
+    assert stop.value.reason == "time_limit" and batches.sizes == [3] and scorer.hits == 1
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "needle"),
+    [
+        (lambda plans: [0.5 for _ in plans], r"evaluate_many must return a \(score, seconds\) pair per plan, got 0.5"),
+        (
+            lambda plans: [(0.5,) for _ in plans],
+            r"evaluate_many must return a \(score, seconds\) pair per plan, got \(0.5,\)",
+        ),
+        (lambda plans: [(0.5, -1.0) for _ in plans], "evaluate_many returned -1.0 seconds for a plan"),
+        (lambda plans: [(0.5, "1") for _ in plans], "evaluate_many returned '1' seconds for a plan"),
+        (lambda plans: [(0.5, 0.0)], "evaluate_many returned 1 scores for 2 plans"),
+        (lambda plans: None, "evaluate_many must return a \\(score, seconds\\) pair per plan, got None"),
+        (lambda plans: [(float("nan"), 0.0) for _ in plans], "evaluate returned nan; it must return a finite number"),
+    ],
+)
+def test_bad_evaluate_many_outcomes_are_one_line_errors(outcomes: object, needle: str) -> None:
+    space = DecisionSpace(TINY, ratio=8)
+    scorer = PlanScorer(space, Recorder(TINY), None, None, time.perf_counter(), evaluate_many=outcomes)  # type: ignore[arg-type]
+    with pytest.raises(SolverError, match=needle):
+        scorer.score_many([space.smallest(), np.array([1, 1, 0, 0, 0])])
+
+
+def test_an_evaluate_many_that_is_not_callable_is_named() -> None:
+    space = DecisionSpace(TINY, ratio=8)
+    with pytest.raises(
+        SolverError, match=r"evaluate_many must be a callable plans -> \(score, seconds\) each, got int"
+    ):
+        PlanScorer(space, Recorder(TINY), None, None, time.perf_counter(), evaluate_many=3)  # type: ignore[arg-type]
+
+
 def ga_args(data_dir: Path, out: Path, *extra: str) -> list[str | Path]:
     return [
         "compress", "--model", "lenet5", "--data", data_dir, "--out", out, "--search", "ga-acc",
@@ -109,7 +155,7 @@ def test_a_ga_acc_config_on_ray_parses_back_from_its_command_line() -> None:
         (("--search", "rl-acc", "--workers", "2"), "--search rl-acc scores its plans one after the other"),
         (("--search", "ga-acc", "--workers", "0"), "--workers must be a whole number >= 1"),
         (("--search", "ga-acc", "--workers", "2", "--device", "cuda"), "score plans on the Ray workers' CPUs"),
-        (("--search", "ga-acc", "--ray-address", "ray://127.0.0.1:1"), "cannot reach the Ray cluster"),
+        (("--search", "ga-acc", "--ray-address", "127.0.0.1:1"), "cannot reach the Ray cluster"),
     ],
 )
 def test_bad_search_cluster_settings_are_one_line_before_any_work(

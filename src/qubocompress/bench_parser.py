@@ -7,6 +7,7 @@ argument errors answer at once; :mod:`qubocompress.bench.cli` runs the parsed co
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ SIZE_SERIES = (100, 300, 1000, 3000, 10_000)
 DEFAULT_TARGET_RATIO = 16.0
 BUDGET_TARGET_RATIOS = (16.0, 24.0, 32.0)
 DEFAULT_EXACT_TIME_LIMIT = 60.0
+
+
+SB_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
+def _sb_device(text: str) -> str:
+    """``--device`` as the sb solver takes it (cpu, cuda, cuda:N), checked before any instance is built."""
+    if SB_DEVICE.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N (the sb solver's device), got {text!r}")
+    return text
 
 
 def add_bench_parser(subparsers: Any, formatter_class: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
@@ -111,7 +122,10 @@ def add_bench_parser(subparsers: Any, formatter_class: type[argparse.HelpFormatt
         "(qpu_fit.csv, results.json; no QPU is run)",
     )
     bench.add_argument(
-        "--device", default=None, help="device of the sb solver: cpu or cuda (default: cuda when available)"
+        "--device",
+        type=_sb_device,
+        default=None,
+        help="device of the sb solver: cpu, cuda or cuda:N (default: cuda when available)",
     )
     bench.add_argument(
         "--solver-option",

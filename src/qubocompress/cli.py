@@ -496,7 +496,7 @@ def _run_sweep(args: argparse.Namespace, argv: list[str]) -> int:
     ratios = numbers(args.target_ratio, "--target-ratio", float)
     budgets = _items(args.budget, "--budget")
     targets = parse_targets(ratios or ([] if budgets else [CompressConfig.target_ratio]), budgets)
-    seeds = [check_seed(seed) for seed in numbers(args.seeds, "--seeds", int)]
+    seeds = [check_seed(seed, "--seeds") for seed in numbers(args.seeds, "--seeds", int)]
     solvers = _items(args.solvers, "--solvers")
     cases = sweep_cases(targets, _items(args.routes, "--routes"), solvers, seeds)
     per_case = {"target_ratio": None, "budget": None, "solver": solvers[0], "search": "qubo", "seed": 0}
@@ -550,6 +550,8 @@ def _compress_config(args: argparse.Namespace) -> CompressConfig:
 
     if args.budget is not None and args.target_ratio is not None:
         raise ProblemError("give either --target-ratio or --budget, not both")
+    if args.search != "qubo" and (args.num_reads is not None or getattr(args, "solver_option", [])):
+        raise ProblemError(f"--num-reads and --solver-option set the QUBO's solver: --search {args.search} uses none")
     return CompressConfig(
         model=args.model,
         weights=args.weights,
@@ -616,11 +618,14 @@ def _run_model_file_command(args: argparse.Namespace) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     from qubocompress.data.datasets import load_dataset
+    from qubocompress.errors import ModelError
     from qubocompress.io import check_writable_file
     from qubocompress.models.stats import count_macs, count_params
     from qubocompress.models.train import check_device, load_or_train, resolve_device, save_checkpoint
 
     check_device(args.device)
+    if args.model not in MODELS:  # before the data loads
+        raise ModelError(f"unknown model {args.model!r}; built-in models are: {', '.join(sorted(MODELS))}")
     if args.save is not None:
         check_writable_file(args.save, "--save")  # before the training, not after it
     dataset = load_dataset(args.data, args.normalize)
@@ -661,7 +666,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return _run_compress(config)
         if args.command == "compress":
-            return _run_compress(_compress_config(args), as_json=args.json, report=not args.no_report)
+            config = _compress_config(args)
+            config.check_reads_used()  # compress only: a sweep's cases of such a solver run without it
+            return _run_compress(config, as_json=args.json, report=not args.no_report)
         if args.command == "train":
             return _run_train(args)
         if args.command == "ablate":

@@ -30,10 +30,14 @@ from typing import Any
 from qubocompress.errors import ClusterError, QubocompressError
 
 RAY_EXTRA = "pip install 'qubocompress[ray]'"
+# A ray:// address is Ray Client, which needs Ray's own "client" extra (grpcio) beside plain ray.
+RAY_CLIENT_EXTRA = "pip install 'ray[client]'"
+CLIENT_SCHEME = "ray://"
 # Times Ray runs a task again after its worker died (a task's own exception is not retried).
 DEFAULT_RETRIES = 2
 # Seconds to wait for an address's TCP port before calling the cluster unreachable.
 CONNECT_TIMEOUT = 5.0
+MAX_PORT = 65535
 ADDRESS = re.compile(r"^(?:ray://)?(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 
 
@@ -68,12 +72,21 @@ class Cluster:
             isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
         ):
             raise ClusterError(f"--workers must be a whole number >= 1, got {self.workers!r}")
-        if self.address is not None and self.address != "auto" and not ADDRESS.match(self.address):
-            raise ClusterError(f"--ray-address must be auto, ray://HOST:PORT or HOST:PORT, got {self.address!r}")
+        if self.address is not None and self.address != "auto":
+            match = ADDRESS.match(self.address)
+            if not match:
+                raise ClusterError(f"--ray-address must be auto, ray://HOST:PORT or HOST:PORT, got {self.address!r}")
+            if not 1 <= int(match["port"]) <= MAX_PORT:  # getaddrinfo would wrap 99999 round to another port
+                raise ClusterError(f"--ray-address {self.address}: the port must be 1 to {MAX_PORT}")
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
             raise ClusterError(f"task retries must be a whole number >= 0, got {self.retries!r}")
         if self.enabled and importlib.util.find_spec("ray") is None:
             raise ClusterError(f"running on Ray needs the ray package: {RAY_EXTRA}")
+        if self.address is not None and self.address.startswith(CLIENT_SCHEME) and not _has_module("grpc"):
+            raise ClusterError(
+                f"--ray-address {self.address} connects through Ray Client, which needs the grpcio package: "
+                f"{RAY_CLIENT_EXTRA} (or give the cluster's GCS address HOST:PORT)"
+            )
 
     def reach(self) -> None:
         """ClusterError unless the port of ``address`` answers within CONNECT_TIMEOUT seconds (a
@@ -86,6 +99,11 @@ class Cluster:
         if self.workers is not None:
             return f"a local Ray cluster of {self.workers} worker{'s' if self.workers != 1 else ''}"
         return f"the Ray cluster at {self.address}"
+
+
+def _has_module(name: str) -> bool:
+    """Whether ``name`` can be imported here (without importing it)."""
+    return importlib.util.find_spec(name) is not None
 
 
 def _reachable(address: str) -> None:
@@ -283,7 +301,8 @@ def connect(cluster: Cluster) -> Iterator[Session]:
         options["address"] = cluster.address
     try:
         ray.init(**options)
-    except (ConnectionError, RuntimeError) as exc:  # RuntimeError: e.g. a Ray Client version mismatch
+    # RuntimeError: e.g. a Ray Client version mismatch; ValueError: e.g. Ray Client's packages missing
+    except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"cannot connect to {cluster.describe()}: {_crash_reason(exc)}") from None
     try:
         yield Session(ray, cluster)

@@ -37,6 +37,9 @@ SIZE_UNITS = {
     "kib": 8 * 2**10, "mib": 8 * 2**20, "gib": 8 * 2**30,
 }  # fmt: skip
 COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+# Solvers whose sampler is built from --solver-option alone in validate() (cheap, offline, no
+# formulation needed), so that a bad option is refused before the analysis, not when it solves.
+OPTIONS_CHECKED_BY_BUILDING = frozenset({"sa", "tabu", "greedy", "sqa", "sb", "random", "ga", "exact"})
 
 
 def parse_budget(text: str, metric: str) -> float:
@@ -146,7 +149,7 @@ class CompressConfig:
         from qubocompress.models.train import check_device
         from qubocompress.models.user import is_factory_spec
         from qubocompress.problem import FORMULATIONS as FORMULATION_CLASSES
-        from qubocompress.solvers.registry import preflight
+        from qubocompress.solvers.registry import make_sampler, preflight
         from qubocompress.solvers.rl import BUDGET_GRID_REFUSAL
 
         check_seed(self.seed)
@@ -191,13 +194,24 @@ class CompressConfig:
             raise ProblemError(BUDGET_GRID_REFUSAL)  # before the analysis, not when the sampler is built
         if self.search == "qubo":
             preflight(self.solver, self.solver_options)  # a missing extra or QPU token before any work
+            if self.solver_options and self.solver in OPTIONS_CHECKED_BY_BUILDING:
+                # an unknown option or bad value, not after the analysis when the sampler is built
+                make_sampler(self.solver, None, **self.solver_options)
         if self.checkpoint is not None and self.weights is not None:
             raise ProblemError("give either --checkpoint or --weights, not both")
+        if not model_given:
+            self._check_model_files()
         if self.weights is None and not (self.untrained or model_given) and is_factory_spec(self.model):
             raise ProblemError(
                 f"--model {self.model} without --weights would compress a freshly initialised, untrained model: "
                 "pass its trained state_dict with --weights (or --untrained if that is what you want)"
             )
+        if not (isinstance(self.max_prune_fraction, (int, float)) and 0.0 <= self.max_prune_fraction < 1.0):
+            raise ProblemError(
+                f"--max-prune must be a fraction from 0 up to (not including) 1, got {self.max_prune_fraction}"
+            )
+        if self.beta is not None and not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ProblemError(f"--beta must be a finite number >= 0, got {self.beta}")
         if not (math.isfinite(self.exact_time_limit) and self.exact_time_limit > 0):
             raise ProblemError(f"--exact-time-limit must be a positive number of seconds, got {self.exact_time_limit}")
         if self.finetune_epochs < 0:
@@ -227,6 +241,32 @@ class CompressConfig:
                 f"--workers / --ray-address score plans on the Ray workers' CPUs: drop --device {self.device}"
             )
         self.cluster().reach()
+
+    def check_reads_used(self) -> None:
+        """ProblemError when ``num_reads`` is set for a solver that takes no number of reads (a
+        ``compress`` check: a sweep's cases of such a solver just run without it)."""
+        from qubocompress.solvers.registry import make_sampler
+
+        if self.num_reads is None or self.search != "qubo" or self.solver not in OPTIONS_CHECKED_BY_BUILDING:
+            return
+        if "num_reads" not in make_sampler(self.solver, None, **self.solver_options).parameters:
+            raise ProblemError(f"--num-reads: solver {self.solver!r} takes no number of reads")
+
+    def _check_model_files(self) -> None:
+        """ModelError for a --checkpoint or --weights file that is not there, or a --model that is
+        neither a built-in name, package.module:factory nor an existing TorchScript file (cheap:
+        nothing is read or imported)."""
+        from qubocompress.errors import ModelError
+        from qubocompress.models.user import FACTORY_PATTERN, load_user_model
+        from qubocompress.models.zoo import MODELS
+
+        for what, path in (("checkpoint", self.checkpoint), ("weights file", self.weights)):
+            if path is not None and not Path(path).is_file():
+                raise ModelError(f"{what} {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}")
+        if self.checkpoint is not None or self.model in MODELS or FACTORY_PATTERN.match(self.model):
+            return
+        if not Path(self.model).is_file():
+            load_user_model(self.model)  # raises its one-line ModelError for a name it cannot resolve
 
     def command_line(self) -> str:
         """The ``qubocompress compress`` command that asks for this run (only the fields that differ

@@ -10,6 +10,7 @@ import copy
 import io
 import tempfile
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -26,7 +27,7 @@ from qubocompress.analysis.analyse import analyse_model
 from qubocompress.analysis.cache import analysis_key, load_cached, store
 from qubocompress.analysis.cache import cache_path as analysis_cache_path
 from qubocompress.analysis.graph import ModelGraph, trace_model
-from qubocompress.analysis.spec import DEFAULT_PRUNE_FRACTIONS
+from qubocompress.analysis.spec import DEFAULT_PRUNE_FRACTIONS, max_pruned_channels
 from qubocompress.apply.model_file import FP32_BYTES, model_file_bytes, read_model_file
 from qubocompress.apply.export import export_onnx
 from qubocompress.apply.finetune import finetune
@@ -134,11 +135,17 @@ def calibration_subset(dataset: Dataset, samples: int | None) -> tuple[torch.Ten
     return x[chosen], y[chosen]
 
 
-def check_paper_certifiable(graph: ModelGraph, bit_levels: int) -> None:
+def check_paper_certifiable(graph: ModelGraph, bit_levels: int, max_prune_fraction: float) -> None:
     """Before the measurement: a ProblemError when a channel group ties more layers than the paper
-    formulation's exact enumeration can certify (as its reference would find only afterwards)."""
+    formulation's exact enumeration can certify (as its reference would find only afterwards); a
+    group none of whose channels may be pruned ties nothing."""
     for g, group in enumerate(graph.groups):
-        check_certifiable(group.name, sum(layer.out_group == g for layer in graph.layers), bit_levels)
+        check_certifiable(
+            group.name,
+            sum(layer.out_group == g for layer in graph.layers),
+            bit_levels,
+            prunable=max_pruned_channels(group.channels, max_prune_fraction, group.blocks) > 0,
+        )
 
 
 def analyse(
@@ -157,7 +164,7 @@ def analyse(
     """
     start = time.perf_counter()
     if config.search == "qubo" and config.formulation == "paper":
-        check_paper_certifiable(trace_model(model, dataset.input_shape), config.bit_levels)
+        check_paper_certifiable(trace_model(model, dataset.input_shape), config.bit_levels, config.max_prune_fraction)
     options = analysis_options(config, dataset, model_name)
     calib = calibration_subset(dataset, config.calibration_samples)
     key = analysis_key(model, calib, options) if config.analysis_cache else ""
@@ -179,19 +186,31 @@ def analyse(
     return graph, spec, {"cached": False, "measured_seconds": seconds, **where}
 
 
+def absolute_budget(config: CompressConfig) -> int:
+    """``config.budget`` in whole units of its metric: rounded to the nearest unit where the text's
+    decimal value is one up to float error (``133798.30kB`` is 1,070,386,400 bits), else down."""
+    value = parse_budget(config.budget, config.metric)  # type: ignore[arg-type]
+    nearest = round(value)
+    return int(nearest) if abs(value - nearest) <= 1e-9 * value else int(math.floor(value))
+
+
 def with_budget_as_ratio(config: CompressConfig, spec: CompressionSpec, log: Log) -> CompressConfig:
-    """``config`` with an absolute ``budget`` turned into ``target_ratio`` (fp32 cost / budget);
+    """``config`` with an absolute ``budget`` turned into ``target_ratio`` (fp32 cost / budget, so
+    that every route's ``floor(fp32 cost / ratio)`` is the same whole budget as the QUBO's);
     unchanged without one. A budget that is not below the fp32 cost is a ProblemError."""
     if config.budget is None:
         return config
-    budget, full = parse_budget(config.budget, config.metric), fp32_cost(spec, config.metric)
+    budget, full = absolute_budget(config), fp32_cost(spec, config.metric)
     unit = {"bits": "weight bits", "bops": "BOPs per sample", "file": "bits of model file"}[config.metric]
     if budget >= full:
         raise ProblemError(
-            f"--budget {config.budget} ({budget:,.0f} {unit}) is not below the uncompressed model's {full:,} {unit}"
+            f"--budget {config.budget} ({budget:,} {unit}) is not below the uncompressed model's {full:,} {unit}"
         )
-    log(f"budget {config.budget} = {budget:,.0f} {unit}: {full / budget:.2f}x smaller than fp32")
-    return replace(config, target_ratio=full / budget)
+    ratio = full / budget
+    while math.floor(full / ratio) < budget:  # float division can land one unit short
+        ratio = math.nextafter(ratio, 0.0)
+    log(f"budget {config.budget} = {budget:,} {unit}: {ratio:.2f}x smaller than fp32")
+    return replace(config, target_ratio=ratio)
 
 
 def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Formulation, Reference]:
@@ -201,7 +220,7 @@ def build_formulation(spec: CompressionSpec, config: CompressConfig) -> tuple[Fo
     MIQP or MILP over which filters, each within ``exact_time_limit``)."""
     target = Target(
         ratio=config.target_ratio,
-        absolute=None if config.budget is None else parse_budget(config.budget, config.metric),
+        absolute=None if config.budget is None else absolute_budget(config),
         metric=config.metric,  # type: ignore[arg-type]
         beta=config.beta,
         time_limit=config.exact_time_limit,

@@ -4,8 +4,9 @@ A case is one ``compress`` run: a target (a ratio, or an absolute budget), a rou
 one of the solvers, or a search that scores plans itself: ``uniform``, ``ga-acc``, ``rl-acc``) and a
 seed (of the solver, the search and the fine-tuning; the model is loaded or trained once, with the
 base settings' seed). The data and the model are loaded once for all cases and the analysis comes
-from its cache (measured once per model and analysis options). No case has a uniform baseline of
-its own: ``uniform`` is a route like the others.
+from its cache (measured once per model and analysis options; on Ray, by each worker that starts a
+case before any has cached it, and once per node of a cluster whose nodes do not share the cache
+folder). No case has a uniform baseline of its own: ``uniform`` is a route like the others.
 
 With an output folder the sweep is resumable. Each case is published whole as
 ``<out>/cases/<case>/`` (the files of ``compress``, :func:`qubocompress.io.run_folder`) and then
@@ -39,7 +40,7 @@ from torch import nn
 from qubocompress.cluster import Cluster, Crashed, Session, connect
 from qubocompress.config import CompressConfig
 from qubocompress.data.datasets import Dataset, load_dataset
-from qubocompress.errors import ArtifactError, ProblemError, SolverError
+from qubocompress.errors import ArtifactError, ClusterError, ProblemError, SolverError
 from qubocompress.io import (
     exclusive_lock,
     jsonable,
@@ -458,6 +459,16 @@ def settings_of(base: CompressConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(base).items() if k not in PER_CASE_FIELDS}
 
 
+def check_cluster(cluster: Cluster, device: str) -> None:
+    """ClusterError (one line) for cluster settings a sweep cannot use: those :meth:`Cluster.check`
+    refuses, an address that does not answer (:meth:`Cluster.reach`, a few seconds) and a ``device``
+    other than the CPU (the cases' Ray tasks have CPUs only); before the store or any case."""
+    cluster.check()
+    if cluster.enabled and device != "cpu":
+        raise ClusterError(f"--workers / --ray-address run the cases on the Ray workers' CPUs: drop --device {device}")
+    cluster.reach()
+
+
 def run_sweep(
     base: CompressConfig,
     cases: Sequence[SweepCase],
@@ -479,7 +490,7 @@ def run_sweep(
     (:mod:`qubocompress.cluster`); a case whose worker died on every retry is a failed row."""
     check_cases(base, cases, model is not None)
     if cluster is not None:
-        cluster.check()
+        check_cluster(cluster, base.device)
     with ExitStack() as held:
         store = None
         if out is not None:

@@ -402,6 +402,17 @@ def _only_unit_dims_change(in_shape: tuple[int, ...] | None, shape: tuple[int, .
     return [d for d in in_shape[2:] if d != 1] == [d for d in shape[2:] if d != 1]
 
 
+def _reduced_dims(node: torch.fx.Node, ndim: int) -> set[int] | None:
+    """The dims a mean/amax/sum node reduces, each in 0..ndim-1; None when they are not literal
+    numbers or it reduces every dim (no ``dim``, or ``dim=()``). Its output shape alone cannot
+    tell: ``x.mean(1)`` of an (N, C, H, W) map with C == H keeps (N, C) in front."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims) or ndim < 1:
+        return None
+    return {d % ndim for d in dims}
+
+
 def _plain_index(node: torch.fx.Node) -> bool:
     """True for ``x[...]`` whose index only holds ``:``, ``None`` and ``...`` (no channel picked)."""
     index = node.args[1] if len(node.args) > 1 else None
@@ -495,6 +506,8 @@ class _Tracer:
             if isinstance(module, COMPRESSIBLE) and is_compressible_module(module):
                 return self._layer(name, module, first, in_shape, shape)
             if isinstance(module, NORMS):
+                if first.per_channel != 1:  # a BatchNorm1d over flattened maps: H*W features per channel
+                    return self._freeze_and_untrack(first, f"norm {name} of flattened features")
                 for gid, offset in first.tracked():
                     self._record(gid).norms.append(name)
                     self._record(gid).place(name, offset)
@@ -529,7 +542,8 @@ class _Tracer:
         if target in (torch.flatten, torch.reshape) or target in ("flatten", "view", "reshape"):
             return self._reshape(first, in_shape, shape, node.name)
         if target in (torch.mean, torch.amax, torch.sum) or target in ("mean", "amax", "sum"):
-            if in_shape is not None and len(in_shape) >= 2 and shape[:2] == in_shape[:2]:
+            reduced = _reduced_dims(node, len(in_shape)) if in_shape is not None else None
+            if reduced is not None and not reduced & {0, 1} and shape[:2] == in_shape[:2]:
                 return first  # a reduction over spatial dims keeps the channels
         return self._unsupported(inputs, f"{label} at {node.name}")
 

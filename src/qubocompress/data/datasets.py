@@ -15,9 +15,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+import struct
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +58,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 # The only decoders Pillow may use on them, whatever a file's bytes claim to be (never, say, EPS,
 # which Pillow hands to Ghostscript); a file none of them parses is a DataError.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP")
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+SIXTEEN_BIT_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L"})  # Pillow's modes of a 16-bit grey PNG
+GRAY_MODES = frozenset({"1", "L", "LA", "F"}) | SIXTEEN_BIT_GRAY_MODES
+# The most an image folder may take once decoded (float32 N×C×H×W, train and test): beyond it a
+# DataError before any pixel is decoded (a folder of small files can hold huge images).
+MAX_DECODED_IMAGE_BYTES = 4 * 2**30
 SPLIT_SEED = 0  # the fixed train/val/test/calib permutations
 VAL_FRACTION_DENOMINATOR = 6  # val = 1/6 of the training file
 DIGITS_TEST_FRACTION = 0.2
@@ -589,32 +597,51 @@ def _image_files(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[Path, 
     return files
 
 
-def _read_images(files: list[tuple[Path, int]], gray: bool, size: tuple[int, int]) -> torch.Tensor:
+@contextmanager
+def _opened(path: Path) -> Iterator[Any]:
+    """``path`` opened by Pillow with the PNG, JPEG and BMP decoders only, every failure of Pillow's
+    (also a header whose pixel count Pillow calls a possible decompression bomb, which it would
+    only warn about below twice its limit) a one-line DataError."""
     from PIL import Image
 
-    mode = "L" if gray else "RGB"
-    arrays = []
-    for path, _ in files:
-        try:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=IMAGE_FORMATS) as image:
-                if image.size != size:
-                    raise DataError(
-                        f"{path} is {image.size[0]}x{image.size[1]} pixels but the other images are "
-                        f"{size[0]}x{size[1]}; all images must be one size"
-                    )
-                arrays.append(np.asarray(image.convert(mode), dtype=np.uint8))
-        except DataError:
-            raise
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"{path} cannot be read as an image ({exc})") from None
-    stacked = np.stack(arrays)
-    tensor = torch.from_numpy(stacked).unsqueeze(1) if gray else torch.from_numpy(stacked).permute(0, 3, 1, 2)
-    return tensor.float().div_(255.0).contiguous()
+                yield image
+    except DataError:
+        raise
+    # Pillow reports a damaged file as OSError, ValueError, SyntaxError ("broken PNG file"), EOFError
+    # or struct.error, depending on the format and where the damage is
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path} cannot be read as an image ({exc})") from None
+    except Image.DecompressionBombWarning as exc:
+        raise DataError(f"{path} cannot be read as an image ({exc})") from None
+
+
+def _pixels(image: Any, gray: bool) -> np.ndarray:
+    """An open image's pixels as float32 in [0, 1]: H×W if ``gray``, else H×W×3. A 16-bit grey
+    PNG (Pillow's "I;16" or "I") is scaled from 0..65535, not clipped to 255 as ``convert("L")`` does."""
+    if image.mode in SIXTEEN_BIT_GRAY_MODES:
+        grey = np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+        return grey if gray else np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("L" if gray else "RGB"), dtype=np.float32) / 255.0
+
+
+def _read_images(files: list[tuple[Path, int]], gray: bool, size: tuple[int, int]) -> torch.Tensor:
+    """The images of ``files`` (all ``size`` = (W, H), checked before), N×C×H×W float32 in [0, 1]."""
+    width, height = size
+    images = torch.empty((len(files), 1 if gray else 3, height, width), dtype=torch.float32)
+    for index, (path, _) in enumerate(files):
+        with _opened(path) as image:
+            if image.size != size:  # changed since the first look
+                raise DataError(f"{path} is {image.size[0]}x{image.size[1]} pixels, not {width}x{height}")
+            pixels = torch.from_numpy(_pixels(image, gray))
+        images[index] = pixels.unsqueeze(0) if gray else pixels.permute(2, 0, 1)
+    return images
 
 
 def _load_image_folders(directory: Path, preprocessing: Preprocessing) -> Dataset:
-    from PIL import Image
-
     train_dir, test_dir = directory / "train", directory / "test"
     classes = tuple(sorted(p.name for p in train_dir.iterdir() if p.is_dir()))
     if not classes:
@@ -628,17 +655,30 @@ def _load_image_folders(directory: Path, preprocessing: Preprocessing) -> Datase
     for split_dir, files in ((train_dir, train_files), (test_dir, test_files)):
         if not files:
             raise DataError(f"{split_dir} has no images ({suffixes}) in its class folders")
+    # First every header (nothing decoded): each file parses, and all have one size.
     modes = set()
     size: tuple[int, int] | None = None
+    first: Path | None = None
     for path, _ in train_files + test_files:
-        try:
-            with Image.open(path, formats=IMAGE_FORMATS) as image:
-                modes.add(image.mode)
-                size = size or image.size
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"{path} cannot be read as an image ({exc})") from None
+        with _opened(path) as image:
+            modes.add(image.mode)
+            if size is None:
+                size, first = image.size, path
+            elif image.size != size:
+                raise DataError(
+                    f"{path} is {image.size[0]}x{image.size[1]} pixels but the other images are "
+                    f"{size[0]}x{size[1]} (as {first}); all images must be one size"
+                )
     assert size is not None
     gray = modes <= GRAY_MODES
+    count, channels = len(train_files) + len(test_files), 1 if gray else 3
+    decoded = count * channels * size[0] * size[1] * 4
+    if decoded > MAX_DECODED_IMAGE_BYTES:
+        raise DataError(
+            f"{directory}: {count:,} images of {size[0]}x{size[1]}x{channels} would take {decoded / 2**30:.1f} GiB "
+            f"as float32, more than the {MAX_DECODED_IMAGE_BYTES / 2**30:g} GiB qubocompress holds in memory; "
+            "use smaller or fewer images"
+        )
     images = _read_images(train_files, gray, size)
     labels = torch.tensor([label for _, label in train_files], dtype=torch.int64)
     test_images = _read_images(test_files, gray, size)

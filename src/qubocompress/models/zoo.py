@@ -82,8 +82,8 @@ class VGG(nn.Module):
     ) -> None:
         super().__init__()
         _check_common("vgg", num_classes, in_channels, input_size, min_size=8)
-        if width < 1:
-            raise ModelError(f"vgg width must be at least 1, got {width}")
+        if width < 1 or hidden < 1:
+            raise ModelError(f"vgg width and hidden must be at least 1, got {width} and {hidden}")
         layers: list[nn.Module] = []
         channels = in_channels
         for index, out_channels in enumerate((width, width, 2 * width, 2 * width, 4 * width, 4 * width)):
@@ -241,6 +241,8 @@ class MobileNet(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16) -> None:
         super().__init__()
         _check_common("mobilenet", num_classes, in_channels, input_size, min_size=4)
+        if width < 1:
+            raise ModelError(f"mobilenet width must be at least 1, got {width}")
         plan = ((2 * width, 1), (4 * width, 2), (4 * width, 1), (8 * width, 2), (8 * width, 1), (8 * width, 1))
         blocks: list[nn.Module] = [nn.Sequential(*_conv_bn_relu(in_channels, width))]
         channels = width
@@ -265,6 +267,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 PLAIN_TYPES = (bool, int, float, str)
+# The builders' arguments that count something (classes, channels, pixels): ints, never a bool or float.
+COUNT_ARGUMENTS = ("num_classes", "in_channels", "input_size", "width", "hidden")
 
 
 def build_model(name: str, meta: bool = False, **kwargs: object) -> nn.Module:
@@ -280,6 +284,15 @@ def build_model(name: str, meta: bool = False, **kwargs: object) -> nn.Module:
     odd = [key for key, value in kwargs.items() if not isinstance(value, PLAIN_TYPES)]
     if odd:
         raise ModelError(f"bad arguments for model {name!r}: {odd[0]} must be a number, boolean or string")
+    counts = [
+        key
+        for key in COUNT_ARGUMENTS
+        if key in kwargs and (isinstance(kwargs[key], bool) or not isinstance(kwargs[key], int))
+    ]
+    if counts:
+        raise ModelError(
+            f"bad arguments for model {name!r}: {counts[0]} must be a whole number, got {kwargs[counts[0]]!r}"
+        )
     try:
         with torch.device("meta") if meta else contextlib.nullcontext():
             return MODELS[name](**kwargs)

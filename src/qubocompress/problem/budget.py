@@ -143,7 +143,8 @@ class ExactResult:
     Attributes:
         plan: the best plan found; truly within the budget.
         objective: its damage (nats), equal to its BQM energy.
-        certified: True when HiGHS proved it optimal.
+        certified: True when it is proven optimal: the solver proved it, or its proven lower bound
+            reaches the objective.
         gap: proven relative gap ``(objective − bound) / |objective|`` (0 when certified).
         bound: proven lower bound of the optimal damage.
         seconds: wall time of the solve.
@@ -161,8 +162,10 @@ class ExactResult:
     @classmethod
     def of(cls, plan: Plan, objective: float, certified: bool, bound: float, start: float, method: str) -> ExactResult:
         """The result of a solve begun at ``time.perf_counter()`` = ``start``: the bound is the
-        objective when certified, else at most the objective; the gap follows from both."""
-        bound = objective if certified else min(bound, objective)
+        objective when certified, else at most the objective; the gap follows from both. A bound
+        that reaches the objective proves it optimal (certified, gap 0; also at objective 0)."""
+        certified = certified or bound >= objective
+        bound = objective if certified else bound
         gap = 0.0 if certified else ((objective - bound) / abs(objective) if objective else math.inf)
         return cls(plan, objective, certified, float(gap), float(bound), time.perf_counter() - start, method)
 
@@ -177,9 +180,12 @@ def check_bit_options(spec: CompressionSpec, bit_options: Sequence[int] | None) 
     if bit_options is None:
         return default_bit_options(spec)
     try:
-        options = tuple(sorted({int(b) for b in bit_options}))
-    except (TypeError, ValueError) as exc:
+        values = list(bit_options)
+    except TypeError as exc:
         raise ProblemError(f"bit options must be integers, got {bit_options!r}") from exc
+    if any(isinstance(b, bool) or not isinstance(b, numbers.Integral) for b in values):
+        raise ProblemError(f"bit options must be integers, got {bit_options!r}")
+    options = tuple(sorted({int(b) for b in values}))
     if not options:
         raise ProblemError("bit options must not be empty")
     if options[0] < spec.min_bits or options[-1] > spec.b_max:
@@ -312,7 +318,7 @@ class BudgetFormulation(Formulation):
             pruning = f"up to {max(shares)}% of each group's filters pruned"
         what = f"all layers at {self.bit_options[0]} bits, {pruning}"
         smaller = "fewer BOPs than fp32" if self.metric == "bops" else "smaller than fp32"
-        best = self.fp32_cost / max(cost, 1)
+        best = math.floor(10 * self.fp32_cost / max(cost, 1)) / 10  # down: a ratio that can be asked for
         if self.ratio is not None:
             raise ProblemError(
                 f"budget {self.ratio:g}x is not reachable: the smallest plan on offer is {best:.1f}x {smaller} ({what})"

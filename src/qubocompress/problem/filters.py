@@ -44,8 +44,9 @@ in :meth:`~FiltersFormulation.describe`) improved by a seeded iterated swap sear
 ``time_limit`` seconds (the budget stage's MILP had as many), a convex MIQP with SCIP
 (``pyscipopt``, the ``miqp`` extra; ``G`` is a Gram matrix, so PSD) started from it, or, without
 SCIP, a MILP with HiGHS on the linearisation (``y_ij`` per pair, McCormick bounds, the counts and
-the counts times each ``x_i``, the RLT cuts). Certified when the solver proves its optimum, else
-the best plan known with the proven gap ``(E − bound) / |E|`` (``E`` includes ``Q``).
+the counts times each ``x_i``, the RLT cuts). Certified when the solver proves its optimum (a plan
+that keeps the counts) or the proven bound (``Q`` at least, ``G`` being PSD) reaches the best plan's
+energy, else the best plan known with the proven gap ``(E − bound) / |E|`` (``E`` includes ``Q``).
 """
 
 from __future__ import annotations
@@ -129,11 +130,12 @@ class ReferenceTimeline:
 
 
 def _check_spec(spec: CompressionSpec) -> None:
-    """ProblemError unless ``spec`` has a prunable group and a filter Gram matrix."""
-    if not spec.groups:
+    """ProblemError unless ``spec`` has a prunable group (one that may lose a filter) and a filter Gram matrix."""
+    if not any(group.max_pruned > 0 for group in spec.groups):
+        why = " (every group's max_pruned is 0)" if spec.groups else ""
         raise ProblemError(
-            f"model {spec.model!r} has no prunable channel group: the filters formulation has no filter to choose "
-            "(use --formulation budget to choose bits only)"
+            f"model {spec.model!r} has no prunable channel group{why}: the filters formulation has no filter to "
+            "choose (use --formulation budget to choose bits only)"
         )
     if spec.filter_gram is None:
         raise ProblemError(
@@ -189,6 +191,9 @@ class FiltersFormulation(Formulation):
         unknown = sorted(set(counts) - names)
         if unknown:
             raise ProblemError(f"counts name unknown channel groups {unknown}")
+        for name, k in counts.items():
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+                raise ProblemError(f"channel group {name!r}: the count must be a whole number of filters, got {k!r}")
         self.counts = {group.name: int(counts.get(group.name, 0)) for group in spec.groups}
         for group in spec.groups:
             k = self.counts[group.name]
@@ -236,6 +241,11 @@ class FiltersFormulation(Formulation):
         if target.beta is not None:
             raise ProblemError("--beta weighs the paper's energy; the filters formulation has no beta")
         _check_spec(spec)
+        if not any(option > 0 for group in spec.groups for option in group.prune_options):
+            raise ProblemError(
+                f"model {spec.model!r} has no prunable channel group: no group offers a prune option, so the budget "
+                "stage can prune no filter (analyse with prune options, or use --formulation budget)"
+            )
         budget = BudgetFormulation.for_target(spec, target)
         optimum = budget.reference()
         stage = {
@@ -536,11 +546,10 @@ class FiltersFormulation(Formulation):
         if scip and not convex:
             method += " (the Gram matrix is not positive semidefinite, so not SCIP's convex MIQP)"
         row = outcome.row
-        if (
-            row is None
-            or not self._feasible_rows(row[None, :])[0]
-            or _halves(self.gram, row) > _halves(self.gram, incumbent)
-        ):
+        feasible = row is not None and bool(self._feasible_rows(row[None, :])[0])
+        # the solver's proof is of its own x: it certifies nothing when x rounds to a row off the counts
+        proven = outcome.proven and feasible
+        if row is None or not feasible or _halves(self.gram, row) > _halves(self.gram, incumbent):
             row = incumbent
             method += "; best plan: the rank-prefix plan after an iterated swap search"
         plan = self._plan_of(row)
@@ -549,7 +558,7 @@ class FiltersFormulation(Formulation):
         if self._positive_semidefinite:  # ½pᵀGp ≥ 0 for every p
             bound = max(bound, self.quant_damage)
         # certified: the solver proved its optimum; the incumbent is never worse than it
-        result = ExactResult.of(plan, objective, outcome.proven, bound, start, method)
+        result = ExactResult.of(plan, objective, proven, bound, start, method)
         # incumbents count as the final plan within the benchmark's success tolerance (relative to E*)
         tolerance = OPTIMUM_TOLERANCE * max(abs(objective), 1e-300)
         final = float(_halves(self.gram, row))

@@ -25,8 +25,9 @@ Energy (dimensionless; ``L_p`` in importance², ``L_q`` in nats of calibration l
 
 A group is coupled (through the ``p·q`` products of ``R``) only to its member layers' bit
 variables, so ``H`` splits into independent components — a group with its member layers, or a
-layer whose outputs are not prunable — and :meth:`PaperFormulation.exact` certifies the optimum by
-enumerating each component's bit choices and, for each, the best number of pruned channels.
+layer whose outputs are not prunable (no output group, or one without candidates: ``max_pruned``
+0) — and :meth:`PaperFormulation.exact` certifies the optimum by enumerating each component's bit
+choices and, for each, the best number of pruned channels.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ from qubocompress.problem.spec import CompressionSpec, LayerSpec
 MAX_EXACT_COMBINATIONS = 2**16
 
 
-def check_certifiable(group: str, members: int, bit_levels: int) -> None:
+def check_certifiable(group: str, members: int, bit_levels: int, prunable: bool = True) -> None:
     """A ProblemError when the exact enumeration cannot certify a channel group tying ``members``
-    layers with ``bit_levels`` bit variables each (more than MAX_EXACT_COMBINATIONS joint choices)."""
-    combos = (2**bit_levels) ** members
+    layers with ``bit_levels`` bit variables each (more than MAX_EXACT_COMBINATIONS joint choices).
+    A group that is not ``prunable`` (``max_pruned`` 0) ties nothing: its layers are enumerated alone."""
+    combos = (2**bit_levels) ** (members if prunable else min(members, 1))
     if combos > MAX_EXACT_COMBINATIONS:
         raise ProblemError(
             f"channel group {group!r} ties {members} layers: the paper formulation's certified optimum needs "
@@ -290,6 +292,13 @@ class PaperFormulation(Formulation):
         count ``L_p = (Σ a p)²`` is smallest for the smallest importances.
         """
         plan.validate(self.spec)
+        for group in self.spec.groups:
+            count = len(plan.pruned.get(group.name, ()))
+            if count > group.max_pruned:
+                raise ProblemError(
+                    f"plan prunes {count} channels of group {group.name!r}; the formulation can prune at most "
+                    f"{group.max_pruned} (its candidates)"
+                )
         pruned = {
             group.name: tuple(
                 sorted(int(i) for i in self._units[g][: len(plan.pruned.get(group.name, ())) // group.blocks].ravel())
@@ -377,12 +386,15 @@ class PaperFormulation(Formulation):
             return self.beta * self.sensitivity[n] * removed**2 - w * self._out_channels[n] * removed
 
         for n, layer in enumerate(spec.layers):
-            if layer.out_group is None:
+            if layer.out_group is None or not self._prune_labels[layer.out_group]:  # a component of its own
                 energies = layer_energy(n, levels)
                 best = int(np.argmin(energies))
                 total += float(energies[best])
                 bits[layer.name] = spec.b_max - best
         for g, group in enumerate(spec.groups):
+            if not self._prune_labels[g]:  # no candidate: its layers were enumerated alone above
+                pruned[group.name] = ()
+                continue
             members = self._members[g]
             check_certifiable(group.name, len(members), self.num_bit_levels)
             combos = len(levels) ** len(members)

@@ -23,7 +23,8 @@ cheapest saving for accuracy down to ~4 bits; (2) once every layer is at its low
 group whose next prune option saves the most cost prunes one option more (ties: the earlier
 group). Everything the genome asked for beyond that is kept. When even the smallest plan (every
 group at its largest prune option, every layer at its lowest bit-width) is over budget, building
-the space is a :class:`ProblemError` that names the smallest reachable ratio.
+the space is a :class:`ProblemError` that names the most the space can compress (rounded down to
+0.1, so that the ratio named is one the space can be built for).
 
 Scorer. The pipeline hands down ``evaluate(plan) -> float`` (higher is better, e.g. validation
 top-1 of the pruned and quantized model before fine-tuning); the searches never see a model.
@@ -34,7 +35,9 @@ first: a running evaluation is never cut short, so a run may overshoot ``time_li
 :meth:`PlanScorer.score_many` scores many genomes at once (a GA's generation): with an
 ``evaluate_many`` (plans -> their scores and seconds, e.g. on Ray actors) their new plans are
 evaluated together, and the cache, history, cache hits and stop are those of scoring the genomes
-one after the other; the clock is then checked once, before the batch.
+one after the other; the clock is then checked once, before the batch (never before the first: the
+first batch always runs whole, and a batch under way is not cut short, so a batched search may
+overshoot ``time_limit`` by one batch).
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from qubocompress.errors import ProblemError, SolverError
+from qubocompress.limits import MAX_SEED
 from qubocompress.problem.budget import check_bit_options
 from qubocompress.problem.choices import Metric, fp32_cost, layer_cost
 from qubocompress.problem.plan import Plan
@@ -58,6 +62,7 @@ Evaluate = Callable[[Plan], float]
 # Plans -> (score, seconds of its evaluation) of each, in order: the plans evaluated together.
 EvaluateMany = Callable[[Sequence[Plan]], Sequence[tuple[float, float]]]
 StopReason = Literal["evaluations", "time_limit", "convergence"]
+MANY_SIGNATURE = "plans -> (score, seconds) each"
 
 # Prune options of a group without measured ones: i/PRUNE_GRID_STEPS of its max_pruned, i = 0..steps.
 PRUNE_GRID_STEPS = 4
@@ -140,9 +145,10 @@ class DecisionSpace:
         else:
             pruning = f"up to {max(shares)}% of each group's filters pruned"
         smaller = "smaller than fp32" if self.metric == "bits" else "fewer BOPs than fp32"
+        reachable = math.floor(10 * self.fp32_cost / max(cost, 1)) / 10  # down: a ratio that can be asked for
         raise ProblemError(
             f"budget {self.ratio:g}x is not reachable: the smallest plan on offer is "
-            f"{self.fp32_cost / max(cost, 1):.1f}x {smaller} (all layers at {self.bit_options[0]} bits, {pruning})"
+            f"{reachable:.1f}x {smaller} (all layers at {self.bit_options[0]} bits, {pruning})"
         )
 
     def check(self, genome: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -299,11 +305,36 @@ class SearchStopped(Exception):
         self.reason: StopReason = reason
 
 
-def check_evaluate(evaluate: Any) -> Evaluate:
-    """``evaluate`` if callable, else a :class:`SolverError`."""
+def check_evaluate(evaluate: Any, name: str = "evaluate", signature: str = "plan -> score") -> Any:
+    """``evaluate`` if callable, else a :class:`SolverError` naming it (``name``, ``signature``)."""
     if not callable(evaluate):
-        raise SolverError(f"evaluate must be a callable plan -> score, got {type(evaluate).__name__}")
+        raise SolverError(f"{name} must be a callable {signature}, got {type(evaluate).__name__}")
     return evaluate
+
+
+def check_search_seed(seed: Any, who: str) -> int:
+    """``seed`` as an int in 0..MAX_SEED-1 (numpy integers too), else a one-line :class:`SolverError`."""
+    if isinstance(seed, np.integer):
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise SolverError(f"{who}: seed must be a whole number from 0 to {MAX_SEED - 1:,}, got {seed!r}")
+    return seed
+
+
+def _score_and_seconds(outcome: Any) -> tuple[Any, float]:
+    """One ``evaluate_many`` outcome as (score, seconds); not a pair, or bad seconds, is a
+    :class:`SolverError` (the score is checked where it is recorded)."""
+    try:
+        value, seconds = outcome
+    except (TypeError, ValueError):
+        raise SolverError(f"evaluate_many must return a (score, seconds) pair per plan, got {outcome!r}") from None
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, numbers.Real)
+        or not (math.isfinite(seconds) and seconds >= 0)
+    ):
+        raise SolverError(f"evaluate_many returned {seconds!r} seconds for a plan; it must be a number >= 0")
+    return value, float(seconds)
 
 
 class PlanScorer:
@@ -329,8 +360,10 @@ class PlanScorer:
         evaluate_many: EvaluateMany | None = None,
     ) -> None:
         self.space = space
-        self.evaluate = check_evaluate(evaluate)
-        self.evaluate_many = None if evaluate_many is None else check_evaluate(evaluate_many)
+        self.evaluate: Evaluate = check_evaluate(evaluate)
+        self.evaluate_many: EvaluateMany | None = (
+            None if evaluate_many is None else check_evaluate(evaluate_many, "evaluate_many", MANY_SIGNATURE)
+        )
         self.max_evaluations = max_evaluations
         self.deadline = None if time_limit is None else start + time_limit
         self.start = start
@@ -380,11 +413,14 @@ class PlanScorer:
                 break
             new[key] = self.space.decode(key)
         if new:
-            outcomes = list(self.evaluate_many(list(new.values())))
+            returned = self.evaluate_many(list(new.values()))
+            if not isinstance(returned, Iterable):
+                raise SolverError(f"evaluate_many must return a (score, seconds) pair per plan, got {returned!r}")
+            outcomes = list(returned)
             if len(outcomes) != len(new):
                 raise SolverError(f"evaluate_many returned {len(outcomes)} scores for {len(new)} plans")
-            for (key, plan), (value, seconds) in zip(new.items(), outcomes):
-                self._record(key, plan, value, seconds)
+            for (key, plan), outcome in zip(new.items(), outcomes):
+                self._record(key, plan, *_score_and_seconds(outcome))
         if stop is not None:
             raise stop
         return [self.cache[key].score for key in keys]

@@ -14,7 +14,10 @@ hence every evaluated plan is within the budget, and the search never spends an 
 infeasible one. Identical plans are evaluated once (:class:`~qubocompress.search.common.PlanScorer`).
 A generation's plans are scored together: with ``evaluate_many`` (e.g. Ray actors, each holding
 the model and the validation split) in parallel, with the same plans, scores and result as one
-``evaluate`` after the other for the same seed.
+``evaluate`` after the other for the same seed and no time limit. A time limit is then checked
+once per generation, before its plans go out (never before the first generation's): a generation
+under way is scored whole, so the search may overrun ``time_limit`` by one generation, where the
+serial search stops before the next evaluation.
 
 Single objective: maximise ``evaluate(plan)`` under the hard budget. EMOMC runs NSGA-II on (accuracy,
 cost) to trace a Pareto front; at one fixed budget, every evaluation NSGA-II spends on the front
@@ -50,6 +53,7 @@ from qubocompress.search.common import (
     SearchResult,
     SearchStopped,
     StopReason,
+    check_search_seed,
 )
 from qubocompress.solvers.base import positive_int, require, time_limit_seconds
 
@@ -99,23 +103,24 @@ def ga_acc_search(
             :func:`generations_for` the population and ``max_evaluations``).
         max_evaluations: at most this many calls of ``evaluate`` (None: no cap).
         patience: stop after this many generations without a better score (None: never).
-        time_limit: seconds for the whole search (None: none); no evaluation starts after it.
-        seed: seeds pymoo; the same call twice gives the same result (with a deterministic
-            ``evaluate`` and no time limit).
+        time_limit: seconds for the whole search (None: none); no evaluation starts after it
+            (with ``evaluate_many``: no generation's batch; module docstring).
+        seed: seeds pymoo (0..2^31 - 1); the same call twice gives the same result (with a
+            deterministic ``evaluate`` and no time limit).
         evaluate_many: plans -> (score, seconds) of each, each generation's new plans evaluated
             together (:meth:`~qubocompress.search.common.PlanScorer.score_many`; None: one
             ``evaluate`` after the other). It must score a plan as ``evaluate`` does.
     """
     start = time.perf_counter()
     who = f"search {METHOD!r}"
-    positive_int(population, "population", who)
-    for name, value in (("max_evaluations", max_evaluations), ("patience", patience)):
-        if value is not None:
-            positive_int(value, name, who)
+    population = positive_int(population, "population", who)  # numpy integers as ints: JSON-ready parameters
+    max_evaluations = None if max_evaluations is None else positive_int(max_evaluations, "max_evaluations", who)
+    patience = None if patience is None else positive_int(patience, "patience", who)
     if generations is None:
         generations = generations_for(population, max_evaluations)
-    positive_int(generations, "generations", who)
+    generations = positive_int(generations, "generations", who)
     time_limit = time_limit_seconds(time_limit, who)
+    seed = check_search_seed(seed, who)
     space = DecisionSpace(spec, ratio, metric, bit_options)
     scorer = PlanScorer(space, evaluate, max_evaluations, time_limit, start, evaluate_many)
     parameters = {

@@ -66,7 +66,15 @@ import numpy as np
 from qubocompress.errors import SolverError
 from qubocompress.problem.choices import Metric
 from qubocompress.problem.spec import CompressionSpec
-from qubocompress.search.common import DecisionSpace, Evaluate, PlanScorer, SearchResult, SearchStopped, StopReason
+from qubocompress.search.common import (
+    DecisionSpace,
+    Evaluate,
+    PlanScorer,
+    SearchResult,
+    SearchStopped,
+    StopReason,
+    check_search_seed,
+)
 from qubocompress.solvers.base import positive_int, require, time_limit_seconds
 from qubocompress.solvers.rl import isolated_torch
 
@@ -160,32 +168,37 @@ def rl_acc_search(
         ratio: the budget as a compression ratio vs fp32 in ``metric`` (> 1).
         metric: ``"bits"`` or ``"bops"``.
         bit_options: bit-widths on offer (default (2, 3, 4, 5, 6, 8) within the spec's range).
-        total_episodes: at most this many episodes (plans proposed), warm-up included (None:
+        total_episodes: at most this many episodes (plans proposed, >= 2), warm-up included (None:
             ``DEFAULT_EPISODES``, or ``max_evaluations`` when that is more).
         warmup_episodes: episodes of random actions before the agent learns (< total_episodes;
             None: ``DEFAULT_WARMUP_EPISODES``, at most a third of ``total_episodes``).
         max_evaluations: at most this many calls of ``evaluate`` (None: no cap).
         patience: stop after this many episodes without a better score (None: never).
         time_limit: seconds for the whole search (None: none); no evaluation starts after it.
-        seed: seeds the agent, the environment and the noise; the same call twice gives the same
-            result (with a deterministic ``evaluate`` and no time limit).
+        seed: seeds the agent, the environment and the noise (0..2^31 - 1); the same call twice
+            gives the same result (with a deterministic ``evaluate`` and no time limit).
     """
     start = time.perf_counter()
     who = f"search {METHOD!r}"
-    for name, value in (("max_evaluations", max_evaluations), ("patience", patience)):
-        if value is not None:
-            positive_int(value, name, who)
+    # numpy integers as ints: JSON-ready parameters
+    max_evaluations = None if max_evaluations is None else positive_int(max_evaluations, "max_evaluations", who)
+    patience = None if patience is None else positive_int(patience, "patience", who)
     if total_episodes is None:
         total_episodes = max(DEFAULT_EPISODES, max_evaluations or 0)
-    positive_int(total_episodes, "total_episodes", who)
+    total_episodes = positive_int(total_episodes, "total_episodes", who)
+    if total_episodes < 2:
+        raise SolverError(
+            f"{who}: total_episodes must be at least 2 (a warm-up episode, then learning), got {total_episodes}"
+        )
     if warmup_episodes is None:
         warmup_episodes = max(1, min(DEFAULT_WARMUP_EPISODES, total_episodes // 3))
-    positive_int(warmup_episodes, "warmup_episodes", who)
+    warmup_episodes = positive_int(warmup_episodes, "warmup_episodes", who)
     if warmup_episodes >= total_episodes:
         raise SolverError(
             f"{who}: warmup_episodes ({warmup_episodes}) must be fewer than total_episodes ({total_episodes})"
         )
     time_limit = time_limit_seconds(time_limit, who)
+    seed = check_search_seed(seed, who)
     space = DecisionSpace(spec, ratio, metric, bit_options)
     scorer = PlanScorer(space, evaluate, max_evaluations, time_limit, start)
     require("gymnasium", METHOD, "rl", "gymnasium")

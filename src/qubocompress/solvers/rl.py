@@ -88,7 +88,8 @@ def isolated_torch() -> Iterator[None]:
     python_state, numpy_state, threads = random.getstate(), np.random.get_state(), torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.random.fork_rng(devices=[]):
+        # SB3 seeds every CUDA device too: fork their states as well (none on a CPU-only torch)
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             yield
     finally:
         torch.set_num_threads(threads)
