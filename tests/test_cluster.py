@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -33,7 +32,7 @@ from qubocompress.sweeps import STORE_FILE, read_sweep
 from test_bench import tiny_instance
 from test_pipeline import assert_one_line_error, data_dir, run  # noqa: F401  (data_dir is a fixture)
 from test_scripts import load_script
-from test_sweep import recorded, sweep_args
+from test_sweep import kill_when, recorded, sweep_args
 
 kill_own_worker = load_script("ray_sweep_timing").kill_own_worker
 
@@ -112,20 +111,8 @@ def test_a_ray_sweep_whose_driver_is_killed_resumes_running_each_case_once(data_
     args = sweep_args(data_dir, out, "--target-ratio", "4,6,8,10", "--routes", "uniform", "--workers", "2")
     command = [sys.executable, "-m", "qubocompress.cli", *(str(a) for a in args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        # kill it once a case is recorded, while the others run on its cluster
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and process.poll() is None:
-            if (out / STORE_FILE).exists() and recorded(out):
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the sweep ended before its driver could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
+    # kill it once a case is recorded, while the others run on its cluster
+    kill_when(command, env, lambda: (out / STORE_FILE).exists() and bool(recorded(out)), seconds=600, poll=0.05)
     done_before = recorded(out)
     assert 1 <= len(done_before) < 4
     rerun = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 import io
 import json
 import os
@@ -96,21 +97,12 @@ def test_a_sweep_killed_mid_case_resumes_and_runs_each_case_once(data_dir: Path,
     args = [str(a) for a in sweep_args(data_dir, out, "--target-ratio", "4,6,8,10", "--finetune-epochs", "1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "qubocompress.cli", *args]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        # kill it while a case is being written, after at least one case was recorded
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and process.poll() is None:
-            partial = list((out / "cases").glob(".*.partial-*")) if (out / "cases").is_dir() else []
-            if partial and (out / STORE_FILE).exists() and recorded(out):
-                break
-            time.sleep(0.02)
-        assert process.poll() is None, "the sweep ended before it could be killed mid-case"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
+
+    def mid_case() -> bool:  # a case being written, after at least one case was recorded
+        partial = list((out / "cases").glob(".*.partial-*")) if (out / "cases").is_dir() else []
+        return bool(partial) and (out / STORE_FILE).exists() and bool(recorded(out))
+
+    kill_when(command, env, mid_case, seconds=300, poll=0.02)
     done_before = recorded(out)
     assert 1 <= len(done_before) < 8
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
@@ -274,3 +266,18 @@ def test_a_config_command_line_parses_back_to_the_same_config(config: CompressCo
 
 def test_a_field_no_flag_sets_is_named_in_the_command_line() -> None:
     assert CompressConfig(b_max=6).command_line() == "qubocompress compress  # from Python: b_max=6"
+
+
+def kill_when(command: list[str], env: dict[str, str], ready: Callable[[], bool], seconds: float, poll: float) -> None:
+    """Run ``command`` and SIGKILL it once ``ready()`` holds (within ``seconds``); it must still be running then."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and process.poll() is None and not ready():
+            time.sleep(poll)
+        assert process.poll() is None, "the sweep ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
