@@ -244,11 +244,16 @@ def _no_connect(cluster: Cluster) -> None:
     raise AssertionError(f"connected to {cluster.describe()} for a sweep that should have been refused")
 
 
+def hide_module(monkeypatch: pytest.MonkeyPatch, hidden: str) -> None:
+    """Make ``cluster`` see ``hidden`` as not installed (its find_spec says None)."""
+    real = cluster_module.importlib.util.find_spec
+    monkeypatch.setattr(cluster_module.importlib.util, "find_spec", lambda name: None if name == hidden else real(name))
+
+
 def test_a_ray_client_address_without_ray_client_names_its_extra_in_one_line(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = cluster_module.importlib.util.find_spec
-    monkeypatch.setattr(cluster_module.importlib.util, "find_spec", lambda name: None if name == "grpc" else real(name))
+    hide_module(monkeypatch, "grpc")
     with pytest.raises(ClusterError, match=r"pip install 'ray\[client\]'"):
         Cluster(address="ray://head:10001").check()
     Cluster(address="head:6379").check()  # a GCS address needs no Ray Client
@@ -263,8 +268,7 @@ def test_a_ray_client_address_without_ray_client_names_its_extra_in_one_line(
 def test_asking_for_ray_without_it_names_the_extra(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = cluster_module.importlib.util.find_spec
-    monkeypatch.setattr(cluster_module.importlib.util, "find_spec", lambda name: None if name == "ray" else real(name))
+    hide_module(monkeypatch, "ray")
     with pytest.raises(ClusterError, match=r"pip install 'qubocompress\[ray\]'"):
         Cluster(workers=2).check()
     Cluster().check()  # no cluster asked for: nothing to check

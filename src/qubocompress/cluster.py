@@ -80,7 +80,7 @@ class Cluster:
                 raise ClusterError(f"--ray-address {self.address}: the port must be 1 to {MAX_PORT}")
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
             raise ClusterError(f"task retries must be a whole number >= 0, got {self.retries!r}")
-        if self.enabled and importlib.util.find_spec("ray") is None:
+        if self.enabled and not _has_module("ray"):
             raise ClusterError(f"running on Ray needs the ray package: {RAY_EXTRA}")
         if self.address is not None and self.address.startswith(CLIENT_SCHEME) and not _has_module("grpc"):
             raise ClusterError(
