@@ -90,6 +90,23 @@ def test_inspect_of_a_damaged_file_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("qubocompress: error: ") and "model.safetensors is truncated" in err[0]
 
 
+def test_inspect_with_a_factory_for_a_built_in_model_is_one_line(tmp_path, capsys):
+    from qubocompress.apply.model_file import save_model_file
+    from qubocompress.models.zoo import build_model
+
+    kwargs = {"num_classes": 3, "in_channels": 1, "input_size": 8, "width": 2}
+    path = tmp_path / "model.safetensors"
+    save_model_file(path, build_model("vgg", **kwargs), {}, {"name": "vgg", "kwargs": kwargs})
+    assert run("inspect", path) == 0
+    capsys.readouterr()
+    assert run("inspect", path, "--model", "test_apply:SeqNet") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"qubocompress: error: {path}: cannot rebuild its vgg model: it holds the built-in model 'vgg', which is "
+        "rebuilt from qubocompress's own table: pass no factory (no --model on the command line)"
+    ]
+
+
 def test_export_of_a_model_file_without_an_input_shape_is_one_line(tmp_path, capsys):
     from qubocompress.apply.model_file import save_model_file
     from qubocompress.models.zoo import build_model

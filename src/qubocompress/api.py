@@ -191,10 +191,10 @@ def load(
 ) -> nn.Module:
     """The compressed model of a ``model.safetensors`` file, runnable, in eval mode.
 
-    A built-in model needs nothing more. A user model is rebuilt only from what you pass (the file's
-    own names are never imported or called): ``model``, an instance of the original (unpruned)
-    architecture, or ``factory``, the callable or ``package.module:factory`` that builds it. A
-    TorchScript model needs ``trust_torchscript=True``.
+    A built-in model needs nothing more (a ``model`` or ``factory`` for one is refused). A user
+    model is rebuilt only from what you pass (the file's own names are never imported or called):
+    ``model``, an instance of the original (unpruned) architecture, or ``factory``, the callable or
+    ``package.module:factory`` that builds it. A TorchScript model needs ``trust_torchscript=True``.
     """
     if model is not None:
         factory = factory_of(model, {"factory": factory_label(type(model))})

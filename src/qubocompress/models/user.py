@@ -183,6 +183,11 @@ def rebuild_model(arch: Mapping[str, Any], factory: Factory | str | None = None)
     """
     kwargs = arch.get("kwargs", {})
     if "name" in arch:
+        if factory is not None:  # it would be ignored: say so rather than let a mix-up pass
+            raise ModelError(
+                f"it holds the built-in model {str(arch['name'])!r}, which is rebuilt from qubocompress's own "
+                "table: pass no factory (no --model on the command line)"
+            )
         return build_model(str(arch["name"]), meta=True, **kwargs)
     if "factory" not in arch:
         raise ModelError(f"cannot rebuild a model from arch {dict(arch)!r}")
