@@ -489,6 +489,7 @@ def test_cli_bench_first_seed_runs_other_seeds_and_a_later_sweep_reuses_them(
         (["--time-limit", "0"], "--time-limit must be a number of seconds > 0"),
         (["--time-limit", "-3"], "--time-limit must be a number of seconds > 0"),
         (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--solvers", "sa,tabu", "--device", "cpu"], "and --solvers sa,tabu has no sb"),
         (["--first-seed", "-1"], "--first-seed must be >= 0"),
         (["--first-seed", str(2**31 - 2), "--seeds", "3"], "--first-seed + --seeds must stay within"),
         (["--instances", "vgg,unknown-model"], "unknown instance 'unknown-model'"),

@@ -173,6 +173,8 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     if args.quick:
         solver_options = {name: dict(QUICK_SOLVER_OPTIONS[name]) for name in solvers if name in QUICK_SOLVER_OPTIONS}
     if args.device is not None:
+        if "sb" not in solvers:  # it would be ignored
+            raise SolverError(f"--device sets the sb solver's device, and --solvers {','.join(solvers)} has no sb")
         solver_options.setdefault("sb", {})["device"] = args.device
     for text in args.solver_option:
         solver, colon, option = text.partition(":")
