@@ -5,6 +5,8 @@ settings, before any folder is made (with or without Ray)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import http.server
 import importlib.util
 import os
 import socket
@@ -263,6 +265,32 @@ def test_a_ray_client_address_without_ray_client_names_its_extra_in_one_line(
         assert run(*sweep_args(data_dir, tmp_path / "sweep", "--target-ratio", "4", "--ray-address", address)) == 2
     assert_one_line_error(capsys, f"--ray-address {address} connects through Ray Client", "ray[client]")
     assert not (tmp_path / "sweep").exists()
+
+
+@needs_ray
+def test_a_port_that_answers_but_is_not_ray_is_one_line_not_a_hang(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("grpc")
+    monkeypatch.setattr(sweep_module, "connect", _no_connect)
+    monkeypatch.setattr(cluster_module, "CONNECT_TIMEOUT", 0.5)
+    quiet = type("Quiet", (http.server.BaseHTTPRequestHandler,), {"log_message": lambda *args: None})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), quiet) as web:  # as a dashboard's port would
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        for address in (f"127.0.0.1:{web.server_address[1]}", f"ray://127.0.0.1:{web.server_address[1]}"):
+            assert run(*sweep_args(data_dir, tmp_path / "sweep", "--target-ratio", "4", "--ray-address", address)) == 2
+            assert_one_line_error(capsys, f"{address} answers, but not as a Ray cluster does", "(8265)")
+            assert not (tmp_path / "sweep").exists()
+        web.shutdown()
+    import grpc
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        Cluster(address=f"127.0.0.1:{port}").reach()  # a gRPC server, as Ray's GCS is: passes
+    finally:
+        server.stop(None)
 
 
 def test_asking_for_ray_without_it_names_the_extra(

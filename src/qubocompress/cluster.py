@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import re
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -89,8 +90,9 @@ class Cluster:
             )
 
     def reach(self) -> None:
-        """ClusterError unless the port of ``address`` answers within CONNECT_TIMEOUT seconds (a
-        local cluster, ``auto`` or none: nothing to try); before any long work."""
+        """ClusterError unless the port of ``address`` answers, as a gRPC server, within
+        CONNECT_TIMEOUT seconds each (a local cluster, ``auto`` or none: nothing to try); before any
+        long work."""
         if self.address not in (None, "auto"):
             _reachable(self.address)
 
@@ -120,6 +122,25 @@ def _reachable(address: str) -> None:
             f"cannot reach the Ray cluster at {address} ({reason}, tried for {CONNECT_TIMEOUT:g} s); "
             "check the address and that the cluster is up (`ray status` on its head node)"
         ) from None
+    if _has_module("grpc") and os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+        _speaks_grpc(address, f"{match['host']}:{port}")
+
+
+def _speaks_grpc(address: str, target: str) -> None:
+    """ClusterError unless a gRPC server (Ray's GCS and Ray Client both are) answers at ``target``
+    within CONNECT_TIMEOUT seconds: ray.init would otherwise wait for ever on another kind of port."""
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
+    except grpc.FutureTimeoutError:
+        raise ClusterError(
+            f"{address} answers, but not as a Ray cluster does (no gRPC server there within {CONNECT_TIMEOUT:g} s): "
+            "give the GCS port (6379 by default) or ray://HOST:10001, not e.g. the dashboard's (8265)"
+        ) from None
+    finally:
+        channel.close()
 
 
 def _crash_reason(exc: BaseException) -> str:
