@@ -217,6 +217,7 @@ def test_a_task_whose_worker_dies_every_time_is_crashed_a_missing_module_is_one_
     ("flags", "needles"),
     [
         (("--workers", "0"), ("--workers must be a whole number >= 1",)),
+        (("--workers", str((os.cpu_count() or 1) + 1)), ("is more than this machine's", "--ray-address")),
         (("--ray-address", "nowhere"), ("--ray-address must be auto, ray://HOST:PORT or HOST:PORT",)),
         # getaddrinfo takes 70000 as 70000 - 65536: a cluster on port 4464 would have been reached
         (("--ray-address", "127.0.0.1:70000"), ("--ray-address 127.0.0.1:70000: the port must be 1 to 65535",)),

@@ -73,6 +73,12 @@ class Cluster:
             isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
         ):
             raise ClusterError(f"--workers must be a whole number >= 1, got {self.workers!r}")
+        if self.workers is not None and self.workers > (os.cpu_count() or 1):
+            raise ClusterError(
+                f"--workers {self.workers} is more than this machine's {os.cpu_count() or 1} CPUs, which a local "
+                "cluster's workers share (each holds the model and data): give at most that many, or --ray-address "
+                "for a cluster of more machines"
+            )
         if self.address is not None and self.address != "auto":
             match = ADDRESS.match(self.address)
             if not match:
@@ -160,7 +166,11 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     doing ``what`` (e.g. ``"run the cases"``); :class:`Cluster` takes the two values."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--workers", type=int, default=None, metavar="N", help=f"{what} on a local Ray cluster of N workers"
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"{what} on a local Ray cluster of N workers (at most this machine's CPUs)",
     )
     where.add_argument(
         "--ray-address",
