@@ -98,17 +98,21 @@ def positive_int(value: Any, name: str, who: str) -> int:
     return int(value)
 
 
-def time_limit_seconds(value: Any, who: str) -> float | None:
-    """A wall-clock limit in seconds (> 0, finite) or None, else a SolverError ``"<who>: time_limit ..."``."""
-    if value is None:
-        return None
+def positive_number(value: Any, name: str, who: str, unit: str) -> float:
+    """``value`` as a float if it is a finite real number > 0 (not a bool), else a SolverError
+    ``"<who>: <name> must be a positive number of <unit>, got ..."``."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float, np.number))
         or not (math.isfinite(value) and value > 0)
     ):
-        raise SolverError(f"{who}: time_limit must be a positive number of seconds, got {value!r}")
+        raise SolverError(f"{who}: {name} must be a positive number of {unit}, got {value!r}")
     return float(value)
+
+
+def time_limit_seconds(value: Any, who: str) -> float | None:
+    """A wall-clock limit in seconds (> 0, finite) or None, else a SolverError ``"<who>: time_limit ..."``."""
+    return None if value is None else positive_number(value, "time_limit", who, "seconds")
 
 
 def combined_stop_reason(reasons: Sequence[str]) -> str:

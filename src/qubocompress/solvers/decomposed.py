@@ -36,6 +36,7 @@ from qubocompress.solvers.base import (
     empty_sampleset,
     known_options,
     positive_int,
+    positive_number,
     read_seeds,
     require_all,
     time_limit_seconds,
@@ -66,17 +67,6 @@ def check_decomposed(solver: str, options: Mapping[str, Any]) -> None:
             check_token(solver, options)
         except SolverError as exc:
             raise SolverError(f"{exc}; {OFFLINE_HINT}") from exc
-
-
-def _positive_number(value: Any, name: str, unit: str) -> float:
-    """``value`` as a float if it is a finite number > 0, else a one-line SolverError."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.number))
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise SolverError(f"{WHO}: {name} must be a positive number of {unit}, got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -206,8 +196,8 @@ class DecomposedQpuSampler(dimod.Sampler):
         for key in ("sub_size", "qpu_reads", "max_iter", "convergence"):
             positive_int(params[key], key, WHO)
         time_limit_seconds(params["time_limit"], WHO)
-        _positive_number(params["tabu_timeout"], "tabu_timeout", "milliseconds")
-        _positive_number(params["embedding_timeout"], "embedding_timeout", "seconds")
+        positive_number(params["tabu_timeout"], "tabu_timeout", WHO, "milliseconds")
+        positive_number(params["embedding_timeout"], "embedding_timeout", WHO, "seconds")
         return params
 
     @property

@@ -35,6 +35,7 @@ from qubocompress.solvers.base import (
     empty_sampleset,
     known_options,
     positive_int,
+    positive_number,
     require_all,
     timed_sampleset,
 )
@@ -213,14 +214,9 @@ class QpuSampler(dimod.Sampler):
         known_options(params, self.DEFAULTS, "solver 'qpu'")
         positive_int(params["num_reads"], "num_reads", "solver 'qpu'")
         _chain_strength(params["chain_strength"])
-        annealing_time = params["annealing_time"]
-        if annealing_time is not None and not (
-            isinstance(annealing_time, (int, float)) and math.isfinite(annealing_time) and annealing_time > 0
-        ):
-            raise SolverError(f"solver 'qpu': annealing_time must be a positive number of µs, got {annealing_time!r}")
-        timeout = params["embedding_timeout"]
-        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-            raise SolverError(f"solver 'qpu': embedding_timeout must be a positive number of seconds, got {timeout!r}")
+        if params["annealing_time"] is not None:
+            positive_number(params["annealing_time"], "annealing_time", "solver 'qpu'", "µs")
+        positive_number(params["embedding_timeout"], "embedding_timeout", "solver 'qpu'", "seconds")
         return params
 
     @property
