@@ -294,6 +294,28 @@ def test_a_port_that_answers_but_is_not_ray_is_one_line_not_a_hang(
         server.stop(None)
 
 
+@needs_ray
+def test_a_refused_gcs_address_names_token_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    def refused(**options: object) -> None:  # what ray.init says when the GCS rejects the token
+        raise ConnectionError(f"Failed to connect to Ray cluster at {options['address']}")
+
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.setattr(Cluster, "reach", lambda self: None)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    for address, hinted in (("10.0.0.1:6379", True), ("auto", False), ("ray://10.0.0.1:10001", False)):
+        with pytest.raises(ClusterError) as error, connect(Cluster(address=address)):
+            pass
+        message = str(error.value)
+        assert message.startswith(f"cannot connect to the Ray cluster at {address}: Failed to connect")
+        assert ("set RAY_AUTH_MODE=token" in message) is hinted and "\n" not in message
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # already set: the hint would not help
+    with pytest.raises(ClusterError) as error, connect(Cluster(address="10.0.0.1:6379")):
+        pass
+    assert "RAY_AUTH_MODE" not in str(error.value)
+
+
 def test_asking_for_ray_without_it_names_the_extra(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -149,6 +149,19 @@ def _speaks_grpc(address: str, target: str) -> None:
         channel.close()
 
 
+def _auth_hint(cluster: Cluster) -> str:
+    """What to try when a GCS address (HOST:PORT) refused this driver without token authentication:
+    Ray >= 2.59 turns it on for the clusters ``ray start`` begins, and a driver given an address
+    sends the token only under RAY_AUTH_MODE=token."""
+    address = cluster.address or ""
+    if address in ("", "auto") or address.startswith(CLIENT_SCHEME) or os.environ.get("RAY_AUTH_MODE") == "token":
+        return ""
+    return (
+        "; if the cluster uses token authentication, set RAY_AUTH_MODE=token (with RAY_AUTH_TOKEN, or the "
+        "head's token in ~/.ray/auth_token: `ray get-auth-token` there) before running"
+    )
+
+
 def _crash_reason(exc: BaseException) -> str:
     """The first line of a Ray system error, without Ray's boilerplate."""
     text = str(exc).strip().splitlines()
@@ -334,7 +347,8 @@ def connect(cluster: Cluster) -> Iterator[Session]:
         ray.init(**options)
     # RuntimeError: e.g. a Ray Client version mismatch; ValueError: e.g. Ray Client's packages missing
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterError(f"cannot connect to {cluster.describe()}: {_crash_reason(exc)}") from None
+        reason = _crash_reason(exc) + _auth_hint(cluster)
+        raise ClusterError(f"cannot connect to {cluster.describe()}: {reason}") from None
     try:
         yield Session(ray, cluster)
     finally:
