@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.server
 import importlib.util
+import json
 import os
 import socket
 import sqlite3
@@ -70,6 +71,40 @@ def test_a_sweep_on_two_ray_workers_survives_a_worker_killed_mid_case(data_dir: 
         assert (folder / "model.safetensors").stat().st_size == row.model_file_bytes
         assert row.ratio >= float(row.target.rstrip("x"))
     assert not list((out / "cases").glob(".*.partial-*"))
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_ray_sweep_on_cuda_runs_on_the_cluster_gpus_or_falls_back_to_its_cpus_in_one_line(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    asked: list[int] = []  # the GPUs each sweep's tasks held
+    real_run = cluster_module.Session.run_unordered
+
+    def run_unordered(self: cluster_module.Session, *args: object, gpus: int = 0) -> object:
+        asked.append(gpus)
+        return real_run(self, *args, gpus=gpus)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cluster_module.Session, "run_unordered", run_unordered)
+    args = ("--target-ratio", "4,6", "--routes", "uniform", "--workers", "2", "--device", "cuda")
+    assert run(*sweep_args(data_dir, tmp_path / "cpus", *args)) == 0  # a cluster of CPUs: one warning, even --quiet
+    warning = "warning: --device cuda: a local Ray cluster of 2 workers has no GPUs; the cases run on its CPUs"
+    assert capsys.readouterr().err.splitlines() == [warning]
+    assert all(row.ok for row in read_sweep(tmp_path / "cpus").rows)
+    # a cluster with a GPU (one declared to Ray; torch on the worker sees none and uses its CPU): each case's
+    # task holds it, so they run one at a time, and every case finishes
+    real_init = ray.init
+    monkeypatch.setattr(ray, "init", lambda **options: real_init(**options, num_gpus=1))
+    assert run(*sweep_args(data_dir, tmp_path / "gpu", *args)) == 0
+    assert capsys.readouterr().err == ""  # this process used no GPU and fell back from none
+    assert asked == [0, 1]
+    rows = read_sweep(tmp_path / "gpu").rows
+    assert [row.case for row in rows] == ["4x-uniform-seed0", "6x-uniform-seed0"] and all(row.ok for row in rows)
+    for row in rows:
+        metrics = json.loads((tmp_path / "gpu" / "cases" / row.case / "metrics.json").read_text())
+        assert metrics["config"]["device"] == "cpu"  # the worker's own fallback
 
 
 DOOMED_CASE = "6x-uniform-seed0"
@@ -225,8 +260,11 @@ def test_a_task_whose_worker_dies_every_time_is_crashed_a_missing_module_is_one_
         pytest.param(
             ("--ray-address", "127.0.0.1:1"), ("cannot reach the Ray cluster at 127.0.0.1:1",), marks=needs_ray
         ),
-        pytest.param(("--workers", "2", "--device", "cuda"), ("drop --device cuda",), marks=needs_ray),
-        pytest.param(("--workers", "2", "--device", "auto"), ("drop --device auto",), marks=needs_ray),
+        pytest.param(
+            ("--workers", "2", "--device", "cuda:1"),
+            ("--device cuda:1 names one GPU of this machine",),
+            marks=needs_ray,
+        ),
     ],
 )
 def test_bad_cluster_settings_are_one_line_before_any_work(

@@ -16,7 +16,7 @@ from typing import Any
 
 from qubocompress.errors import ProblemError
 from qubocompress.io import run_folder, write_json_atomic
-from qubocompress.pipeline import LOGGER, CompressConfig, Log, compress
+from qubocompress.pipeline import CompressConfig, Log, compress, log_line
 
 
 def ablate(
@@ -24,7 +24,7 @@ def ablate(
     importances: Sequence[str],
     sensitivities: Sequence[str],
     pairs: Sequence[bool] = (False, True),
-    log: Log = LOGGER.info,
+    log: Log = log_line,
 ) -> list[dict[str, Any]]:
     """Run every combination; returns one row per run (also written to ``<out>/ablation.json``)."""
     if base.formulation != "budget" or base.search != "qubo":

@@ -27,7 +27,7 @@ from qubocompress.data.datasets import SPLIT_SEED, Dataset, dataset_from_tensors
 from qubocompress.errors import DataError, ModelError, ProblemError
 from qubocompress.io import run_folder
 from qubocompress.models.user import check_runs, factory_label
-from qubocompress.pipeline import LOGGER, CompressConfig, CompressResult, factory_of, run_compression
+from qubocompress.pipeline import CompressConfig, CompressResult, factory_of, log_line, run_compression
 from qubocompress.report import write_report
 from qubocompress.sweeps import SweepTable, parse_targets, run_sweep, sweep_cases
 
@@ -67,7 +67,7 @@ def compress(
             ``metric``, ``solver``, ``search``, ``finetune_epochs``, ``seed``, ...
     """
     config, module, dataset = _prepared(model, data, out, options, "qubocompress.compress")
-    log = log or LOGGER.info
+    log = log or log_line
     arguments = {"log": log, "model": module, "dataset": dataset, "test_accuracy": evaluate}
     if out is None:
         return run_compression(config, **arguments, tune=finetune)
@@ -117,7 +117,7 @@ def sweep(
         )
     cases = sweep_cases(parse_targets(list(target_ratios), list(budgets)), list(routes), list(solvers), list(seeds))
     base, module, dataset = _prepared(model, data, out, {**options, "baseline": False}, "qubocompress.sweep")
-    log = log or LOGGER.info
+    log = log or log_line
     table = run_sweep(
         base,
         cases,

@@ -17,6 +17,7 @@ from qubocompress.bench_parser import add_bench_parser
 from qubocompress.cluster import Cluster, add_cluster_arguments
 from qubocompress.config import CompressConfig, parse_solver_option
 from qubocompress.errors import QubocompressError
+from qubocompress.progress import log_line
 from qubocompress.names import (
     BUDGET_ENCODINGS,
     FORMULATIONS,
@@ -41,10 +42,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 LOGGER = logging.getLogger("qubocompress")
-
-
-def _log(message: str) -> None:
-    LOGGER.info(message)
 
 
 def _install_log_handler(quiet: bool) -> None:
@@ -504,7 +501,7 @@ def _run_sweep(args: argparse.Namespace, argv: list[str]) -> int:
     base = _compress_config(argparse.Namespace(**{**vars(args), **per_case, "no_baseline": True}))
     command = shlex.join(["qubocompress", *argv])
     cluster = _cluster(args)
-    table = run_sweep(base, cases, args.out, fresh=args.fresh, command=command, log=_log, cluster=cluster)
+    table = run_sweep(base, cases, args.out, fresh=args.fresh, command=command, log=log_line, cluster=cluster)
     print(table.text(), end="")
     if not args.no_report:
         _write_report(args.out)
@@ -516,7 +513,7 @@ def _run_sweep(args: argparse.Namespace, argv: list[str]) -> int:
 def _write_report(folder: Path) -> Path:
     from qubocompress.report import write_report
 
-    return write_report(folder, log=_log)
+    return write_report(folder, log=log_line)
 
 
 def _run_qpu_fit(args: argparse.Namespace) -> int:
@@ -524,7 +521,7 @@ def _run_qpu_fit(args: argparse.Namespace) -> int:
     from qubocompress.solvers.qpu_fit import parse_topologies
 
     topologies = parse_topologies(args.topology or ["advantage", "advantage2"])
-    report = qpu_fit_path(args.path, topologies, timeout=args.timeout, seed=args.seed, log=_log)
+    report = qpu_fit_path(args.path, topologies, timeout=args.timeout, seed=args.seed, log=log_line)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.text(), end="\n" if args.json else "")
     return 0
 
@@ -538,7 +535,7 @@ def _run_ablate(args: argparse.Namespace) -> int:
         [name.strip() for name in args.importances.split(",") if name.strip()],
         [name.strip() for name in args.sensitivities.split(",") if name.strip()],
         pairs,
-        log=_log,
+        log=log_line,
     )
     print(ablation_table(rows), end="")
     print(f"results in {args.out}/ (ablation.json and one folder per run)")
@@ -592,7 +589,7 @@ def _run_compress(config: CompressConfig, as_json: bool = False, report: bool = 
     from qubocompress.io import jsonable
     from qubocompress.pipeline import compress, summary_text
 
-    metrics = compress(config, log=_log, finish=None if not report else _write_report)
+    metrics = compress(config, log=log_line, finish=None if not report else _write_report)
     if as_json:
         print(json.dumps(metrics, indent=2, default=jsonable))
         return 0
@@ -630,9 +627,9 @@ def _run_train(args: argparse.Namespace) -> int:
         check_writable_file(args.save, "--save")  # before the training, not after it
     dataset = load_dataset(args.data, args.normalize)
     if dataset.note:
-        _log(dataset.note)
-    device = resolve_device(args.device, _log)
-    model, info = load_or_train(args.model, dataset, seed=args.seed, progress=_log, device=device)
+        log_line(dataset.note)
+    device = resolve_device(args.device, log_line)
+    model, info = load_or_train(args.model, dataset, seed=args.seed, progress=log_line, device=device)
     print(
         f"{args.model} on {dataset.name}: {count_params(model):,} params, "
         f"{count_macs(model, dataset.input_shape):,} MACs, test top-1 {100 * info['test_acc']:.2f}% "

@@ -205,6 +205,11 @@ class Session:
         """The cluster's CPUs: how many tasks run at once."""
         return int(self._ray.cluster_resources().get("CPU", 1))
 
+    @property
+    def gpus(self) -> int:
+        """The cluster's GPUs (whole ones), as Ray counts them: 0 on a cluster of CPUs."""
+        return int(self._ray.cluster_resources().get("GPU", 0))
+
     def put(self, value: Any) -> Any:
         """``value`` in the cluster's object store, sent once to every task that takes the reference."""
         return self._ray.put(value)
@@ -215,15 +220,22 @@ class Session:
         self._ray.util.register_serializer(kind, serializer=to_bytes, deserializer=from_bytes)
 
     def run_unordered(
-        self, function: Callable[..., Any], arguments: Sequence[tuple[Any, ...]], shared: Mapping[str, Any]
+        self,
+        function: Callable[..., Any],
+        arguments: Sequence[tuple[Any, ...]],
+        shared: Mapping[str, Any],
+        gpus: int = 0,
     ) -> Iterator[tuple[int, Any]]:
         """``function(*arguments[i], **shared)`` as Ray tasks; yields ``(i, result)`` as each finishes,
         the result a :class:`Crashed` where the task's worker died every time. ``shared``: keyword
         arguments for every task, object references from :meth:`put` (resolved on the worker); so
         are the references among ``arguments[i]``. ``function`` must be importable by name on the
-        workers (a module-level function)."""
+        workers (a module-level function). ``gpus``: GPUs each task holds (Ray sets its
+        CUDA_VISIBLE_DEVICES, so "cuda" there is its own); at most :attr:`gpus`, or no task would start."""
         ray = self._ray
-        remote = ray.remote(num_cpus=1, max_retries=self.cluster.retries, retry_exceptions=False)(function)
+        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=self.cluster.retries, retry_exceptions=False)(
+            function
+        )
         pending = {remote.remote(*args, **shared): i for i, args in enumerate(arguments)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -236,10 +236,6 @@ class CompressConfig:
                 f"--search {self.search} scores its plans one after the other (rl-acc: each plan depends on the "
                 "previous score), so drop them"
             )
-        if self.cluster().enabled and self.device != "cpu":
-            raise ClusterError(
-                f"--workers / --ray-address score plans on the Ray workers' CPUs: drop --device {self.device}"
-            )
         self.cluster().reach()
 
     def check_reads_used(self) -> None:

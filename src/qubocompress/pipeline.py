@@ -40,6 +40,7 @@ from qubocompress.data.datasets import Dataset, Split, load_dataset
 from qubocompress.errors import ArtifactError, ProblemError
 from qubocompress.io import prepare_output_dir, run_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from qubocompress.models.stats import count_macs, count_params
+from qubocompress.progress import log_line
 from qubocompress.models.train import default_cache_dir, evaluate, load_checkpoint, load_or_train, resolve_device
 from qubocompress.models.user import arch_label, factory_label, load_user_model
 from qubocompress.models.zoo import MODELS
@@ -59,6 +60,7 @@ Log = Callable[[str], None]
 # A library does not print: progress goes to this logger unless the caller passes its own ``log``
 # (the command line installs a handler that writes it to stderr).
 LOGGER = logging.getLogger("qubocompress")
+
 
 # Seed of the one draw of --calibration-samples images from the calibration split.
 CALIBRATION_DRAW_SEED = 0
@@ -354,6 +356,13 @@ class PlanAccuracy:
     def __call__(self, plan: Plan) -> float:
         return evaluate(quantize_model_weights(prune_model(self.model, self.graph, plan), plan.bits), self.val)
 
+    def on_cpu(self) -> PlanAccuracy:
+        """This scorer with its model and split on the CPU (copied when they are elsewhere): what
+        the Ray actors hold, which score on their CPUs whatever device this process uses."""
+        if self.val.x.device.type == "cpu" and all(t.device.type == "cpu" for t in self.model.state_dict().values()):
+            return self
+        return PlanAccuracy(copy.deepcopy(self.model).cpu(), self.graph, Split(self.val.x.cpu(), self.val.y.cpu()))
+
 
 def timed_plan_accuracy(accuracy: PlanAccuracy) -> Callable[[Plan], tuple[float, float]]:
     """What a Ray actor scores plans with: ``accuracy`` on one torch thread, each plan's (score,
@@ -373,7 +382,7 @@ def scoring_pool(
 ) -> Callable[[Sequence[Plan]], list[tuple[float, float]]]:
     """The ``evaluate_many`` of a search on Ray: plans scored by actors (one per CPU, at most a GA
     population's) that each hold ``accuracy`` (the model and the validation split), sent once."""
-    pool = session.pool(timed_plan_accuracy, (session.put(accuracy),), min(session.cpus, GA_POPULATION))
+    pool = session.pool(timed_plan_accuracy, (session.put(accuracy.on_cpu()),), min(session.cpus, GA_POPULATION))
     log(f"  scoring each generation's plans on {pool.size} Ray actors ({session.cluster.describe()})")
 
     def evaluate_many(plans: Sequence[Plan]) -> list[tuple[float, float]]:
@@ -594,7 +603,7 @@ class CompressResult:
 
 def compress(
     config: CompressConfig,
-    log: Log = LOGGER.info,
+    log: Log = log_line,
     into: Path | None = None,
     finish: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
@@ -617,7 +626,7 @@ def compress(
 
 def run_compression(
     config: CompressConfig,
-    log: Log = LOGGER.info,
+    log: Log = log_line,
     model: nn.Module | None = None,
     dataset: Dataset | None = None,
     test_accuracy: Callable[[nn.Module], float] | None = None,

@@ -7,6 +7,7 @@ One rich display holds every open bar, so bars nest (an epoch's batches under th
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _state: dict[str, Any] = {"enabled": False, "display": None, "open": 0}
+
+
+def log_line(line: str) -> None:
+    """The default ``log`` of the pipeline, sweeps and API: ``line`` to the ``qubocompress``
+    logger, at WARNING when it starts "warning:" (so that ``--quiet``, and Python's default of
+    warnings only, still show it), else at INFO."""
+    level = logging.WARNING if line.startswith("warning:") else logging.INFO
+    logging.getLogger("qubocompress").log(level, line)
 
 
 def enable(on: bool = True) -> None:

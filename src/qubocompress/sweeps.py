@@ -20,6 +20,7 @@ on; any other error (the data, the model, the disk) stops it.
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib.metadata
 import io
@@ -53,7 +54,7 @@ from qubocompress.io import (
 )
 from qubocompress.models.train import resolve_device
 from qubocompress.names import SEARCH_METHODS
-from qubocompress.pipeline import LOGGER, Log, load_model, run_compression
+from qubocompress.pipeline import Log, load_model, log_line, run_compression
 
 # The version that wrote a store, for the message that refuses one of another store version.
 VERSION = importlib.metadata.version("qubocompress")
@@ -462,11 +463,27 @@ def settings_of(base: CompressConfig) -> dict[str, Any]:
 def check_cluster(cluster: Cluster, device: str) -> None:
     """ClusterError (one line) for cluster settings a sweep cannot use: those :meth:`Cluster.check`
     refuses, an address that does not answer (:meth:`Cluster.reach`, a few seconds) and a ``device``
-    other than the CPU (the cases' Ray tasks have CPUs only); before the store or any case."""
+    cuda:N (one GPU of this machine, where each case gets one of the cluster's); before the store
+    or any case."""
     cluster.check()
-    if cluster.enabled and device != "cpu":
-        raise ClusterError(f"--workers / --ray-address run the cases on the Ray workers' CPUs: drop --device {device}")
+    if cluster.enabled and device.startswith("cuda:"):
+        raise ClusterError(
+            f"--device {device} names one GPU of this machine; on Ray each case gets one of the cluster's GPUs: "
+            "give --device cuda"
+        )
     cluster.reach()
+
+
+def cluster_device(device: str, session: Session, log: Log) -> str:
+    """Where the cases run on ``session``'s cluster: "cuda" (each task holding one GPU) for
+    ``device`` cuda or auto when the cluster has a GPU; else "cpu", with one warning line for cuda."""
+    if device == "cpu":
+        return "cpu"
+    if session.gpus >= 1:
+        return "cuda"
+    if device != "auto":
+        log(f"warning: --device {device}: {session.cluster.describe()} has no GPUs; the cases run on its CPUs")
+    return "cpu"
 
 
 def run_sweep(
@@ -476,7 +493,7 @@ def run_sweep(
     *,
     fresh: bool = False,
     command: str | None = None,
-    log: Log = LOGGER.info,
+    log: Log = log_line,
     model: nn.Module | None = None,
     dataset: Dataset | None = None,
     test_accuracy: Callable[[nn.Module], float] | None = None,
@@ -503,9 +520,16 @@ def run_sweep(
             log(f"{len(cases) - len(missing)} of {len(cases)} cases are done already; running the other {len(missing)}")
         rows: dict[str, SweepRow] = {}
         if missing:
-            # resolved once here (one fallback warning at most): the model loads there and every case runs there
-            base = replace(base, device=str(resolve_device(base.device, log)))
             session = held.enter_context(connect(cluster)) if cluster is not None and cluster.enabled else None
+            # resolved once here (one fallback warning at most): every case runs there. On Ray the model
+            # loads (or trains) on this machine's GPU if it has one, else its CPU, and goes to the workers
+            # from the CPU, each case moving it to its own device.
+            if session is None:
+                base = replace(base, device=str(resolve_device(base.device, log)))
+                here = base.device
+            else:
+                base = replace(base, device=cluster_device(base.device, session, log))
+                here = str(resolve_device("auto" if base.device == "cuda" else "cpu"))
             if dataset is None:
                 dataset = load_dataset(base.data, base.normalize)
                 if dataset.note:
@@ -513,7 +537,9 @@ def run_sweep(
             model_info = None
             if model is None:
                 log(f"loading {base.model} once for every case")
-                model, model_info = load_model(base, dataset, log)
+                model, model_info = load_model(replace(base, device=here), dataset, log)
+            if session is not None and any(t.device.type != "cpu" for t in model.state_dict().values()):
+                model = copy.deepcopy(model).cpu()  # what the workers get: a copy, the caller's model stays
             shared = CaseInputs(base, dataset, model, model_info, test_accuracy, tune)
             if session is None:
                 outcomes = _run_here(missing, shared, out, log)
@@ -640,9 +666,12 @@ def _run_on(
             todo.append(case)
     if not todo:
         return
-    log(f"running {len(todo)} cases on {session.cluster.describe()} ({session.cpus} CPUs)")
+    gpus = int(inputs.base.device == "cuda")  # cluster_device: "cuda" only where the cluster has a GPU
+    where = f"{session.cpus} CPUs" + (f", a GPU each of {session.gpus}" if gpus else "")
+    log(f"running {len(todo)} cases on {session.cluster.describe()} ({where})")
     shared = {"inputs": session.put(inputs)}
-    for number, (index, output) in enumerate(session.run_unordered(run_case_task, [(c,) for c in todo], shared), 1):
+    tasks = session.run_unordered(run_case_task, [(c,) for c in todo], shared, gpus=gpus)
+    for number, (index, output) in enumerate(tasks, 1):
         case = todo[index]
         if isinstance(output, Crashed):
             row = SweepRow.failed(case, 0.0, output.reason)
