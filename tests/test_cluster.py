@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from qubocompress import cluster as cluster_module
 from qubocompress import sweeps as sweep_module
@@ -88,6 +89,8 @@ def test_a_ray_sweep_on_cuda_runs_on_the_cluster_gpus_or_falls_back_to_its_cpus_
         return real_run(self, *args, gpus=gpus)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cluster_module.Session, "run_unordered", run_unordered)
+    real_init = ray.init
+    monkeypatch.setattr(ray, "init", lambda **options: real_init(**options, num_gpus=0))  # whatever this box has
     args = ("--target-ratio", "4,6", "--routes", "uniform", "--workers", "2", "--device", "cuda")
     assert run(*sweep_args(data_dir, tmp_path / "cpus", *args)) == 0  # a cluster of CPUs: one warning, even --quiet
     warning = "warning: --device cuda: a local Ray cluster of 2 workers has no GPUs; the cases run on its CPUs"
@@ -95,7 +98,6 @@ def test_a_ray_sweep_on_cuda_runs_on_the_cluster_gpus_or_falls_back_to_its_cpus_
     assert all(row.ok for row in read_sweep(tmp_path / "cpus").rows)
     # a cluster with a GPU (one declared to Ray; torch on the worker sees none and uses its CPU): each case's
     # task holds it, so they run one at a time, and every case finishes
-    real_init = ray.init
     monkeypatch.setattr(ray, "init", lambda **options: real_init(**options, num_gpus=1))
     assert run(*sweep_args(data_dir, tmp_path / "gpu", *args)) == 0
     assert capsys.readouterr().err == ""  # this process used no GPU and fell back from none
@@ -104,7 +106,7 @@ def test_a_ray_sweep_on_cuda_runs_on_the_cluster_gpus_or_falls_back_to_its_cpus_
     assert [row.case for row in rows] == ["4x-uniform-seed0", "6x-uniform-seed0"] and all(row.ok for row in rows)
     for row in rows:
         metrics = json.loads((tmp_path / "gpu" / "cases" / row.case / "metrics.json").read_text())
-        assert metrics["config"]["device"] == "cpu"  # the worker's own fallback
+        assert metrics["config"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # the worker's
 
 
 DOOMED_CASE = "6x-uniform-seed0"
@@ -252,7 +254,7 @@ def test_a_task_whose_worker_dies_every_time_is_crashed_a_missing_module_is_one_
     ("flags", "needles"),
     [
         (("--workers", "0"), ("--workers must be a whole number >= 1",)),
-        (("--workers", str((os.cpu_count() or 1) + 1)), ("is more than this machine's", "--ray-address")),
+        (("--workers", str(cluster_module.usable_cpus() + 1)), ("is more than this machine's", "--ray-address")),
         (("--ray-address", "nowhere"), ("--ray-address must be auto, ray://HOST:PORT or HOST:PORT",)),
         # getaddrinfo takes 70000 as 70000 - 65536: a cluster on port 4464 would have been reached
         (("--ray-address", "127.0.0.1:70000"), ("--ray-address 127.0.0.1:70000: the port must be 1 to 65535",)),
@@ -328,6 +330,9 @@ def test_a_port_that_answers_but_is_not_ray_is_one_line_not_a_hang(
     server.start()
     try:
         Cluster(address=f"127.0.0.1:{port}").reach()  # a gRPC server, as Ray's GCS is: passes
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # and not through a proxy, as Ray does not
+        monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+        Cluster(address=f"127.0.0.1:{port}").reach()
     finally:
         server.stop(None)
 
@@ -352,6 +357,26 @@ def test_a_refused_gcs_address_names_token_authentication(monkeypatch: pytest.Mo
     with pytest.raises(ClusterError) as error, connect(Cluster(address="10.0.0.1:6379")):
         pass
     assert "RAY_AUTH_MODE" not in str(error.value)
+
+
+def test_a_session_counts_the_gpus_a_one_cpu_one_gpu_task_can_use() -> None:
+    class Nodes:
+        def __init__(self, *nodes: dict[str, object]) -> None:
+            self._nodes = list(nodes)
+
+        def nodes(self) -> list[dict[str, object]]:
+            return self._nodes
+
+    def node(alive: bool, **resources: float) -> dict[str, object]:
+        return {"Alive": alive, "Resources": resources}
+
+    def gpus(*nodes: dict[str, object]) -> int:
+        return cluster_module.Session(Nodes(*nodes), Cluster(workers=1)).gpus
+
+    assert gpus(node(True, CPU=4.0)) == 0
+    assert gpus(node(True, CPU=4.0, GPU=2.0), node(True, CPU=8.0, GPU=1.0)) == 3
+    assert gpus(node(True, CPU=0.0, GPU=4.0), node(True, CPU=8.0)) == 0  # GPUs on a CPU-less head: no task fits
+    assert gpus(node(False, CPU=8.0, GPU=4.0), node(True, CPU=8.0, GPU=1.0)) == 1  # a dead node counts nothing
 
 
 def test_asking_for_ray_without_it_names_the_extra(

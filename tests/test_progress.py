@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import pytest
 
 from qubocompress import progress
 
@@ -69,3 +72,26 @@ def test_a_counting_bar_advances_per_call_and_closes():
     assert screen.getvalue()
     with progress.counting("not shown") as advance:  # disabled: a no-op
         advance()
+
+
+def test_log_line_sends_warning_lines_at_warning_level_even_indented(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qubocompress.progress import log_line
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("qubocompress")
+    monkeypatch.setattr(logger, "handlers", [handler])  # whatever the command line's tests installed
+    level = logger.level
+    logger.setLevel(logging.INFO)  # (setLevel, not the attribute: it clears the loggers' cached levels)
+    try:
+        for line in ("training lenet5", "warning: --device cuda: none", "  warning: could not cache", "a warning: no"):
+            log_line(line)
+    finally:
+        logger.setLevel(level)
+    assert [(record.levelname, record.getMessage()) for record in records] == [
+        ("INFO", "training lenet5"),
+        ("WARNING", "warning: --device cuda: none"),
+        ("WARNING", "  warning: could not cache"),
+        ("INFO", "a warning: no"),
+    ]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from qubocompress.errors import SolverError
 from qubocompress.problem.plan import Plan
@@ -133,7 +134,8 @@ def test_ga_acc_on_two_ray_actors_finds_the_serial_plan(
     # --device cuda: this process falls back to the CPU in one line (none here); the actors score on their CPUs
     capsys.readouterr()
     assert run(*ga_args(data_dir, tmp_path / "ray", "--workers", "2", "--device", "cuda")) == 0
-    assert capsys.readouterr().err.count("warning: --device cuda: torch sees no CUDA GPU") == 1
+    fallbacks = capsys.readouterr().err.count("warning: --device cuda: torch sees no CUDA GPU")
+    assert fallbacks == (0 if torch.cuda.is_available() else 1)
     searched = [json.loads((tmp_path / name / "metrics.json").read_text())["search"] for name in ("serial", "ray")]
     plans = [json.loads((tmp_path / name / "plan.json").read_text()) for name in ("serial", "ray")]
     assert plans[0] == plans[1]

@@ -73,9 +73,9 @@ class Cluster:
             isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
         ):
             raise ClusterError(f"--workers must be a whole number >= 1, got {self.workers!r}")
-        if self.workers is not None and self.workers > (os.cpu_count() or 1):
+        if self.workers is not None and self.workers > usable_cpus():
             raise ClusterError(
-                f"--workers {self.workers} is more than this machine's {os.cpu_count() or 1} CPUs, which a local "
+                f"--workers {self.workers} is more than this machine's {usable_cpus()} CPUs, which a local "
                 "cluster's workers share (each holds the model and data): give at most that many, or --ray-address "
                 "for a cluster of more machines"
             )
@@ -109,6 +109,13 @@ class Cluster:
         return f"the Ray cluster at {self.address}"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it, else the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _has_module(name: str) -> bool:
     """Whether ``name`` can be imported here (without importing it)."""
     return importlib.util.find_spec(name) is not None
@@ -137,7 +144,7 @@ def _speaks_grpc(address: str, target: str) -> None:
     within CONNECT_TIMEOUT seconds: ray.init would otherwise wait for ever on another kind of port."""
     import grpc
 
-    channel = grpc.insecure_channel(target)
+    channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])  # as Ray's own channels
     try:
         grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
     except grpc.FutureTimeoutError:
@@ -207,8 +214,10 @@ class Session:
 
     @property
     def gpus(self) -> int:
-        """The cluster's GPUs (whole ones), as Ray counts them: 0 on a cluster of CPUs."""
-        return int(self._ray.cluster_resources().get("GPU", 0))
+        """The GPUs (whole ones) of the cluster's live nodes that also have a CPU, where a task of
+        one CPU and one GPU can start: 0 on a cluster of CPUs, or with GPUs only on a CPU-less node."""
+        nodes = [node.get("Resources", {}) for node in self._ray.nodes() if node.get("Alive")]
+        return sum(int(resources.get("GPU", 0)) for resources in nodes if resources.get("CPU", 0) >= 1)
 
     def put(self, value: Any) -> Any:
         """``value`` in the cluster's object store, sent once to every task that takes the reference."""

@@ -20,9 +20,9 @@ _state: dict[str, Any] = {"enabled": False, "display": None, "open": 0}
 
 def log_line(line: str) -> None:
     """The default ``log`` of the pipeline, sweeps and API: ``line`` to the ``qubocompress``
-    logger, at WARNING when it starts "warning:" (so that ``--quiet``, and Python's default of
+    logger, at WARNING when it starts "warning:" after any indent (so that ``--quiet``, and Python's default of
     warnings only, still show it), else at INFO."""
-    level = logging.WARNING if line.startswith("warning:") else logging.INFO
+    level = logging.WARNING if line.lstrip().startswith("warning:") else logging.INFO
     logging.getLogger("qubocompress").log(level, line)
 
 
