@@ -27,6 +27,25 @@ def test_quiet_json_compress_prints_only_the_metrics(data_dir, tmp_path, capsys)
     assert metrics["compressed"]["ratio"] >= 16
 
 
+def test_json_stdout_holds_only_the_metrics_when_a_compiled_library_prints(data_dir, tmp_path, capfd, monkeypatch):
+    import os
+
+    from qubocompress import pipeline
+
+    real = pipeline.compress
+
+    def noisy(*args, **kwargs):  # as scipy's HiGHS prints a debug line on some MILPs, on file descriptor 1
+        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "compress", noisy)
+    out = tmp_path / "out"
+    assert run(*compress_args(data_dir, out, "--finetune-epochs", "0", "--no-baseline", "--quiet", "--json")) == 0
+    captured = capfd.readouterr()
+    assert json.loads(captured.out) == json.loads((out / "metrics.json").read_text())
+    assert "tmpSolver.run()" in captured.err
+
+
 def test_progress_lines_go_to_stderr_without_quiet(data_dir, tmp_path, capsys):
     assert run(*compress_args(data_dir, tmp_path / "out", "--finetune-epochs", "0", "--no-baseline")) == 0
     captured = capsys.readouterr()

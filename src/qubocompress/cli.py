@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from qubocompress.bench_parser import add_bench_parser
@@ -585,11 +587,27 @@ def _compress_config(args: argparse.Namespace) -> CompressConfig:
     )
 
 
+@contextmanager
+def _c_prints_to_stderr() -> Iterator[None]:
+    """File descriptor 1 on stderr while the work runs, so that stdout holds only the JSON printed
+    after it: compiled libraries print there (scipy's HiGHS prints a debug line on some MILPs)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _run_compress(config: CompressConfig, as_json: bool = False, report: bool = True) -> int:
     from qubocompress.io import jsonable
     from qubocompress.pipeline import compress, summary_text
 
-    metrics = compress(config, log=log_line, finish=None if not report else _write_report)
+    with _c_prints_to_stderr() if as_json else nullcontext():
+        metrics = compress(config, log=log_line, finish=None if not report else _write_report)
     if as_json:
         print(json.dumps(metrics, indent=2, default=jsonable))
         return 0
