@@ -99,6 +99,25 @@ def test_sweep_timing_prints_both_wall_times_and_their_ratio(
     ]
 
 
+def test_rl_batch_quality_prints_one_row_per_batch_and_reuses_finished_runs(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = load_script("rl_batch_quality")
+    argv = ["--model", "lenet5", "--data", str(data_dir), "--ratio", "8", "--evaluations", "6"]
+    argv += ["--batches", "1,2", "--seeds", "0", "--out", str(tmp_path)]
+    assert script.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "rl-acc on lenet5 at 8x, 6 evaluations, seeds 0, against --search-batch 1"
+    rows = [line.strip("| ").split(" | ") for line in lines[3:]]
+    assert [row[0] for row in rows] == ["1", "2"] and rows[0][3] == "+0.00 points"
+    batched = json.loads((tmp_path / "b2-seed0" / "metrics.json").read_text())["search"]
+    assert batched["parameters"]["episodes_per_batch"] == 2 and batched["evaluations"] == 6
+    assert f"{batched['score']:.2%}" == rows[1][1]
+    (tmp_path / "b2-seed0" / "metrics.json").write_text(json.dumps({"search": {**batched, "score": 0.5}}))
+    assert script.main(argv) == 0  # the finished runs are read back, not run again
+    assert "| 2 | 50.00% |" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_filters_vs_rank_writes_one_row_per_case_and_skips_done_ones(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -509,6 +509,13 @@ BAD_ARGUMENTS: list[tuple[str, dict, str]] = [
         {"total_episodes": 50, "warmup_episodes": 50},
         "search 'rl-acc': warmup_episodes (50) must be fewer than total_episodes (50)",
     ),
+    ("rl-acc", {"episodes_per_batch": 0}, "search 'rl-acc': episodes_per_batch must be a positive integer, got 0"),
+    (
+        "rl-acc",
+        {"total_episodes": 6, "warmup_episodes": 5, "episodes_per_batch": 4},
+        "search 'rl-acc': warmup_episodes (8) must be fewer than total_episodes (8), "
+        "both in whole batches of 4 episodes",
+    ),
     ("rl-acc", {"max_evaluations": -3}, "search 'rl-acc': max_evaluations must be a positive integer, got -3"),
     ("rl-acc", {"time_limit": math.nan}, "search 'rl-acc': time_limit must be a positive number of seconds, got nan"),
     ("rl-acc", {"time_limit": 0.0}, "search 'rl-acc': time_limit must be a positive number of seconds, got 0.0"),
@@ -541,7 +548,12 @@ NUMPY_SETTINGS: dict[str, dict[str, Any]] = {
         "max_evaluations": np.int64(9),
         "patience": np.int64(5),
     },
-    "rl-acc": {"total_episodes": np.int64(6), "warmup_episodes": np.int64(2), "max_evaluations": np.int64(5)},
+    "rl-acc": {
+        "total_episodes": np.int64(6),
+        "warmup_episodes": np.int64(2),
+        "max_evaluations": np.int64(5),
+        "episodes_per_batch": np.int64(2),
+    },
 }
 
 

@@ -1,5 +1,6 @@
-"""ga-acc scoring each generation's plans together (PlanScorer.score_many) and on Ray actors: the same
-plans, scores and result as one evaluation after the other, and the one-line refusals."""
+"""ga-acc scoring each generation's plans and rl-acc each batch's together (PlanScorer.score_many)
+and on Ray actors: the same plans, scores and result as one evaluation after the other, and the
+one-line refusals."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import torch
 
 from qubocompress.errors import SolverError
 from qubocompress.problem.plan import Plan
-from qubocompress.search import DecisionSpace, PlanScorer, ga_acc_search
+from qubocompress.search import DecisionSpace, PlanScorer, ga_acc_search, rl_acc_search
 from qubocompress.search.common import SearchStopped
 
 from test_pipeline import assert_one_line_error, data_dir, run  # noqa: F401  (data_dir is a fixture)
-from test_search import TINY, Recorder
+from test_search import TINY, VGG, Recorder
 
 
 class Batches(Recorder):
@@ -50,6 +51,32 @@ def test_ga_acc_scoring_generations_together_gives_the_serial_result(max_evaluat
     assert batched.history == serial.history and list(batched.cache) == list(serial.cache)
     assert batched.stopped_by == serial.stopped_by and batched.details == serial.details
     assert batched.evaluations == serial.evaluations <= max_evaluations
+
+
+@pytest.mark.parametrize("max_evaluations", [60, 30])  # 30: the cap falls inside a batch of 4
+def test_rl_acc_scoring_batches_together_gives_the_serial_result(max_evaluations: int) -> None:
+    pytest.importorskip("stable_baselines3")
+    settings = {"total_episodes": 64, "warmup_episodes": 8, "episodes_per_batch": 4, "seed": 3}
+    serial_recorder = Recorder(VGG)
+    serial = rl_acc_search(VGG, serial_recorder, 16, max_evaluations=max_evaluations, **settings)
+    batches = Batches(VGG)
+    batched = rl_acc_search(VGG, batches, 16, max_evaluations=max_evaluations, evaluate_many=batches.many, **settings)
+    assert max(batches.sizes) == 4  # whole batches went to evaluate_many
+    assert [key(p) for p in batches.plans] == [key(p) for p in serial_recorder.plans]
+    assert batched.plan == serial.plan and batched.score == serial.score
+    assert batched.history == serial.history and list(batched.cache) == list(serial.cache)
+    assert batched.stopped_by == serial.stopped_by and batched.details == serial.details
+    assert batched.evaluations == serial.evaluations == max_evaluations
+
+
+def test_the_walks_of_an_rl_acc_batch_explore_apart() -> None:
+    pytest.importorskip("stable_baselines3")
+    batches = Batches(VGG)
+    result = rl_acc_search(VGG, batches, 16, total_episodes=40, warmup_episodes=8, episodes_per_batch=4,
+                           evaluate_many=batches.many, seed=0)  # fmt: skip
+    assert result.details["episodes"] == 40 and len(batches.sizes) == 10
+    # after the warm-up too, each batch's walks propose different plans: each draws its own noise
+    assert all(size > 1 for size in batches.sizes[2:])
 
 
 def test_score_many_counts_hits_and_stops_as_one_score_after_the_other() -> None:
@@ -113,11 +140,11 @@ def test_an_evaluate_many_that_is_not_callable_is_named() -> None:
         PlanScorer(space, Recorder(TINY), None, None, time.perf_counter(), evaluate_many=3)  # type: ignore[arg-type]
 
 
-def ga_args(data_dir: Path, out: Path, *extra: str) -> list[str | Path]:
+def search_args(search: str, data_dir: Path, out: Path, *extra: str) -> list[str | Path]:
     return [
-        "compress", "--model", "lenet5", "--data", data_dir, "--out", out, "--search", "ga-acc",
-        "--search-evaluations", "30", "--target-ratio", "8", "--finetune-epochs", "0", "--no-baseline",
-        "--no-report", "--quiet", *extra,
+        "compress", "--model", "lenet5", "--data", data_dir, "--out", out, "--search", search,
+        "--search-evaluations", "30" if search == "ga-acc" else "24", "--target-ratio", "8",
+        "--finetune-epochs", "0", "--no-baseline", "--no-report", "--quiet", *extra,
     ]  # fmt: skip
 
 
@@ -130,10 +157,10 @@ def test_ga_acc_on_two_ray_actors_finds_the_serial_plan(
 ) -> None:
     pytest.importorskip("ray")
     pytest.importorskip("pymoo")
-    assert run(*ga_args(data_dir, tmp_path / "serial")) == 0
+    assert run(*search_args("ga-acc", data_dir, tmp_path / "serial")) == 0
     # --device cuda: this process falls back to the CPU in one line (none here); the actors score on their CPUs
     capsys.readouterr()
-    assert run(*ga_args(data_dir, tmp_path / "ray", "--workers", "2", "--device", "cuda")) == 0
+    assert run(*search_args("ga-acc", data_dir, tmp_path / "ray", "--workers", "2", "--device", "cuda")) == 0
     fallbacks = capsys.readouterr().err.count("warning: --device cuda: torch sees no CUDA GPU")
     assert fallbacks == (0 if torch.cuda.is_available() else 1)
     searched = [json.loads((tmp_path / name / "metrics.json").read_text())["search"] for name in ("serial", "ray")]
@@ -144,13 +171,36 @@ def test_ga_acc_on_two_ray_actors_finds_the_serial_plan(
     assert searched[1]["details"] == searched[0]["details"]
 
 
+@pytest.mark.slow  # ~40 s on 2 shared cores: two rl-acc runs of 24 plans, one of them with a Ray start
+def test_rl_acc_on_two_ray_actors_finds_the_plans_of_the_same_batch_without_ray(
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    one_torch_thread: None,  # the actors score on one thread each: the serial run does too
+) -> None:
+    pytest.importorskip("ray")
+    pytest.importorskip("stable_baselines3")
+    assert run(*search_args("rl-acc", data_dir, tmp_path / "serial", "--search-batch", "8")) == 0
+    assert run(*search_args("rl-acc", data_dir, tmp_path / "ray", "--workers", "2")) == 0  # 8 a batch on Ray
+    searched = [json.loads((tmp_path / name / "metrics.json").read_text())["search"] for name in ("serial", "ray")]
+    plans = [json.loads((tmp_path / name / "plan.json").read_text()) for name in ("serial", "ray")]
+    assert plans[0] == plans[1]
+    assert searched[0]["history"] == searched[1]["history"] and len(searched[0]["history"]) == 24
+    assert searched[0]["parameters"] == searched[1]["parameters"]
+    assert searched[1]["parameters"]["episodes_per_batch"] == 8
+    assert searched[0]["score"] == searched[1]["score"] and searched[1]["details"] == searched[0]["details"]
+
+
 def test_a_ga_acc_config_on_ray_parses_back_from_its_command_line() -> None:
     import shlex
 
     from qubocompress.cli import _compress_config, build_parser
     from qubocompress.config import CompressConfig
 
-    for config in (CompressConfig(search="ga-acc", workers=2), CompressConfig(search="ga-acc", ray_address="auto")):
+    for config in (
+        CompressConfig(search="ga-acc", workers=2),
+        CompressConfig(search="ga-acc", ray_address="auto"),
+        CompressConfig(search="rl-acc", workers=2, search_batch=4),
+    ):
         words = shlex.split(config.command_line())
         assert _compress_config(build_parser().parse_args(words[1:])) == config
 
@@ -158,7 +208,9 @@ def test_a_ga_acc_config_on_ray_parses_back_from_its_command_line() -> None:
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
-        (("--search", "rl-acc", "--workers", "2"), "--search rl-acc scores its plans one after the other"),
+        (("--search", "uniform", "--workers", "2"), "--search uniform scores none that way, so drop them"),
+        (("--search", "rl-acc", "--search-batch", "0"), "--search-batch must be >= 1, got 0"),
+        (("--search", "ga-acc", "--search-batch", "4"), "--search ga-acc has no such batch, so drop it"),
         (("--search", "ga-acc", "--workers", "0"), "--workers must be a whole number >= 1"),
         (("--search", "ga-acc", "--ray-address", "127.0.0.1:1"), "cannot reach the Ray cluster"),
     ],

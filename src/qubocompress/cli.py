@@ -17,7 +17,7 @@ from pathlib import Path
 
 from qubocompress.bench_parser import add_bench_parser
 from qubocompress.cluster import Cluster, add_cluster_arguments
-from qubocompress.config import CompressConfig, parse_solver_option
+from qubocompress.config import RAY_EPISODES_PER_BATCH, CompressConfig, parse_solver_option
 from qubocompress.errors import QubocompressError
 from qubocompress.progress import log_line
 from qubocompress.names import (
@@ -234,6 +234,16 @@ def _add_compress_args(
             help="ga-acc / rl-acc: at most N plans scored; above 300 the search grows to match (ga-acc: more "
             "generations; rl-acc: N episodes, AMC's 800 with N = 800)",
         )
+    if route_choices and not sweep:
+        parser.add_argument(
+            "--search-batch",
+            type=int,
+            default=None,
+            metavar="B",
+            help="rl-acc: B episodes proposed by one policy and scored together, in parallel with --workers / "
+            f"--ray-address (default: 1, HAQ's and AMC's one at a time; {RAY_EPISODES_PER_BATCH} on Ray); "
+            "the same B gives the same plans with or without Ray",
+        )
     parser.add_argument(
         "--exact-time-limit",
         type=_positive_float,
@@ -352,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--json", action="store_true", help="print the metrics (metrics.json) as JSON on stdout instead of the table"
     )
-    add_cluster_arguments(compress, "score each --search ga-acc generation's plans in parallel")
+    add_cluster_arguments(compress, "score each --search ga-acc generation's or rl-acc batch's plans in parallel")
     compress.add_argument(
         "--export",
         choices=("onnx",),
@@ -571,6 +581,7 @@ def _compress_config(args: argparse.Namespace) -> CompressConfig:
         solver=args.solver,
         search=args.search,
         search_evaluations=args.search_evaluations,
+        search_batch=getattr(args, "search_batch", None),
         seed=args.seed,
         out=args.out,
         finetune_epochs=args.finetune_epochs,

@@ -39,6 +39,8 @@ SIZE_UNITS = {
 COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 # Solvers whose sampler is built from --solver-option alone in validate() (cheap, offline, no
 # formulation needed), so that a bad option is refused before the analysis, not when it solves.
+# rl-acc's episodes scored together on Ray unless --search-batch says (1 in this process, as HAQ/AMC).
+RAY_EPISODES_PER_BATCH = 8
 OPTIONS_CHECKED_BY_BUILDING = frozenset({"sa", "tabu", "greedy", "sqa", "sb", "random", "ga", "exact"})
 
 
@@ -92,8 +94,10 @@ class CompressConfig:
     run uses the ratio fp32 cost / budget, and the budget formulation the budget itself.
     ``device`` ("cpu", "cuda", "cuda:N" or "auto"): where training, the analysis, fine-tuning and the
     ``sb`` solver run; "cuda" without a GPU falls back to the CPU with one warning line.
-    ``workers`` / ``ray_address``: score each ga-acc generation's plans in parallel on Ray actors, on
-    a local cluster of that many workers / on an existing cluster (:class:`~qubocompress.cluster.Cluster`).
+    ``workers`` / ``ray_address``: score each ga-acc generation's / rl-acc batch's plans in parallel
+    on Ray actors, on a local cluster of that many workers / on an existing cluster
+    (:class:`~qubocompress.cluster.Cluster`). ``search_batch``: rl-acc's episodes scored together
+    (None: 1 in this process, ``RAY_EPISODES_PER_BATCH`` on Ray; :meth:`episodes_per_batch`).
     """
 
     model: str = "vgg"
@@ -112,6 +116,7 @@ class CompressConfig:
     solver: str = "sa"
     search: str = "qubo"
     search_evaluations: int = 300
+    search_batch: int | None = None
     seed: int = 0
     out: Path = Path("runs/latest")
     finetune_epochs: int = 2
@@ -134,6 +139,13 @@ class CompressConfig:
     def cluster(self) -> Cluster:
         """Where the search scores its plans: :attr:`Cluster.enabled` False for this process."""
         return Cluster(address=self.ray_address, workers=self.workers)
+
+    def episodes_per_batch(self) -> int:
+        """rl-acc's episodes proposed by one policy and scored together: ``search_batch``, else 1
+        (HAQ's and AMC's one at a time) in this process and ``RAY_EPISODES_PER_BATCH`` on Ray."""
+        if self.search_batch is not None:
+            return self.search_batch
+        return RAY_EPISODES_PER_BATCH if self.cluster().enabled else 1
 
     def layer_sensitivity(self) -> str:
         """The layer sensitivity the analysis uses: ``sensitivity``, with ``auto`` resolved
@@ -230,11 +242,18 @@ class CompressConfig:
             raise ProblemError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
         check_device(self.device)
         self.cluster().check()
-        if self.cluster().enabled and self.search != "ga-acc":
+        if self.search_batch is not None:
+            if self.search != "rl-acc":
+                raise ProblemError(
+                    f"--search-batch sets how many rl-acc episodes are scored together; --search {self.search} "
+                    "has no such batch, so drop it"
+                )
+            if self.search_batch < 1:
+                raise ProblemError(f"--search-batch must be >= 1, got {self.search_batch}")
+        if self.cluster().enabled and self.search not in ("ga-acc", "rl-acc"):
             raise ClusterError(
-                "--workers / --ray-address score the plans of --search ga-acc in parallel; "
-                f"--search {self.search} scores its plans one after the other (rl-acc: each plan depends on the "
-                "previous score), so drop them"
+                "--workers / --ray-address score the plans of --search ga-acc or rl-acc in parallel; "
+                f"--search {self.search} scores none that way, so drop them"
             )
         self.cluster().reach()
 
@@ -300,7 +319,7 @@ FLAGS = {
     "formulation": "--formulation", "budget_encoding": "--budget-encoding", "metric": "--metric",
     "importance": "--importance",
     "sensitivity": "--sensitivity", "interactions": "--interactions", "solver": "--solver", "search": "--search",
-    "search_evaluations": "--search-evaluations", "seed": "--seed", "out": "--out",
+    "search_evaluations": "--search-evaluations", "search_batch": "--search-batch", "seed": "--seed", "out": "--out",
     "finetune_epochs": "--finetune-epochs", "beta": "--beta", "max_prune_fraction": "--max-prune",
     "num_reads": "--num-reads", "baseline": "--no-baseline", "exact_time_limit": "--exact-time-limit",
     "analysis_cache": "--no-analysis-cache", "calibration_samples": "--calibration-samples",

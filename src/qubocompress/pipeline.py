@@ -378,12 +378,13 @@ def timed_plan_accuracy(accuracy: PlanAccuracy) -> Callable[[Plan], tuple[float,
 
 
 def scoring_pool(
-    session: Session, accuracy: PlanAccuracy, advance: Callable[[], None], log: Log
+    session: Session, accuracy: PlanAccuracy, advance: Callable[[], None], log: Log, at_once: int
 ) -> Callable[[Sequence[Plan]], list[tuple[float, float]]]:
-    """The ``evaluate_many`` of a search on Ray: plans scored by actors (one per CPU, at most a GA
-    population's) that each hold ``accuracy`` (the model and the validation split), sent once."""
-    pool = session.pool(timed_plan_accuracy, (session.put(accuracy.on_cpu()),), min(session.cpus, GA_POPULATION))
-    log(f"  scoring each generation's plans on {pool.size} Ray actors ({session.cluster.describe()})")
+    """The ``evaluate_many`` of a search on Ray that scores up to ``at_once`` plans together (a GA
+    population, an rl-acc batch): plans scored by actors (one per CPU, at most ``at_once``) that
+    each hold ``accuracy`` (the model and the validation split), sent once."""
+    pool = session.pool(timed_plan_accuracy, (session.put(accuracy.on_cpu()),), min(session.cpus, at_once))
+    log(f"  scoring up to {at_once} plans at a time on {pool.size} Ray actors ({session.cluster.describe()})")
 
     def evaluate_many(plans: Sequence[Plan]) -> list[tuple[float, float]]:
         outcomes = pool.map(plans)
@@ -733,10 +734,13 @@ def run_compression(
                     advance()
                     return value
 
-                on_ray: dict[str, Any] = {}
-                if config.cluster().enabled:  # validate: ga-acc only
+                options: dict[str, Any] = {}
+                at_once = GA_POPULATION
+                if config.search == "rl-acc":
+                    at_once = options["episodes_per_batch"] = config.episodes_per_batch()
+                if config.cluster().enabled:  # validate: ga-acc and rl-acc only
                     session = held.enter_context(connect(config.cluster()))
-                    on_ray["evaluate_many"] = scoring_pool(session, val_accuracy, advance, log)
+                    options["evaluate_many"] = scoring_pool(session, val_accuracy, advance, log, at_once)
                 result = search(  # type: ignore[operator]
                     spec,
                     scored,
@@ -744,7 +748,7 @@ def run_compression(
                     metric=config.metric,
                     max_evaluations=config.search_evaluations,
                     seed=config.seed,
-                    **on_ray,
+                    **options,
                 )
         plan = result.plan
         route = {"metric": config.metric, **{k: v for k, v in result.to_dict().items() if k != "plan"}}

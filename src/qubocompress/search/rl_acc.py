@@ -45,13 +45,15 @@ The episodes follow the evaluation cap: 300, or one per evaluation allowed when 
 after ``patience`` episodes without a better score (``"convergence"``), or when ``time_limit``
 seconds have passed (``"time_limit"``).
 
-Serial by design (``compress --workers`` refuses it): after the warm-up, each episode's plan comes
-from the actor as trained on every earlier episode's reward (a gradient step per step, on the
-episode just scored), so no plan can be proposed before the previous one is scored; scoring
-episodes in parallel would change the plans. Only the warm-up's plans (random actions, a third of
-the episodes at most) do not depend on scores: deferring their scores to one parallel batch would
-save at most that third of the evaluations' time (1.2x at best on 2 workers), and the patience and
-evaluation-cap stops inside the warm-up would then need replaying, so it is not done.
+Batches (``episodes_per_batch``, default 1: HAQ's and AMC's one episode at a time): B episodes walk
+the layers side by side (a vectorised environment of B walks), each action from the same policy with
+its own exploration noise; their B plans are scored together — with ``evaluate_many`` (e.g. Ray
+actors, each holding the model and the validation split) in parallel — and the agent then learns
+from all B (B × layers gradient steps, one per environment step as before). No plan can be
+proposed before the previous policy's plans are scored, so B is what parallel scoring can use; the
+plans depend on B, not on where they are scored: the same seed and B give the same plans, scores
+and result with ``evaluate_many`` as without it. The warm-up and the episodes are rounded up to
+whole batches; patience counts episodes, checked after each batch.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from qubocompress.problem.spec import CompressionSpec
 from qubocompress.search.common import (
     DecisionSpace,
     Evaluate,
+    EvaluateMany,
     PlanScorer,
     SearchResult,
     SearchStopped,
@@ -159,6 +162,8 @@ def rl_acc_search(
     patience: int | None = None,
     time_limit: float | None = None,
     seed: int = 0,
+    episodes_per_batch: int = 1,
+    evaluate_many: EvaluateMany | None = None,
 ) -> SearchResult:
     """The best plan within ``ratio`` that a DDPG agent finds by calling ``evaluate`` (module docstring).
 
@@ -177,30 +182,36 @@ def rl_acc_search(
         time_limit: seconds for the whole search (None: none); no evaluation starts after it.
         seed: seeds the agent, the environment and the noise (0..2^31 - 1); the same call twice
             gives the same result (with a deterministic ``evaluate`` and no time limit).
+        episodes_per_batch: episodes proposed by one policy and scored together (module docstring).
+        evaluate_many: plans -> (score, seconds) of each, each batch's new plans evaluated together
+            (:meth:`~qubocompress.search.common.PlanScorer.score_many`; None: one ``evaluate`` after
+            the other). It must score a plan as ``evaluate`` does.
     """
     start = time.perf_counter()
     who = f"search {METHOD!r}"
     # numpy integers as ints: JSON-ready parameters
     max_evaluations = None if max_evaluations is None else positive_int(max_evaluations, "max_evaluations", who)
     patience = None if patience is None else positive_int(patience, "patience", who)
+    batch = positive_int(episodes_per_batch, "episodes_per_batch", who)
     if total_episodes is None:
         total_episodes = max(DEFAULT_EPISODES, max_evaluations or 0)
-    total_episodes = positive_int(total_episodes, "total_episodes", who)
+    total_episodes = whole_batches(positive_int(total_episodes, "total_episodes", who), batch)
     if total_episodes < 2:
         raise SolverError(
             f"{who}: total_episodes must be at least 2 (a warm-up episode, then learning), got {total_episodes}"
         )
     if warmup_episodes is None:
         warmup_episodes = max(1, min(DEFAULT_WARMUP_EPISODES, total_episodes // 3))
-    warmup_episodes = positive_int(warmup_episodes, "warmup_episodes", who)
+    warmup_episodes = whole_batches(positive_int(warmup_episodes, "warmup_episodes", who), batch)
     if warmup_episodes >= total_episodes:
         raise SolverError(
             f"{who}: warmup_episodes ({warmup_episodes}) must be fewer than total_episodes ({total_episodes})"
+            + (f", both in whole batches of {batch} episodes" if batch > 1 else "")
         )
     time_limit = time_limit_seconds(time_limit, who)
     seed = check_search_seed(seed, who)
     space = DecisionSpace(spec, ratio, metric, bit_options)
-    scorer = PlanScorer(space, evaluate, max_evaluations, time_limit, start)
+    scorer = PlanScorer(space, evaluate, max_evaluations, time_limit, start, evaluate_many)
     require("gymnasium", METHOD, "rl", "gymnasium")
     require("stable_baselines3", METHOD, "rl", "stable-baselines3")
     parameters = {
@@ -213,6 +224,7 @@ def rl_acc_search(
         "patience": patience,
         "time_limit": time_limit,
         "seed": seed,
+        "episodes_per_batch": batch,
     }
     if space.free.size == 0:  # one plan on offer: nothing to search
         scorer.score(np.zeros(space.num_genes, dtype=np.int64))
@@ -224,9 +236,14 @@ def rl_acc_search(
     caller_threads = torch.get_num_threads()
     with isolated_torch():
         stopped_by, episodes = _train(
-            walk, scorer, total_episodes, warmup_episodes, patience, steps, seed, caller_threads
+            walk, scorer, total_episodes, warmup_episodes, batch, patience, steps, seed, caller_threads
         )
     return scorer.result(METHOD, stopped_by, parameters, {"episodes": episodes})
+
+
+def whole_batches(episodes: int, batch: int) -> int:
+    """``episodes`` rounded up to a multiple of ``batch``."""
+    return -(-episodes // batch) * batch
 
 
 def _train(
@@ -234,34 +251,44 @@ def _train(
     scorer: PlanScorer,
     total_episodes: int,
     warmup_episodes: int,
+    batch: int,
     patience: int | None,
     steps: int,
     seed: int,
     caller_threads: int,
 ) -> tuple[StopReason, int]:
-    """Run DDPG until a budget stops it; returns (why it stopped, episodes finished).
-
-    The agent runs on one torch thread; ``evaluate`` runs on the caller's ``caller_threads``.
+    """Run DDPG on ``batch`` walks side by side until a budget stops it; returns (why it stopped,
+    episodes finished). The agent runs on one torch thread; ``evaluate`` runs on the caller's
+    ``caller_threads``.
     """
     import gymnasium
     import torch
     from stable_baselines3 import DDPG
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.noise import ActionNoise
+    from stable_baselines3.common.noise import VectorizedActionNoise
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
     space = walk.space
     num_groups = space.num_groups
 
+    class RewardMap:
+        """Every walk's scores, and the map score -> reward fixed when learning starts."""
+
+        def __init__(self) -> None:
+            self.reference, self.spread = 0.0, 1.0
+            self.scores: list[float] = []
+
+    rewards = RewardMap()
+
     class Walk(gymnasium.Env):
-        """One episode per plan (module docstring)."""
+        """One episode per plan (module docstring); its score is set by :class:`Walks` before the last step."""
 
         metadata: dict[str, Any] = {"render_modes": []}
 
         def __init__(self) -> None:
             self.observation_space = gymnasium.spaces.Box(0.0, 1.0, shape=(NUM_FEATURES,), dtype=np.float32)
             self.action_space = gymnasium.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
-            self.reference, self.spread = 0.0, 1.0  # the reward map, fixed when learning starts
-            self.scores: list[float] = []
+            self.score = math.nan
 
         def _observation(self) -> np.ndarray:
             n = min(self.layer, steps - 1)
@@ -277,33 +304,49 @@ def _train(
             self.previous = [0.0, 1.0]
             return self._observation(), {}
 
-        def step(self, action: Any) -> Any:
-            prune_action, bits_action = float(action[0]), float(action[1])
+        def decide(self, action: Any) -> None:
+            """The current layer's genes from ``action`` (idempotent until :meth:`step`)."""
             group = walk.deciding_group[self.layer]
             if group is not None:
-                self.genome[group] = walk.option(prune_action, int(space.counts[group]))
+                self.genome[group] = walk.option(float(action[0]), int(space.counts[group]))
                 self.decided[group] = True
             gene = num_groups + self.layer
-            self.genome[gene] = walk.option(bits_action, int(space.counts[gene]))
+            self.genome[gene] = walk.option(float(action[1]), int(space.counts[gene]))
             self.decided[gene] = True
-            self.previous = [prune_action, bits_action]
+
+        def step(self, action: Any) -> Any:
+            self.decide(action)
+            self.previous = [float(action[0]), float(action[1])]
             self.layer += 1
             if self.layer < steps:
                 return self._observation(), 0.0, False, False, {}
-            torch.set_num_threads(caller_threads)  # evaluate runs as the caller set it up
-            try:
-                score = scorer.score(self.genome)
-            finally:
-                torch.set_num_threads(1)
-            self.scores.append(score)
-            reward = (score - self.reference) / self.spread
-            return self._observation(), reward, True, False, {"score": score}
+            reward = (self.score - rewards.reference) / rewards.spread
+            return self._observation(), reward, True, False, {"score": self.score}
 
-    class DecayingNoise(ActionNoise):
-        """Gaussian noise (in the agent's [-1, 1] action units) that shrinks after every learning episode."""
+    class Walks(DummyVecEnv):
+        """The batch's walks; at their last layer (all reach it together) their plans are scored at once."""
 
-        def __init__(self) -> None:
-            super().__init__()
+        def step_wait(self) -> Any:
+            walks: list[Walk] = self.envs  # type: ignore[assignment]
+            if walks[0].layer == steps - 1:
+                for one, action in zip(walks, self.actions):
+                    one.decide(action)
+                torch.set_num_threads(caller_threads)  # evaluate runs as the caller set it up
+                try:
+                    scores = scorer.score_many([one.genome for one in walks])
+                finally:
+                    torch.set_num_threads(1)
+                for one, score in zip(walks, scores):
+                    one.score = score
+                rewards.scores.extend(scores)
+            return super().step_wait()
+
+    class DecayingNoise(VectorizedActionNoise):
+        """Gaussian noise (in the agent's [-1, 1] action units), one draw per walk, that shrinks after
+        every learning episode (a VectorizedActionNoise so that SB3 does not copy it per walk: copies
+        would draw the same noise)."""
+
+        def __init__(self) -> None:  # noqa: D107  (no base noise to copy)
             self.rng = np.random.default_rng(seed)
             self.sigma = 2 * NOISE_START
             learning = max(total_episodes - warmup_episodes, 1)
@@ -312,15 +355,15 @@ def _train(
 
         def __call__(self) -> np.ndarray:
             if self.resets < warmup_episodes:  # SB3 adds noise to its uniform warm-up actions too
-                return np.zeros(2, dtype=np.float32)
-            return self.rng.normal(0.0, self.sigma, size=2).astype(np.float32)
+                return np.zeros((batch, 2), dtype=np.float32)
+            return self.rng.normal(0.0, self.sigma, size=(batch, 2)).astype(np.float32)
 
-        def reset(self) -> None:
-            self.resets += 1
+        def reset(self, indices: Any = None) -> None:
+            self.resets += 1  # SB3 resets once per finished episode
             if self.resets > warmup_episodes:
                 self.sigma *= self.decay
 
-    env = Walk()
+    walks = Walks([Walk for _ in range(batch)])
 
     class Budget(BaseCallback):
         """Counts episodes, fixes the reward map when learning starts, stops on patience or the clock."""
@@ -334,11 +377,11 @@ def _train(
         def _on_step(self) -> bool:
             if not self.locals["dones"][0]:
                 return True
-            self.episodes += 1
+            self.episodes += batch
             if scorer.best_score > self.best:
                 self.best, self.stale = scorer.best_score, 0
             else:
-                self.stale += 1
+                self.stale += batch
             if patience is not None and self.stale >= patience:
                 self.stopped_by = "convergence"
                 return False
@@ -350,24 +393,26 @@ def _train(
         def _on_rollout_end(self) -> None:
             if self.standardised or self.episodes < warmup_episodes:
                 return
-            scores = np.array(env.scores)
-            env.reference, env.spread = float(scores.mean()), float(scores.std()) or 1.0
+            scores = np.array(rewards.scores)
+            rewards.reference, rewards.spread = float(scores.mean()), float(scores.std()) or 1.0
             buffer = self.model.replay_buffer
             ends = buffer.dones[: buffer.pos].astype(bool)
-            buffer.rewards[: buffer.pos][ends] = (buffer.rewards[: buffer.pos][ends] - env.reference) / env.spread
+            buffer.rewards[: buffer.pos][ends] = (
+                buffer.rewards[: buffer.pos][ends] - rewards.reference
+            ) / rewards.spread
             self.standardised = True
 
     budget = Budget()
     agent = DDPG(
         "MlpPolicy",
-        env,
+        walks,
         learning_rate=LEARNING_RATE,
         buffer_size=total_episodes * steps,
         learning_starts=warmup_episodes * steps,
         batch_size=BATCH_SIZE,
         tau=TAU,
         gamma=1.0,
-        train_freq=(1, "episode"),
+        train_freq=(steps, "step"),  # one episode of every walk
         gradient_steps=-1,
         action_noise=DecayingNoise(),
         n_steps=steps,

@@ -1,13 +1,14 @@
-"""Wall time of one ``compress --search ga-acc`` in this process against the same run with each
-generation's plans scored on Ray actors (``--workers N``), same seed (issue 20).
+"""Wall time of one ``compress --search ga-acc|rl-acc`` in this process against the same run with
+each generation's / batch's plans scored on Ray actors (``--workers N``), same seed (issue 20).
 
 Runs ``qubocompress compress`` twice into fresh folders; a warm-up run first trains the model (or
 reads it from the cache) and caches the analysis, so neither timed run pays for them. Prints both
 wall times (the whole command, and the search stage alone), their ratios, and whether the two runs
 chose the same plan and got the same scores in the same order.
 
-    .venv/bin/python scripts/ga_ray_timing.py                        # lenet5 on digits, 8x, 2 workers
-    .venv/bin/python scripts/ga_ray_timing.py --model vgg --data cifar10 --ratio 16 --evaluations 300
+    .venv/bin/python scripts/search_ray_timing.py                     # ga-acc, lenet5 on digits, 8x, 2 workers
+    .venv/bin/python scripts/search_ray_timing.py --search rl-acc     # both runs 8 episodes a batch
+    .venv/bin/python scripts/search_ray_timing.py --model vgg --data cifar10 --ratio 16 --evaluations 300
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from _timing import timed_cli
 
 def run(command: list[str]) -> float:
     """Wall seconds of one qubocompress command."""
-    return timed_cli(command, "ga_ray_timing")
+    return timed_cli(command, "search_ray_timing")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--search", choices=("ga-acc", "rl-acc"), default="ga-acc")
+    parser.add_argument("--batch", type=int, default=8, help="rl-acc: --search-batch of both runs")
     parser.add_argument("--model", default="lenet5")
     parser.add_argument("--data", default="digits", help="as qubocompress --data")
     parser.add_argument("--ratio", default="8", help="the target ratio")
@@ -38,20 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     common = ["compress", "--model", args.model, "--data", args.data, "--target-ratio", args.ratio]
     common += ["--finetune-epochs", "0", "--no-baseline", "--no-report", "--quiet", "--seed", str(args.seed)]
-    ga = [*common, "--search", "ga-acc", "--search-evaluations", str(args.evaluations)]
+    searched_by = [*common, "--search", args.search, "--search-evaluations", str(args.evaluations)]
+    if args.search == "rl-acc":
+        searched_by += ["--search-batch", str(args.batch)]
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch)
         run([*common, "--search", "uniform", "--out", str(out / "warm")])
         walls = {
-            "serial": run([*ga, "--out", str(out / "serial")]),
-            "ray": run([*ga, "--workers", str(args.workers), "--out", str(out / "ray")]),
+            "serial": run([*searched_by, "--out", str(out / "serial")]),
+            "ray": run([*searched_by, "--workers", str(args.workers), "--out", str(out / "ray")]),
         }
         metrics = {name: json.loads((out / name / "metrics.json").read_text()) for name in walls}
         plans = {name: json.loads((out / name / "plan.json").read_text()) for name in walls}
     searched = {name: metrics[name]["search"] for name in walls}
     stage = {name: metrics[name]["timing"]["search"] for name in walls}
     print(
-        f"{args.model} on {args.data}, ga-acc at {args.ratio}x, seed {args.seed}, "
+        f"{args.model} on {args.data}, {args.search} at {args.ratio}x, seed {args.seed}, "
         f"{searched['serial']['evaluations']} plans scored, no fine-tuning"
     )
     print(f"serial: {walls['serial']:.1f} s wall, search stage {stage['serial']:.1f} s")
