@@ -111,6 +111,8 @@ def test_own_evaluate_and_finetune_are_used(tmp_path):
             {"metric": "file", "formulation": "budget", "search": "ga-acc"},
             "--metric file budgets the QUBO",
         ),
+        (None, (DATA.train.x, DATA.train.y), {"search": "rl-acc", "search_batch": "4"}, "--search-batch must be a"),
+        (None, (DATA.train.x, DATA.train.y), {"search_evaluations": 2.5}, "--search-evaluations must be a whole"),
     ],
 )
 def test_bad_input_is_one_error(model, data, options, needle):
@@ -208,3 +210,8 @@ def test_export_onnx_of_the_result_model_keeps_its_bits(result, tmp_path):
     x = DATA.test.x[:6]
     with torch.no_grad():
         np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], result.model(x).numpy(), atol=1e-4)
+
+
+def test_a_sweep_refuses_an_rl_acc_batch_it_would_not_use():
+    with pytest.raises(QubocompressError, match="qubocompress.sweep has no search_batch"):
+        qc.sweep(NotebookNet(), (DATA.train.x, DATA.train.y), routes=("rl-acc",), search_batch=4)

@@ -371,7 +371,7 @@ def test_corrupt_idx_file_is_a_one_line_error(
         ),
         (("--checkpoint", "a.pt", "--weights", "b.pt"), ("either --checkpoint or --weights",)),
         (("--exact-time-limit", "0"), ("--exact-time-limit must be a positive number",)),
-        (("--search", "ga-acc", "--search-evaluations", "0"), ("--search-evaluations must be >= 1",)),
+        (("--search", "ga-acc", "--search-evaluations", "0"), ("--search-evaluations must be a whole number >= 1",)),
         (("--num-reads", "0"), ("--num-reads must be >= 1",)),
         (("--calibration-samples", "0"), ("--calibration-samples must be >= 1",)),
         (("--budget", "64"), ("--budget '64' with --metric bits", "64KiB")),

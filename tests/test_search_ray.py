@@ -67,6 +67,8 @@ def test_rl_acc_scoring_batches_together_gives_the_serial_result(max_evaluations
     assert batched.history == serial.history and list(batched.cache) == list(serial.cache)
     assert batched.stopped_by == serial.stopped_by and batched.details == serial.details
     assert batched.evaluations == serial.evaluations == max_evaluations
+    # an episode counts once its plan is scored, in a batch the cap cut short too
+    assert batched.details["episodes"] == batched.evaluations + batched.details["cache_hits"]
 
 
 def test_the_walks_of_an_rl_acc_batch_explore_apart() -> None:
@@ -209,7 +211,11 @@ def test_a_ga_acc_config_on_ray_parses_back_from_its_command_line() -> None:
     ("flags", "needle"),
     [
         (("--search", "uniform", "--workers", "2"), "--search uniform scores none that way, so drop them"),
-        (("--search", "rl-acc", "--search-batch", "0"), "--search-batch must be >= 1, got 0"),
+        (("--search", "rl-acc", "--search-batch", "0"), "--search-batch must be a whole number >= 1, got 0"),
+        (
+            ("--search", "rl-acc", "--search-batch", "400"),
+            "--search-batch (400) must be at most --search-evaluations (300): a batch's plans are scored together",
+        ),
         (("--search", "ga-acc", "--search-batch", "4"), "--search ga-acc has no such batch, so drop it"),
         (("--search", "ga-acc", "--workers", "0"), "--workers must be a whole number >= 1"),
         (("--search", "ga-acc", "--ray-address", "127.0.0.1:1"), "cannot reach the Ray cluster"),

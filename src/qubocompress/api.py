@@ -115,6 +115,11 @@ def sweep(
         raise ProblemError(
             f"qubocompress.sweep sets {per_case[0]!r} per case: give target_ratios, budgets, routes, solvers and seeds"
         )
+    if "search_batch" in options:
+        raise ProblemError(
+            "qubocompress.sweep has no search_batch: a sweep's rl-acc cases propose one episode at a time "
+            "(qubocompress.compress(..., search='rl-acc', search_batch=B) batches them)"
+        )
     cases = sweep_cases(parse_targets(list(target_ratios), list(budgets)), list(routes), list(solvers), list(seeds))
     base, module, dataset = _prepared(model, data, out, {**options, "baseline": False}, "qubocompress.sweep")
     log = log or log_line

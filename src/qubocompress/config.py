@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -234,8 +235,7 @@ class CompressConfig:
             raise ProblemError(
                 f"--target-ratio must be a number > 1 (e.g. 16 for 16x smaller), got {self.target_ratio}"
             )
-        if self.search_evaluations < 1:
-            raise ProblemError(f"--search-evaluations must be >= 1, got {self.search_evaluations}")
+        check_count(self.search_evaluations, "--search-evaluations")
         if self.num_reads is not None and self.num_reads < 1:
             raise ProblemError(f"--num-reads must be >= 1, got {self.num_reads}")
         if self.calibration_samples is not None and self.calibration_samples < 1:
@@ -248,8 +248,12 @@ class CompressConfig:
                     f"--search-batch sets how many rl-acc episodes are scored together; --search {self.search} "
                     "has no such batch, so drop it"
                 )
-            if self.search_batch < 1:
-                raise ProblemError(f"--search-batch must be >= 1, got {self.search_batch}")
+            check_count(self.search_batch, "--search-batch")
+            if self.search_batch > self.search_evaluations:
+                raise ProblemError(
+                    f"--search-batch ({self.search_batch}) must be at most --search-evaluations "
+                    f"({self.search_evaluations}): a batch's plans are scored together"
+                )
         if self.cluster().enabled and self.search not in ("ga-acc", "rl-acc"):
             raise ClusterError(
                 "--workers / --ray-address score the plans of --search ga-acc or rl-acc in parallel; "
@@ -309,6 +313,12 @@ class CompressConfig:
                 python_only.append(f"{name}={value!r}")
         command = " ".join(shlex.quote(word) for word in words)
         return command + (f"  # from Python: {', '.join(python_only)}" if python_only else "")
+
+
+def check_count(value: Any, flag: str) -> None:
+    """ProblemError unless ``value`` is a whole number >= 1 (``flag`` names it)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ProblemError(f"{flag} must be a whole number >= 1, got {value!r}")
 
 
 # The command-line flag of each CompressConfig field that has one; a boolean field's flag sets the

@@ -52,7 +52,8 @@ actors, each holding the model and the validation split) in parallel — and the
 from all B (B × layers gradient steps, one per environment step as before). No plan can be
 proposed before the previous policy's plans are scored, so B is what parallel scoring can use; the
 plans depend on B, not on where they are scored: the same seed and B give the same plans, scores
-and result with ``evaluate_many`` as without it. The warm-up and the episodes are rounded up to
+and result with ``evaluate_many`` as without it (with no time limit: that is checked once per
+batch there, before each plan here). The warm-up and the episodes are rounded up to
 whole batches; patience counts episodes, checked after each batch.
 """
 
@@ -193,6 +194,7 @@ def rl_acc_search(
     max_evaluations = None if max_evaluations is None else positive_int(max_evaluations, "max_evaluations", who)
     patience = None if patience is None else positive_int(patience, "patience", who)
     batch = positive_int(episodes_per_batch, "episodes_per_batch", who)
+    episodes_given = total_episodes is not None
     if total_episodes is None:
         total_episodes = max(DEFAULT_EPISODES, max_evaluations or 0)
     total_episodes = whole_batches(positive_int(total_episodes, "total_episodes", who), batch)
@@ -203,6 +205,8 @@ def rl_acc_search(
     if warmup_episodes is None:
         warmup_episodes = max(1, min(DEFAULT_WARMUP_EPISODES, total_episodes // 3))
     warmup_episodes = whole_batches(positive_int(warmup_episodes, "warmup_episodes", who), batch)
+    if not episodes_given:  # a batch as large as the default episodes: a learning batch after the warm-up
+        total_episodes = max(total_episodes, warmup_episodes + batch)
     if warmup_episodes >= total_episodes:
         raise SolverError(
             f"{who}: warmup_episodes ({warmup_episodes}) must be fewer than total_episodes ({total_episodes})"
@@ -258,7 +262,7 @@ def _train(
     caller_threads: int,
 ) -> tuple[StopReason, int]:
     """Run DDPG on ``batch`` walks side by side until a budget stops it; returns (why it stopped,
-    episodes finished). The agent runs on one torch thread; ``evaluate`` runs on the caller's
+    episodes whose plans were scored). The agent runs on one torch thread; ``evaluate`` runs on the caller's
     ``caller_threads``.
     """
     import gymnasium
@@ -326,14 +330,20 @@ def _train(
     class Walks(DummyVecEnv):
         """The batch's walks; at their last layer (all reach it together) their plans are scored at once."""
 
+        scored_when_stopped = 0  # the walks of the last batch whose plans were scored before a stop
+
         def step_wait(self) -> Any:
             walks: list[Walk] = self.envs  # type: ignore[assignment]
             if walks[0].layer == steps - 1:
                 for one, action in zip(walks, self.actions):
                     one.decide(action)
                 torch.set_num_threads(caller_threads)  # evaluate runs as the caller set it up
+                answered = len(scorer.cache) + scorer.hits
                 try:
                     scores = scorer.score_many([one.genome for one in walks])
+                except SearchStopped:
+                    self.scored_when_stopped = len(scorer.cache) + scorer.hits - answered
+                    raise
                 finally:
                     torch.set_num_threads(1)
                 for one, score in zip(walks, scores):
@@ -351,17 +361,24 @@ def _train(
             self.sigma = 2 * NOISE_START
             learning = max(total_episodes - warmup_episodes, 1)
             self.decay = (NOISE_END / NOISE_START) ** (1 / learning)
-            self.resets = 0
+            self.finished = 0  # episodes
+            self.drawn = False
 
         def __call__(self) -> np.ndarray:
-            if self.resets < warmup_episodes:  # SB3 adds noise to its uniform warm-up actions too
+            self.drawn = True
+            if self.finished < warmup_episodes:  # SB3 adds noise to its uniform warm-up actions too
                 return np.zeros((batch, 2), dtype=np.float32)
             return self.rng.normal(0.0, self.sigma, size=(batch, 2)).astype(np.float32)
 
         def reset(self, indices: Any = None) -> None:
-            self.resets += 1  # SB3 resets once per finished episode
-            if self.resets > warmup_episodes:
+            if not self.drawn:  # SB3's reset as learning starts, before any episode
+                return
+            self.finished += 1  # SB3 resets once per finished episode (per walk)
+            if self.finished > warmup_episodes:
                 self.sigma *= self.decay
+
+        def __repr__(self) -> str:
+            return f"DecayingNoise(sigma={self.sigma:.3g}, finished={self.finished})"
 
     walks = Walks([Walk for _ in range(batch)])
 
@@ -424,5 +441,5 @@ def _train(
     try:
         agent.learn(total_timesteps=total_episodes * steps, callback=budget)
     except SearchStopped as stop:
-        return stop.reason, budget.episodes
+        return stop.reason, budget.episodes + walks.scored_when_stopped
     return budget.stopped_by, budget.episodes
