@@ -38,10 +38,10 @@ SIZE_UNITS = {
     "kib": 8 * 2**10, "mib": 8 * 2**20, "gib": 8 * 2**30,
 }  # fmt: skip
 COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-# Solvers whose sampler is built from --solver-option alone in validate() (cheap, offline, no
-# formulation needed), so that a bad option is refused before the analysis, not when it solves.
 # rl-acc's episodes scored together on Ray unless --search-batch says (1 in this process, as HAQ/AMC).
 RAY_EPISODES_PER_BATCH = 8
+# Solvers whose sampler is built from --solver-option alone in validate() (cheap, offline, no
+# formulation needed), so that a bad option is refused before the analysis, not when it solves.
 OPTIONS_CHECKED_BY_BUILDING = frozenset({"sa", "tabu", "greedy", "sqa", "sb", "random", "ga", "exact"})
 
 
